@@ -1,0 +1,43 @@
+# Two commands are all a user needs: `make demo` and `make test`. Every target sets up .venv if missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.alutwin-installed
+
+.PHONY: setup test test-slow demo bench lint format proto clean
+
+setup: $(STAMP)
+
+# torch first, pinned to the CPU build on disk; then the project with its dev extras.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(BIN)/alutwin demo --out demo-output
+
+bench: $(STAMP)
+	$(BIN)/python bench/plant_sim.py
+
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -1,0 +1,43 @@
+"""The ``alutwin`` command.
+
+Each package contributes sub-commands through the ``alutwin.commands`` entry-point group (see
+``pyproject.toml``): an entry point is a function ``register(subparsers)`` that adds its parser and sets
+``func`` to a callable taking the parsed arguments and returning an exit code. The dispatcher here knows
+no package above ``plant``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+__all__ = ["main", "build_parser", "CliError"]
+
+
+class CliError(Exception):
+    """A user error on the command line: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alutwin",
+        description="Digital twin and model-based control of Hall-Heroult cells on sparse neural surrogates.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for ep in sorted(entry_points(group="alutwin.commands"), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ValueError, FileNotFoundError) as exc:
+        print(f"alutwin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
