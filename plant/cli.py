@@ -27,8 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for ep in sorted(entry_points(group="alutwin.commands"), key=lambda e: e.name):
-        ep.load()(sub)
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # one broken plug-in must not take the other commands down
+            _register_broken(sub, ep.name, f"{type(exc).__name__}: {exc}")
     return parser
+
+
+def _register_broken(sub: argparse._SubParsersAction, name: str, why: str) -> None:
+    def fail(_args: argparse.Namespace) -> int:
+        raise CliError(f"this command is unavailable in this installation ({why})")
+
+    if name not in sub.choices:
+        p = sub.add_parser(name, help=f"(unavailable: {why})", add_help=False)
+        p.set_defaults(func=fail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

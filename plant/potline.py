@@ -1,0 +1,580 @@
+"""A potline: N cells sharing one line current, stepped together, with manual commands and latched faults.
+
+No gRPC here: :class:`Potline` is the plain object that :mod:`plant.service` serves. Shapes: N cells, states
+``(N, 8)``, inputs ``(N, 5)``. Each step uses :func:`plant.simulator.compose_inputs` and
+:func:`plant.simulator.step` batched over the cells, so a potline reproduces :func:`plant.simulator.simulate`
+exactly under the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from plant.domain import Fault, check_domain
+from plant.excitation import sample_initial_states
+from plant.params import DEFAULT_LIMITS, DEFAULT_PARAMS, CellParams, DomainLimits
+from plant.physics import algebraic
+from plant.signals import INPUTS, N_STATES, Signal, U
+from plant.simulator import DT, MeasurementNoise, compose_inputs, step, validate_states
+
+__all__ = [
+    "COMMANDS",
+    "CURRENT_PROFILES",
+    "CellFaulted",
+    "CellSnapshot",
+    "CommandSpec",
+    "CurrentProfile",
+    "InvalidCommand",
+    "OUTPUTS",
+    "OUTPUT_NAMES",
+    "PlantConfig",
+    "Potline",
+    "PotlineError",
+    "UnknownCell",
+]
+
+
+class PotlineError(Exception):
+    """Base class of the potline's errors (each maps to one gRPC status code in the service)."""
+
+
+class UnknownCell(PotlineError, LookupError):
+    """A cell index that the potline does not have."""
+
+
+class CellFaulted(PotlineError):
+    """The cell has left the model's valid domain and no longer accepts commands."""
+
+
+class InvalidCommand(PotlineError, ValueError):
+    """A command value that is out of bounds or not a finite number."""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A manipulated input that clients may take over, with the bounds a command must respect."""
+
+    field: str
+    input_index: int
+    low: float
+    high: float
+
+    @property
+    def unit(self) -> str:
+        return INPUTS[self.input_index].unit
+
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("alumina_feed", U.FEED_AL2O3, 0.0, 22.0),
+    CommandSpec("alf3_feed", U.FEED_ALF3, 0.0, 10.0),
+    CommandSpec("acd", U.ACD, 0.040, 0.060),
+)
+"""The manipulated inputs in the order of the potline's command columns (``(N, 3)``), NaN = automatic."""
+
+_COMMAND_INDEX = {c.field: i for i, c in enumerate(COMMANDS)}
+
+
+CURRENT_PROFILES = ("constant", "aprbs")
+"""Names of the line-current profiles."""
+
+
+class CurrentProfile:
+    """The line current, one value per step, drawn lazily so that a potline can run without end.
+
+    ``"constant"``: ``level`` amperes. ``"aprbs"``: the current steps of the "aprbs" excitation of
+    ``plant.md`` (140 kA plus a uniform offset in [-22 kA, 15 kA], each level held a uniform 100-1100 steps),
+    drawn from ``rng``.
+    """
+
+    APRBS_OFFSET = (-22_000.0, 15_000.0)  # A, around 140 kA
+    APRBS_HOLD = (100, 1100)  # steps
+    APRBS_CENTRE = 140_000.0  # A
+
+    def __init__(self, kind: str, rng: np.random.Generator, level: float = 140_000.0) -> None:
+        if kind not in CURRENT_PROFILES:
+            raise ValueError(f"unknown current profile {kind!r}; must be one of {sorted(CURRENT_PROFILES)}")
+        self.kind = kind
+        self._rng = rng
+        self._level = float(level)
+        self._left = 0 if kind == "aprbs" else -1  # steps the present level is still held (-1: forever)
+
+    def next(self) -> float:
+        """The current (A) for the next step."""
+        if self._left == 0:
+            self._level = self.APRBS_CENTRE + float(self._rng.uniform(*self.APRBS_OFFSET))
+            self._left = int(self._rng.integers(self.APRBS_HOLD[0], self.APRBS_HOLD[1] + 1))
+        if self._left > 0:
+            self._left -= 1
+        return self._level
+
+
+OUTPUTS: tuple[Signal, ...] = (
+    Signal(0, "superheat", "degC", "bath temperature minus liquidus temperature", 5.0, 15.0),
+    Signal(1, "alumina_pct", "%", "dissolved alumina, % of bath mass", 2.0, 5.0),
+    Signal(2, "alf3_pct", "%", "AlF3, % of bath mass", 9.0, 13.0),
+    Signal(3, "liquidus", "degC", "liquidus temperature of the bath", 945.0, 980.0),
+    Signal(4, "cell_voltage", "V", "cell voltage as modelled (bubble plus ohmic bath drop)", 1.0, 2.0),
+    Signal(5, "power", "W", "electrical power into the bath", 1.2e5, 3.0e5),
+)
+"""The algebraic outputs a snapshot reports (``plant.md``, "Algebraic quantities"), with units."""
+
+OUTPUT_NAMES: tuple[str, ...] = tuple(s.name for s in OUTPUTS)
+
+
+def _check_number(owner: str, name: str, value: Any, *, integer: bool = False) -> None:
+    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer, np.floating))
+    if isinstance(value, bool) or not ok or (not integer and not math.isfinite(float(value))):
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{owner}.{name} must be {kind}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """Settings of a simulated potline and of the service that serves it.
+
+    Parameters
+    ----------
+    n_cells : int
+        Number of cells (>= 1).
+    seed : int
+        Seeds the initial states, the "aprbs" current and the measurement noise.
+    port : int
+        TCP port to listen on; 0 picks a free one.
+    dt : float
+        Sample time, s.
+    real_time_factor : float
+        Plant seconds per wall-clock second; 0 is stepped mode (time advances only through ``Step``).
+    current_profile : str
+        Line current: ``"constant"`` (``line_current``) or ``"aprbs"`` (seeded random steps).
+    line_current : float
+        A; the level of the constant profile.
+    acd : float
+        m; the anode-cathode distance of a cell whose ACD is not commanded.
+    noise_std : tuple of 8 float, optional
+        Standard deviation of the measurement noise per state; None for exact measurements.
+    min_ledge_mass : float
+        kg; a cell whose side ledge falls below this faults (``plant.params.DomainLimits``).
+    host : str
+        Address to bind; loopback by default.
+    max_workers : int
+        Threads of the gRPC server; each open stream holds one.
+    max_streams : int
+        Streams open at once (more are refused with RESOURCE_EXHAUSTED); less than ``max_workers``.
+    stream_queue_size : int
+        Messages each stream buffers before it drops the oldest.
+    max_steps_per_call : int
+        Largest ``n`` of one ``Step`` call.
+    grace_s : float
+        Seconds in-flight calls get to finish when the server stops.
+    """
+
+    n_cells: int
+    seed: int
+    port: int
+    dt: float = DT
+    real_time_factor: float = 0.0
+    current_profile: str = "constant"
+    line_current: float = 140_000.0
+    acd: float = 0.05
+    noise_std: tuple[float, ...] | None = None
+    min_ledge_mass: float = DEFAULT_LIMITS.min_ledge_mass
+    host: str = "127.0.0.1"
+    max_workers: int = 16
+    max_streams: int = 8
+    stream_queue_size: int = 1000
+    max_steps_per_call: int = 8640
+    grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        owner = "PlantConfig"
+        integers = ("n_cells", "seed", "port", "max_workers", "max_streams", "stream_queue_size", "max_steps_per_call")
+        for name in integers:
+            _check_number(owner, name, getattr(self, name), integer=True)
+        for name in ("dt", "real_time_factor", "line_current", "acd", "min_ledge_mass", "grace_s"):
+            _check_number(owner, name, getattr(self, name))
+        positive = ("n_cells", "dt", "line_current", "max_workers", "max_streams", "stream_queue_size")
+        for name in (*positive, "max_steps_per_call"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{owner}.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("seed", "real_time_factor", "min_ledge_mass", "grace_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{owner}.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"{owner}.port must be in [0, 65535], got {self.port!r}")
+        if self.current_profile not in CURRENT_PROFILES:
+            raise ValueError(
+                f"{owner}.current_profile must be one of {list(CURRENT_PROFILES)}, got {self.current_profile!r}"
+            )
+        acd_spec = COMMANDS[_COMMAND_INDEX["acd"]]
+        if not acd_spec.low <= self.acd <= acd_spec.high:
+            raise ValueError(f"{owner}.acd must be in [{acd_spec.low:g}, {acd_spec.high:g}] m, got {self.acd!r}")
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError(f"{owner}.host must be a non-empty string, got {self.host!r}")
+        if self.max_streams >= self.max_workers:
+            raise ValueError(
+                f"{owner}.max_streams ({self.max_streams}) must be less than max_workers ({self.max_workers}),"
+                " so that unary calls still find a thread while every stream is open"
+            )
+        if self.noise_std is not None:
+            if isinstance(self.noise_std, (str, bytes)) or not isinstance(self.noise_std, Sequence):
+                raise ValueError(
+                    f"{owner}.noise_std must be a list of {N_STATES} numbers or null, got {self.noise_std!r}"
+                )
+            for v in self.noise_std:
+                _check_number(owner, "noise_std", v)
+            object.__setattr__(self, "noise_std", tuple(float(v) for v in self.noise_std))
+            MeasurementNoise(self.noise_std)  # validates length and sign
+
+    @property
+    def stepped(self) -> bool:
+        """True in stepped mode (``real_time_factor == 0``)."""
+        return self.real_time_factor == 0
+
+    @property
+    def limits(self) -> DomainLimits:
+        """The valid domain of the cells."""
+        return dataclasses.replace(DEFAULT_LIMITS, min_ledge_mass=float(self.min_ledge_mass))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> PlantConfig:
+        """A config from a mapping (e.g. parsed YAML); unknown or missing keys raise a ValueError naming them."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {unknown}; valid settings are {sorted(fields)}")
+        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise ValueError(f"{source}: missing required setting(s) {missing}")
+        try:
+            return cls(**dict(data))
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PlantConfig:
+        """A config from a YAML file holding a mapping of the fields above."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_mapping({} if data is None else data, source=str(path))
+
+
+@dataclass(frozen=True)
+class CellSnapshot:
+    """One cell at one step (arrays are read-only copies).
+
+    Attributes
+    ----------
+    cell : index of the cell.
+    step : steps taken; the state is ``x[step]`` (held at the last valid state once the cell faulted).
+    time_s : plant time, s.
+    x : (8,) true state.
+    y : (8,) measured state (``x`` plus noise; ``x`` itself when the plant has no noise).
+    u : (5,) input applied over the last step; at step 0 the input the cell would apply now.
+    outputs : the algebraic quantities at ``(y, u)``, keyed as in :data:`OUTPUT_NAMES`.
+    manual : (3,) manual commands in the order of :data:`COMMANDS`, NaN where automatic.
+    fault : the latched fault (``Fault.NONE`` while healthy).
+    fault_step : step k whose result left the valid domain, or -1.
+    fault_text : the fault in words.
+    """
+
+    cell: int
+    step: int
+    time_s: float
+    x: np.ndarray
+    y: np.ndarray
+    u: np.ndarray
+    outputs: dict[str, float]
+    manual: np.ndarray
+    fault: Fault
+    fault_step: int
+    fault_text: str
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, dtype=np.float64)
+    a.flags.writeable = False
+    return a
+
+
+class Potline:
+    """N cells on one line current, advanced together in steps of ``dt``.
+
+    Parameters
+    ----------
+    n_cells : int
+        Number of cells.
+    seed : int or numpy.random.Generator
+        Source of the initial states (unless ``x0`` is given), the "aprbs" current and the noise.
+    dt : float
+        Sample time, s.
+    current_profile : str
+        ``"constant"`` or ``"aprbs"`` (see :class:`CurrentProfile`).
+    line_current : float
+        A, the level of the constant profile.
+    acd : float
+        m, the ACD of cells whose ACD is not commanded.
+    noise : MeasurementNoise, optional
+        Measurement noise; None for exact measurements.
+    x0 : array_like (n_cells, 8), optional
+        Initial states; drawn with :func:`plant.excitation.sample_initial_states` when absent.
+    params, limits
+        Model constants and valid domain.
+
+    Notes
+    -----
+    Thread-safe: every public method holds the potline's lock. Deterministic under a seed: the initial
+    states, the current and the noise come from independent streams spawned from the seed.
+    """
+
+    def __init__(
+        self,
+        n_cells: int,
+        seed: int | np.random.Generator,
+        *,
+        dt: float = DT,
+        current_profile: str = "constant",
+        line_current: float = 140_000.0,
+        acd: float = 0.05,
+        noise: MeasurementNoise | None = None,
+        x0: np.ndarray | None = None,
+        params: CellParams = DEFAULT_PARAMS,
+        limits: DomainLimits = DEFAULT_LIMITS,
+    ) -> None:
+        if isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)) or n_cells < 1:
+            raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
+        if not (math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt must be a positive number of seconds, got {dt!r}")
+        parent = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        rng_x0, rng_current, rng_noise = parent.spawn(3)
+        self.n_cells = int(n_cells)
+        self.dt = float(dt)
+        self.default_acd = float(acd)
+        self.line_current = float(line_current)
+        self.noise = noise
+        self.params = params
+        self.limits = limits
+        self._profile = CurrentProfile(current_profile, rng_current, line_current)
+        self._rng_noise = rng_noise
+        if x0 is None:
+            x = sample_initial_states(rng_x0, self.n_cells)
+        else:
+            x = validate_states(x0)
+            if x.shape[0] != self.n_cells:
+                raise ValueError(f"x0 must have shape ({self.n_cells}, {N_STATES}), got {np.shape(x0)}")
+            bad = check_domain(x, limits)
+            if np.any(bad):
+                i = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"x0[{i}] is outside the model's valid domain: {Fault(int(bad[i])).describe(limits)}")
+        self._lock = threading.RLock()
+        self._k = 0
+        self._x = x.copy()  # (N, 8) true state
+        self._manual = np.full((self.n_cells, len(COMMANDS)), np.nan)  # (N, 3) NaN = automatic
+        self._fault = np.zeros(self.n_cells, dtype=np.int8)  # (N,) Fault codes
+        self._fault_step = np.full(self.n_cells, -1, dtype=np.int64)  # (N,)
+        self._current = self._profile.next()  # A, for the next step
+        self._u = self._inputs(self._x)  # (N, 5): at step 0, what the cells would apply now
+        self._y = self._measure(self._x)  # (N, 8)
+
+    @classmethod
+    def from_config(
+        cls, config: PlantConfig, *, x0: np.ndarray | None = None, params: CellParams = DEFAULT_PARAMS
+    ) -> Potline:
+        """The potline a :class:`PlantConfig` describes."""
+        return cls(
+            config.n_cells,
+            config.seed,
+            dt=config.dt,
+            current_profile=config.current_profile,
+            line_current=config.line_current,
+            acd=config.acd,
+            noise=None if config.noise_std is None else MeasurementNoise(config.noise_std),
+            x0=x0,
+            params=params,
+            limits=config.limits,
+        )
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    @property
+    def step_index(self) -> int:
+        """Steps taken so far."""
+        with self._lock:
+            return self._k
+
+    @property
+    def states(self) -> np.ndarray:
+        """(N, 8) copy of the true states."""
+        with self._lock:
+            return self._x.copy()
+
+    @property
+    def faults(self) -> np.ndarray:
+        """(N,) fault codes (int8, see :class:`plant.domain.Fault`)."""
+        with self._lock:
+            return self._fault.copy()
+
+    @property
+    def manual(self) -> np.ndarray:
+        """(N, 3) manual commands in the order of :data:`COMMANDS`, NaN where automatic."""
+        with self._lock:
+            return self._manual.copy()
+
+    def check_cell(self, cell: int) -> int:
+        """``cell`` as an int, or :class:`UnknownCell`."""
+        if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or not 0 <= cell < self.n_cells:
+            raise UnknownCell(f"cell {cell!r} does not exist; this potline has cells 0..{self.n_cells - 1}")
+        return int(cell)
+
+    def snapshots(self, cells: Iterable[int] | None = None) -> list[CellSnapshot]:
+        """Snapshots of ``cells`` (default all) at the present step."""
+        with self._lock:
+            idx = list(range(self.n_cells)) if cells is None else [self.check_cell(c) for c in cells]
+            if not idx:
+                return []
+            with np.errstate(all="ignore"):
+                alg = algebraic(self._y[idx], self._u[idx], self.params)
+            out = {
+                "superheat": alg.superheat,
+                "alumina_pct": 100.0 * alg.c_alumina,
+                "alf3_pct": 100.0 * alg.c_alf3,
+                "liquidus": alg.liquidus,
+                "cell_voltage": alg.cell_voltage,
+                "power": alg.power,
+            }
+            snaps = []
+            for j, c in enumerate(idx):
+                fault = Fault(int(self._fault[c]))
+                snaps.append(
+                    CellSnapshot(
+                        cell=c,
+                        step=self._k,
+                        time_s=self._k * self.dt,
+                        x=_frozen(self._x[c]),
+                        y=_frozen(self._y[c]),
+                        u=_frozen(self._u[c]),
+                        outputs={name: float(out[name][j]) for name in OUTPUT_NAMES},
+                        manual=_frozen(self._manual[c]),
+                        fault=fault,
+                        fault_step=int(self._fault_step[c]),
+                        fault_text=fault.describe(self.limits),
+                    )
+                )
+            return snaps
+
+    def snapshot(self, cell: int) -> CellSnapshot:
+        """The snapshot of one cell at the present step."""
+        return self.snapshots([cell])[0]
+
+    # -- commands ----------------------------------------------------------------------------------------
+
+    def set_commands(self, commands: Iterable[tuple[int, str, float]]) -> int:
+        """Set manual commands ``(cell, field, value)``; a NaN value hands the input back (automatic).
+
+        All commands are checked before any is applied. They act from the next step on.
+
+        Returns
+        -------
+        int
+            The present step index (the commands act on the step from it to the next).
+
+        Raises
+        ------
+        UnknownCell
+            A cell index out of range.
+        CellFaulted
+            A cell that has faulted.
+        InvalidCommand
+            An unknown field, a non-finite value other than NaN, or a value out of bounds.
+        """
+        checked = []
+        with self._lock:
+            for cell, field, value in commands:
+                c = self.check_cell(cell)
+                if field not in _COMMAND_INDEX:
+                    raise InvalidCommand(f"unknown command field {field!r}; must be one of {list(_COMMAND_INDEX)}")
+                spec = COMMANDS[_COMMAND_INDEX[field]]
+                v = float(value)
+                if not math.isnan(v):
+                    if not math.isfinite(v):
+                        raise InvalidCommand(f"{field} = {v!r} for cell {c} is not a finite number")
+                    if not spec.low <= v <= spec.high:
+                        raise InvalidCommand(
+                            f"{field} = {v:g} {spec.unit} for cell {c} is outside the bounds "
+                            f"[{spec.low:g}, {spec.high:g}] {spec.unit}"
+                        )
+                if self._fault[c]:
+                    raise CellFaulted(
+                        f"cell {c} has faulted at step {int(self._fault_step[c])} "
+                        f"({Fault(int(self._fault[c])).describe(self.limits)}) and takes no commands"
+                    )
+                checked.append((c, _COMMAND_INDEX[field], v))
+            for c, j, v in checked:
+                self._manual[c, j] = v
+            return self._k
+
+    # -- advancing ---------------------------------------------------------------------------------------
+
+    def _inputs(self, x: np.ndarray) -> np.ndarray:
+        acd_cmd = self._manual[:, _COMMAND_INDEX["acd"]]
+        acd = np.where(np.isfinite(acd_cmd), acd_cmd, self.default_acd)  # (N,)
+        return compose_inputs(
+            x,
+            self._current,
+            acd,
+            self.dt,
+            alumina_cmd=self._manual[:, _COMMAND_INDEX["alumina_feed"]],
+            alf3_cmd=self._manual[:, _COMMAND_INDEX["alf3_feed"]],
+        )
+
+    def _measure(self, x: np.ndarray) -> np.ndarray:
+        return x.copy() if self.noise is None else self.noise.apply(self._rng_noise, x)
+
+    def step(self, n: int = 1) -> int:
+        """Advance every cell by ``n`` steps; faulted cells hold their last valid state.
+
+        Returns
+        -------
+        int
+            Steps taken so far, after this call.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        with self._lock:
+            for _ in range(int(n)):
+                alive = self._fault == 0  # (N,)
+                u = self._inputs(self._x)  # (N, 5)
+                x_next, fault = step(self._x, u, self.dt, self.params, self.limits)
+                new = alive & (fault != 0)
+                self._fault[new] = fault[new]
+                self._fault_step[new] = self._k
+                self._u = np.where(alive[:, None], u, self._u)
+                self._x = np.where(alive[:, None], x_next, self._x)
+                y = self._measure(self._x)  # drawn for every cell, so faults do not shift the noise stream
+                self._y = np.where(alive[:, None], y, self._y)
+                self._k += 1
+                self._current = self._profile.next()
+            return self._k
+
+    @property
+    def current(self) -> float:
+        """The line current (A) the next step will apply."""
+        with self._lock:
+            return self._current
+
+    def __repr__(self) -> str:
+        return f"Potline(n_cells={self.n_cells}, step={self.step_index}, profile={self._profile.kind!r})"

@@ -1,0 +1,646 @@
+"""The gRPC ``alutwin.v1.PlantService``: a thin servicer over :class:`plant.potline.Potline`.
+
+:func:`create_server` builds a bound, not yet started server (port 0 allowed) with health checking and
+reflection; :func:`serve` runs one until SIGTERM/SIGINT. In real-time mode a clock thread advances the
+potline every ``dt / real_time_factor`` seconds of wall time. Each stream has a bounded queue: a slow reader
+loses its oldest messages (counted) instead of slowing the clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from plant.cli import CliError
+from plant.params import SPEC_VERSION
+from plant.potline import (
+    COMMANDS,
+    OUTPUTS,
+    CellFaulted,
+    CellSnapshot,
+    InvalidCommand,
+    PlantConfig,
+    Potline,
+    UnknownCell,
+)
+from plant.signals import INPUTS, STATES, Signal
+from proto.alutwin.v1 import common_pb2, plant_pb2, plant_pb2_grpc
+
+__all__ = [
+    "DEFAULT_PORT",
+    "SERVICE_NAME",
+    "Broadcaster",
+    "PlantRuntime",
+    "PlantServer",
+    "PlantServicer",
+    "Subscriber",
+    "create_server",
+    "register_cli",
+    "serve",
+    "snapshot_to_pb",
+]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = plant_pb2.DESCRIPTOR.services_by_name["PlantService"].full_name
+"""``"alutwin.v1.PlantService"``."""
+
+DEFAULT_PORT = 50051
+
+_POLL_S = 0.25  # how often a waiting stream checks that its client is still there
+
+
+class StreamClosed(Exception):
+    """The stream's subscriber was closed (client gone or server stopping)."""
+
+
+class TooManyStreams(Exception):
+    """All stream slots are taken."""
+
+
+class Subscriber:
+    """One stream's bounded queue of snapshots; when full the oldest message is dropped and counted.
+
+    Parameters
+    ----------
+    cells : frozenset of int, optional
+        Cells to deliver; None for all.
+    every : int
+        Deliver steps whose index is a multiple of this.
+    maxlen : int
+        Capacity of the queue.
+    """
+
+    def __init__(self, cells: frozenset[int] | None, every: int, maxlen: int) -> None:
+        self.cells = cells
+        self.every = every
+        self._queue: deque[CellSnapshot] = deque()
+        self._maxlen = maxlen
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+
+    def offer(self, snaps: Iterable[CellSnapshot], force: bool = False) -> None:
+        """Queue the snapshots of one step that this subscriber wants (``force``: ignore ``every``)."""
+        with self._cond:
+            if self._closed:
+                return
+            added = False
+            for s in snaps:
+                if (self.cells is not None and s.cell not in self.cells) or (not force and s.step % self.every):
+                    continue
+                if len(self._queue) >= self._maxlen:
+                    self._queue.popleft()
+                    self.dropped += 1
+                self._queue.append(s)
+                added = True
+            if added:
+                self._cond.notify_all()
+
+    def get(self, timeout: float) -> tuple[CellSnapshot, int] | None:
+        """The next snapshot and the drop count so far, or None after ``timeout`` s; StreamClosed once closed."""
+        with self._cond:
+            if not self._queue and not self._closed:
+                self._cond.wait(timeout)
+            if self._closed:
+                raise StreamClosed
+            if not self._queue:
+                return None
+            return self._queue.popleft(), self.dropped
+
+    def close(self) -> None:
+        """End the stream: a waiting :meth:`get` returns at once with StreamClosed."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
+
+class Broadcaster:
+    """Fans each step's snapshots out to the subscribers; never blocks on a slow one."""
+
+    def __init__(self, queue_size: int, max_subscribers: int) -> None:
+        self.queue_size = queue_size
+        self.max_subscribers = max_subscribers
+        self._lock = threading.Lock()
+        self._subs: set[Subscriber] = set()
+        self._closed = False
+
+    def subscribe(self, cells: frozenset[int] | None, every: int, initial: Iterable[CellSnapshot]) -> Subscriber:
+        """A new subscriber whose queue starts with ``initial``; TooManyStreams or StreamClosed if refused."""
+        with self._lock:
+            if self._closed:
+                raise StreamClosed
+            if len(self._subs) >= self.max_subscribers:
+                raise TooManyStreams
+            sub = Subscriber(cells, every, self.queue_size)
+            sub.offer(initial, force=True)
+            self._subs.add(sub)
+            return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        sub.close()
+        with self._lock:
+            self._subs.discard(sub)
+
+    def publish(self, snaps: list[CellSnapshot]) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            sub.offer(snaps)
+
+    def close(self) -> None:
+        """Close every subscriber and refuse new ones."""
+        with self._lock:
+            self._closed = True
+            subs = list(self._subs)
+            self._subs.clear()
+        for sub in subs:
+            sub.close()
+
+    @property
+    def count(self) -> int:
+        """Subscribers open now."""
+        with self._lock:
+            return len(self._subs)
+
+
+class PlantRuntime:
+    """The potline with its subscribers and, in real-time mode, its clock: what the servicer talks to.
+
+    Parameters
+    ----------
+    potline : Potline
+        The simulated cells.
+    config : PlantConfig
+        Clock, stream and step settings.
+    on_clock_failure : callable, optional
+        Called once if the clock thread stops on an unexpected error.
+    """
+
+    def __init__(
+        self, potline: Potline, config: PlantConfig, on_clock_failure: Callable[[], None] | None = None
+    ) -> None:
+        self.potline = potline
+        self.config = config
+        self.broadcaster = Broadcaster(config.stream_queue_size, config.max_streams)
+        self._advance_lock = threading.Lock()  # one step and its publication happen together
+        self._step_call_lock = threading.Lock()  # one Step call's n steps are consecutive
+        self._stop = threading.Event()
+        self._on_clock_failure = on_clock_failure
+        self._clock: threading.Thread | None = None
+
+    @property
+    def stepped(self) -> bool:
+        return self.config.stepped
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        """Start the clock (real-time mode only)."""
+        if self.stepped or self._clock is not None:
+            return
+        self._clock = threading.Thread(target=self._run_clock, name="plant-clock", daemon=True)
+        self._clock.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the clock and end every stream."""
+        self._stop.set()
+        self.broadcaster.close()
+        if self._clock is not None:
+            self._clock.join(timeout)
+
+    def advance(self, n: int) -> int:
+        """Advance the potline ``n`` steps, publishing each; returns the step index after them."""
+        with self._step_call_lock:
+            k = self.potline.step_index
+            for _ in range(n):
+                if self._stop.is_set():
+                    break
+                with self._advance_lock:
+                    k = self.potline.step(1)
+                    if self.broadcaster.count:
+                        self.broadcaster.publish(self.potline.snapshots())
+            return k
+
+    def subscribe(self, cells: frozenset[int] | None, every: int) -> Subscriber:
+        """A subscriber that starts with the present snapshot of its cells and then gets every step."""
+        with self._advance_lock:
+            initial = self.potline.snapshots(None if cells is None else sorted(cells))
+            return self.broadcaster.subscribe(cells, every, initial)
+
+    def _run_clock(self) -> None:
+        period = self.config.dt / self.config.real_time_factor
+        deadline = time.monotonic() + period
+        try:
+            while not self._stop.wait(max(0.0, deadline - time.monotonic())):
+                self.advance(1)
+                deadline += period
+                now = time.monotonic()
+                if now - deadline > 10 * period:  # far behind (slow machine): drop the backlog
+                    deadline = now
+        except Exception:
+            log.exception("the plant clock stopped on an unexpected error")
+            if self._on_clock_failure is not None:
+                self._on_clock_failure()
+
+
+class _Abort(Exception):
+    """A request the servicer refuses: a status code and a client-facing message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _shutting_down() -> _Abort:
+    return _Abort(grpc.StatusCode.UNAVAILABLE, "the plant is shutting down")
+
+
+def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message of an exception (no traces, no paths)."""
+    if isinstance(exc, _Abort):
+        return exc.code, exc.message
+    if isinstance(exc, UnknownCell):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, InvalidCommand):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, CellFaulted):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, StreamClosed):
+        return _status_of(_shutting_down())
+    if isinstance(exc, TooManyStreams):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "too many measurement streams are open; try again later"
+    log.error("unexpected error in a PlantService call", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error in the plant service"
+
+
+def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn exceptions of a unary handler into status codes; one bad request never takes the server down."""
+
+    @functools.wraps(method)
+    def handler(self: PlantServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            if self.runtime.closed:
+                raise _shutting_down()
+            return method(self, request, context)
+        except Exception as exc:
+            code, message = _status_of(exc)
+        context.abort(code, message)
+
+    return handler
+
+
+def _signal_pb(s: Signal) -> common_pb2.Signal:
+    return common_pb2.Signal(
+        index=s.index,
+        name=s.name,
+        unit=s.unit,
+        description=s.description,
+        typical=common_pb2.Range(low=s.low, high=s.high),
+    )
+
+
+def snapshot_to_pb(snap: CellSnapshot, include_true_state: bool) -> plant_pb2.CellSnapshot:
+    """The message of a :class:`plant.potline.CellSnapshot`."""
+    manual = {c.field: float(v) for c, v in zip(COMMANDS, snap.manual, strict=True) if not math.isnan(v)}
+    fault = plant_pb2.FaultStatus(code=int(snap.fault), text=snap.fault_text)
+    if snap.fault_step >= 0:
+        fault.step = snap.fault_step
+    return plant_pb2.CellSnapshot(
+        cell=snap.cell,
+        step=snap.step,
+        time_s=snap.time_s,
+        x=snap.y.tolist(),
+        x_true=snap.x.tolist() if include_true_state else (),
+        u=snap.u.tolist(),
+        outputs=plant_pb2.CellOutputs(**snap.outputs),
+        fault=fault,
+        manual=plant_pb2.ManualInputs(**manual),
+    )
+
+
+class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
+    """Converts PlantService messages to :class:`PlantRuntime` calls and back."""
+
+    def __init__(self, runtime: PlantRuntime) -> None:
+        self.runtime = runtime
+
+    @property
+    def potline(self) -> Potline:
+        return self.runtime.potline
+
+    @_unary
+    def GetInfo(self, request: plant_pb2.GetInfoRequest, context: grpc.ServicerContext) -> plant_pb2.GetInfoResponse:
+        cfg = self.runtime.config
+        noise = self.potline.noise
+        return plant_pb2.GetInfoResponse(
+            plant_spec_version=SPEC_VERSION,
+            n_cells=self.potline.n_cells,
+            dt_s=self.potline.dt,
+            clock_mode=plant_pb2.CLOCK_MODE_STEPPED if cfg.stepped else plant_pb2.CLOCK_MODE_REAL_TIME,
+            real_time_factor=cfg.real_time_factor,
+            step=self.potline.step_index,
+            states=[_signal_pb(s) for s in STATES],
+            inputs=[_signal_pb(s) for s in INPUTS],
+            outputs=[_signal_pb(s) for s in OUTPUTS],
+            command_bounds=[
+                plant_pb2.CommandBounds(
+                    field=c.field,
+                    input_index=c.input_index,
+                    unit=c.unit,
+                    bounds=common_pb2.Range(low=c.low, high=c.high),
+                )
+                for c in COMMANDS
+            ],
+            current_profile=cfg.current_profile,
+            default_acd_m=self.potline.default_acd,
+            noise_std=() if noise is None else noise.std,
+            max_steps_per_call=cfg.max_steps_per_call,
+            stream_queue_size=cfg.stream_queue_size,
+        )
+
+    @_unary
+    def GetState(self, request: plant_pb2.GetStateRequest, context: grpc.ServicerContext) -> plant_pb2.CellSnapshot:
+        return snapshot_to_pb(self.potline.snapshot(request.cell), request.include_true_state)
+
+    @_unary
+    def SetInputs(
+        self, request: plant_pb2.SetInputsRequest, context: grpc.ServicerContext
+    ) -> plant_pb2.SetInputsResponse:
+        if not request.commands:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "SetInputsRequest.commands is empty")
+        seen: set[int] = set()
+        commands: list[tuple[int, str, float]] = []
+        for i, cmd in enumerate(request.commands):
+            if cmd.cell in seen:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"commands[{i}]: cell {cmd.cell} appears twice")
+            seen.add(cmd.cell)
+            for spec in COMMANDS:
+                if not cmd.HasField(spec.field):
+                    continue
+                which = getattr(cmd, spec.field).WhichOneof("command")
+                if which is None:
+                    raise _Abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"commands[{i}].{spec.field} holds neither 'manual' nor 'automatic'",
+                    )
+                value = getattr(cmd, spec.field).manual if which == "manual" else math.nan
+                if which == "manual" and math.isnan(value):
+                    raise _Abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{spec.field} = nan for cell {cmd.cell} is not a finite number "
+                        "(use 'automatic' to hand the input back)",
+                    )
+                commands.append((cmd.cell, spec.field, value))
+        return plant_pb2.SetInputsResponse(step=self.potline.set_commands(commands))
+
+    @_unary
+    def Step(self, request: plant_pb2.StepRequest, context: grpc.ServicerContext) -> plant_pb2.StepResponse:
+        cfg = self.runtime.config
+        if not self.runtime.stepped:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Step is only available in stepped mode; this plant runs in real time "
+                f"(real_time_factor = {cfg.real_time_factor:g})",
+            )
+        if not 1 <= request.n <= cfg.max_steps_per_call:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"n = {request.n} must be in [1, {cfg.max_steps_per_call}]")
+        return plant_pb2.StepResponse(step=self.runtime.advance(request.n))
+
+    def _open_stream(self, request: plant_pb2.StreamMeasurementsRequest) -> Subscriber:
+        if self.runtime.closed:
+            raise _shutting_down()
+        cells = frozenset(self.potline.check_cell(c) for c in request.cells) or None
+        return self.runtime.subscribe(cells, max(1, request.every_n_steps))
+
+    def StreamMeasurements(
+        self, request: plant_pb2.StreamMeasurementsRequest, context: grpc.ServicerContext
+    ) -> Iterator[plant_pb2.StreamMeasurementsResponse]:
+        try:
+            sub = self._open_stream(request)
+        except Exception as exc:
+            code, message = _status_of(exc)
+            context.abort(code, message)
+            return
+        broadcaster = self.runtime.broadcaster
+        context.add_callback(sub.close)  # wakes the loop below when the client goes away
+        try:
+            while True:
+                try:
+                    item = sub.get(_POLL_S)
+                except StreamClosed:
+                    return
+                if item is None:
+                    if not context.is_active():
+                        return
+                    continue
+                snap, dropped = item
+                yield plant_pb2.StreamMeasurementsResponse(
+                    snapshot=snapshot_to_pb(snap, request.include_true_state), dropped=dropped
+                )
+        finally:
+            broadcaster.unsubscribe(sub)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class PlantServer:
+    """A bound PlantService server: :meth:`start`, :meth:`begin_shutdown`, :meth:`stop`.
+
+    Made by :func:`create_server`; also a context manager (start on enter, stop on exit).
+    """
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        runtime: PlantRuntime,
+        health_servicer: health.HealthServicer,
+        host: str,
+        port: int,
+    ) -> None:
+        self.grpc_server = server
+        self.runtime = runtime
+        self.health = health_servicer
+        self.port = port
+        self.address = _format_address(host, port)
+        self._stopped = False
+
+    @property
+    def potline(self) -> Potline:
+        return self.runtime.potline
+
+    def start(self) -> None:
+        """Start serving (and the clock in real-time mode)."""
+        self.grpc_server.start()
+        self.runtime.start()
+
+    def begin_shutdown(self) -> None:
+        """Report NOT_SERVING on every health service name; calls are still answered until :meth:`stop`."""
+        self.health.enter_graceful_shutdown()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, stop the clock, end every stream cleanly, then stop the server.
+
+        Parameters
+        ----------
+        grace : float, optional
+            Seconds in-flight calls get to finish; default ``config.grace_s``.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self.begin_shutdown()
+        self.runtime.close()
+        self.grpc_server.stop(self.runtime.config.grace_s if grace is None else grace).wait()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops (or ``timeout`` s); True if it stopped."""
+        return self.grpc_server.wait_for_termination(timeout)
+
+    def __enter__(self) -> PlantServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def create_server(config: PlantConfig, *, potline: Potline | None = None) -> tuple[PlantServer, int]:
+    """A PlantService server bound to ``config.host:config.port``, not yet started.
+
+    Parameters
+    ----------
+    config : PlantConfig
+        Plant and server settings; ``port = 0`` binds a free port.
+    potline : Potline, optional
+        The potline to serve; built from ``config`` when absent (pass one to use other initial states,
+        parameters or limits).
+
+    Returns
+    -------
+    (PlantServer, int)
+        The server and the port it is bound to.
+    """
+    if potline is None:
+        potline = Potline.from_config(config)
+    elif potline.dt != config.dt:
+        raise ValueError(f"the potline's dt ({potline.dt:g} s) differs from config.dt ({config.dt:g} s)")
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+
+    def clock_failed() -> None:
+        health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    runtime = PlantRuntime(potline, config, on_clock_failure=clock_failed)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="plant-grpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    plant_pb2_grpc.add_PlantServiceServicer_to_server(PlantServicer(runtime), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = _format_address(config.host, config.port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address} (address in use or not available)")
+    return PlantServer(server, runtime, health_servicer, config.host, port), port
+
+
+def _describe(config: PlantConfig) -> str:
+    mode = "stepped mode" if config.stepped else f"real time x{config.real_time_factor:g}"
+    return f"{config.n_cells} cells, {mode}, current {config.current_profile}, seed {config.seed}"
+
+
+def serve(config: PlantConfig, *, out: TextIO | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then report NOT_SERVING and stop with ``config.grace_s`` of grace.
+
+    Prints the bound address to ``out`` (default stdout) once serving. Signal handlers are installed only when
+    called from the main thread (and restored afterwards).
+    """
+    out = sys.stdout if out is None else out
+    server, _ = create_server(config)
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    try:
+        server.start()
+        print(f"alutwin plant: serving {SERVICE_NAME} on {server.address} ({_describe(config)})", file=out, flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("alutwin plant: shutting down", file=out, flush=True)
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        config = PlantConfig.from_yaml(args.config)
+    else:
+        config = PlantConfig(n_cells=4, seed=0, port=DEFAULT_PORT)
+    overrides = {
+        "port": args.port,
+        "host": args.host,
+        "n_cells": args.cells,
+        "real_time_factor": args.real_time_factor,
+        "seed": args.seed,
+    }
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        serve(config)
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``alutwin plant serve`` to the ``alutwin`` command (entry point ``alutwin.commands``)."""
+    parser = subparsers.add_parser("plant", help="the simulated potline as a gRPC service")
+    actions = parser.add_subparsers(dest="plant_command", metavar="ACTION", required=True)
+    p = actions.add_parser(
+        "serve",
+        help="serve alutwin.v1.PlantService until SIGTERM/SIGINT",
+        description="Serve a simulated potline over gRPC (health checking and reflection included). "
+        "Without --config: 4 cells, seed 0, stepped mode, 127.0.0.1:50051; flags override either.",
+    )
+    p.add_argument("--config", type=Path, help="YAML file of PlantConfig settings (see deploy/plant.yaml)")
+    p.add_argument("--port", type=int, help="TCP port; 0 picks a free one")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--cells", type=int, help="number of cells")
+    p.add_argument("--real-time-factor", type=float, help="plant seconds per wall second; 0 = stepped mode")
+    p.add_argument("--seed", type=int, help="seed of initial states, current profile and noise")
+    p.set_defaults(func=_cmd_serve)

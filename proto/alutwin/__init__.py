@@ -1,0 +1,1 @@
+"""The ``alutwin`` protobuf package (see ``proto/__init__.py``)."""
