@@ -1,0 +1,219 @@
+"""The surrogate family behind one estimator, chosen by name (scikit-learn conventions).
+
+``SurrogateEstimator(kind=...)`` takes its settings in ``__init__``; ``fit(trajectories)`` returns ``self``
+with fitted attributes ending in ``_``; ``predict`` gives one-step derivatives and ``simulate`` a free run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from identification.data import TrajectoryLike, fit_normalization, make_samples
+from identification.network import Architecture, EnsembleWeights
+from identification.regularizers import Regularizer, make_regularizer
+from identification.surrogate import Surrogate, prior_derivative
+from identification.training import TrainConfig, TrainResult, member_seeds, train_ensemble
+
+__all__ = ["KINDS", "ModelSpec", "SurrogateEstimator", "prune"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What distinguishes the variants of the study."""
+
+    description: str
+    skip: bool = False
+    regularizer: str = "l1"
+    reg_settings: dict = field(default_factory=dict)
+    prior: str = "none"
+    prune_thresholds: tuple[float, ...] = ()  # threshold-and-mask rounds (exact zeros), each followed by re-training
+    retrain_epochs: int = 0  # epochs of masked re-training after each pruning round
+    group_threshold: float = 0.0  # at each pruning round, (input, block) groups with a smaller norm are cut whole
+    blocks: int = 1  # 8: one sub-network per output (see Architecture)
+    hidden: tuple[int, ...] | None = None  # None: the published (20, 20, 20, 20)
+
+    @property
+    def exact(self) -> bool:
+        return bool(self.prune_thresholds)
+
+
+KINDS: dict[str, ModelSpec] = {
+    "dense": ModelSpec("dense MLP 13-20-20-20-20-8, no penalty (published baseline)", regularizer="none"),
+    "l1": ModelSpec("l1-sparse MLP, lambda = lambda_in = 1e-4 (published)", reg_settings={"lam": 1e-4, "lam_in": 1e-4}),
+    "sparse": ModelSpec(
+        "exactly sparse: l1 training, then weights below 1e-2 set to exact zeros and the rest re-trained",
+        reg_settings={"lam": 1e-4, "lam_in": 1e-4},
+        prune_thresholds=(1e-2,),
+        retrain_epochs=20,
+    ),
+    "inputskip": ModelSpec(
+        "InputSkip: output layer also sees the input and every hidden layer; own l1 weight on the skip rows",
+        skip=True,
+        reg_settings={"lam": 1e-4, "lam_in": 1e-4, "lam_skip": 1e-4},
+    ),
+    "hybrid": ModelSpec(
+        "CoSTA hybrid: misspecified physics (liquidus fixed at 968 degC) + l1-sparse network on the residual",
+        prior="wrong_liquidus",
+        reg_settings={"lam": 1e-4, "lam_in": 1e-4},
+    ),
+    "structured": ModelSpec(
+        "one sub-network per output with a linear input skip, group lasso per (input, output) and exact pruning",
+        skip=True,
+        blocks=8,
+        hidden=(32, 32),
+        regularizer="group",
+        reg_settings={"lam": 1e-4, "lam_in": 1e-4, "lam_skip": 1e-4, "lam_group": 1e-3},
+        prune_thresholds=(1e-2, 3e-2),
+        group_threshold=3e-2,
+        retrain_epochs=20,
+    ),
+}
+"""Model variants by name."""
+
+
+def prune(weights: EnsembleWeights, threshold: float, group_threshold: float = 0.0) -> EnsembleWeights:
+    """Threshold-and-mask: weights with ``|w| <= threshold`` become exact zeros (masked), and so do whole
+    (input, block) groups whose norm is at most ``group_threshold``; existing masks are kept."""
+    arch = weights.architecture
+    masks = [np.abs(w) > threshold for w in weights.weights]
+    if weights.masks is not None:
+        masks = [a & b for a, b in zip(masks, weights.masks, strict=True)]
+    if group_threshold > 0:
+        first = weights.weights[0]  # (M, n_in, h1)
+        m, n_in, h1 = first.shape
+        sq = (first**2).reshape(m, n_in, arch.blocks, h1 // arch.blocks).sum(axis=3)
+        if arch.skip:
+            direct = weights.weights[-1][:, : arch.n_in]
+            sq = sq + (direct**2).reshape(m, n_in, arch.blocks, arch.n_out // arch.blocks).sum(axis=3)
+        keep = np.sqrt(sq) > group_threshold  # (M, n_in, blocks)
+        masks[0] &= np.repeat(keep, h1 // arch.blocks, axis=2)
+        if arch.skip:
+            masks[-1][:, : arch.n_in] &= np.repeat(keep, arch.n_out // arch.blocks, axis=2)
+    masks_t = tuple(masks)
+    return EnsembleWeights(
+        arch, tuple(w * mk for w, mk in zip(weights.weights, masks_t, strict=True)), weights.biases, masks_t
+    )
+
+
+class SurrogateEstimator:
+    """Fit an ensemble surrogate of the cell to trajectories.
+
+    Parameters
+    ----------
+    kind : a name of :data:`KINDS`.
+    n_members : ensemble size (members differ only in their seed).
+    hidden : hidden layer widths (None: the kind's own, else the published (20, 20, 20, 20)).
+    epochs, batch_size, lr : the optimiser (published: 100, 128, 1e-3).
+    seed : the ensemble's seed; members get independent seeds derived from it.
+    dtype : training precision ("float32" or "float64").
+    measured : train on the data set's noisy measurements ``y`` instead of the true states.
+    progress : show progress bars.
+    **overrides : replace fields of the kind's :class:`ModelSpec` (e.g. ``retrain_epochs=10``) or entries of its
+        regulariser settings (e.g. ``lam=3e-4``).
+    """
+
+    def __init__(
+        self,
+        kind: str = "l1",
+        n_members: int = 10,
+        hidden: tuple[int, ...] | None = None,
+        epochs: int = 100,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        seed: int = 0,
+        dtype: str = "float32",
+        measured: bool = False,
+        progress: bool = False,
+        **overrides: object,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; must be one of {sorted(KINDS)}")
+        if not (isinstance(n_members, int) and n_members >= 1):
+            raise ValueError(f"n_members must be a positive integer, got {n_members!r}")
+        spec = KINDS[kind]
+        spec_fields = {f for f in spec.__dataclass_fields__ if f not in ("description", "reg_settings")}
+        reg = dict(spec.reg_settings)
+        for key, value in overrides.items():
+            if key in spec_fields:
+                spec = replace(spec, **{key: value})
+            elif key in ("lam", "lam_in", "lam_skip", "lam_group"):
+                reg[key] = float(value)  # type: ignore[arg-type]
+            else:
+                raise ValueError(
+                    f"unknown setting {key!r}; valid: {sorted(spec_fields | {'lam', 'lam_in', 'lam_skip', 'lam_group'})}"
+                )
+        self.kind = kind
+        self.spec = replace(spec, reg_settings=reg)
+        self.n_members = n_members
+        self.hidden = tuple(hidden or self.spec.hidden or (20, 20, 20, 20))
+        self.config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, dtype=dtype)
+        self.seed = seed
+        self.measured = measured
+        self.progress = progress
+
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture(hidden=self.hidden, skip=self.spec.skip, blocks=self.spec.blocks)
+
+    def regularizer(self) -> Regularizer:
+        return make_regularizer(self.spec.regularizer, **self.spec.reg_settings)
+
+    def fit(self, data: TrajectoryLike) -> SurrogateEstimator:
+        """Fit to trajectories (``x (N, T+1, 8)``, ``u (N, T, 5)``, ``fault_step``, ``dt``); returns ``self``."""
+        samples = make_samples(data, measured=self.measured)
+        prior = prior_derivative(self.spec.prior, samples.x, samples.u)
+        norm = fit_normalization(samples, data.dt, target_offset=prior)
+        z = norm.features(samples.x, samples.u)
+        target = samples.dxdt if prior is None else samples.dxdt - prior
+        y = (target - norm.target_mean) / norm.target_std
+        seeds = member_seeds(self.seed, self.n_members)
+        arch, reg = self.architecture, self.regularizer()
+        label = f"{self.kind} x{self.n_members}" if self.progress else False
+        m = self.n_members
+        struct = arch.structural_masks()
+        masks0 = None if struct is None else tuple(np.broadcast_to(s, (m, *s.shape)).copy() for s in struct)
+        result = train_ensemble(arch, z, y, seeds, self.config, reg, masks=masks0, progress=label)
+        phases = [result]
+        weights = result.weights
+        for round_, threshold in enumerate(self.spec.prune_thresholds):
+            pruned = prune(weights, threshold, self.spec.group_threshold)
+            cfg = replace(self.config, epochs=self.spec.retrain_epochs)
+            seeds_r = member_seeds(self.seed + 1000 * (round_ + 1), self.n_members)
+            res = train_ensemble(
+                arch,
+                z,
+                y,
+                seeds_r,
+                cfg,
+                reg,
+                init=pruned,
+                masks=pruned.masks,
+                progress=label and f"{label} re-train {round_ + 1}",
+            )
+            phases.append(res)
+            weights = res.weights
+        self.normalization_ = norm
+        self.surrogate_ = Surrogate(weights, norm, self.spec.prior)
+        self.history_ = phases
+        self.train_seconds_ = float(sum(p.seconds for p in phases))
+        self.n_samples_ = len(samples)
+        return self
+
+    def _fitted(self) -> Surrogate:
+        if not hasattr(self, "surrogate_"):
+            raise RuntimeError("this estimator is not fitted yet: call fit() first")
+        return self.surrogate_
+
+    def predict(self, x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """One-step derivative of each member at ``x`` ``(B, 8)``, ``u`` ``(B, 5)``: ``(M, B, 8)``."""
+        return self._fitted().derivative(x, u)
+
+    def simulate(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Free run (explicit Euler) of each member: ``(M, B, T + 1, 8)``."""
+        return self._fitted().simulate(x0, u)
+
+    @property
+    def last_result(self) -> TrainResult:
+        return self.history_[-1]

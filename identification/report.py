@@ -1,0 +1,287 @@
+"""Markdown report and figures of the identification study (``results.json`` -> ``README.md`` + PNGs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from identification.estimator import KINDS
+from identification.metrics import TRUE_STRUCTURE, WINDOWS
+from plant.signals import INPUT_NAMES, STATE_NAMES
+
+__all__ = ["GOALS", "PUBLISHED", "write_report"]
+
+PUBLISHED = {
+    "dense": {"100dT_median": 2e-2, "5000dT_median": 3e-1, "diverged_by_2500dT": 120, "diverged_by_5000dT": 275},
+    "l1": {"100dT_median": 1.5e-2, "5000dT_median": 2.5e-1, "diverged_by_2500dT": 11, "diverged_by_5000dT": 90},
+    "hybrid": {"100dT_median": 5e-3, "5000dT_median": 6e-2, "diverged_by_2500dT": 0, "diverged_by_5000dT": 34},
+}
+"""The companion study's figures (40 training trajectories, 1000 rollouts), from spec/learning.md."""
+
+GOALS = {"diverged_fraction": 0.01, "5000dT_median": 0.1, "nonzero": 300, "f1": 0.9, "jaccard": 0.9}
+
+
+def _fmt(v: float | int | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.{digits}g}"
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def _kinds(runs: dict) -> list[str]:
+    seen = []
+    for r in runs.values():
+        if r["kind"] not in seen:
+            seen.append(r["kind"])
+    return seen
+
+
+def _sizes(runs: dict) -> list[int]:
+    return sorted({r["n_train"] for r in runs.values()})
+
+
+def _plot_horizon(runs: dict, size: int, path: Path) -> None:
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for kind in _kinds(runs):
+        r = runs.get(f"{kind}@{size}")
+        if not r or not r["median_curve"]:
+            continue
+        k = np.arange(len(r["median_curve"])) * r["curve_stride"]
+        ax.semilogy(k[1:], np.maximum(r["median_curve"][1:], 1e-6), label=kind)
+    for start, _ in WINDOWS.values():
+        if start:
+            ax.axvline(start, color="0.8", lw=0.8)
+    ax.set_xlabel("step k (10 s)")
+    ax.set_ylabel("median AN-RFMSE e_k (non-diverged rollouts)")
+    ax.set_title(f"Open-loop error vs horizon, {size} training trajectories")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    _save(fig, path)
+
+
+def _plot_divergence(runs: dict, path: Path) -> None:
+    kinds, sizes = _kinds(runs), _sizes(runs)
+    fig = Figure(figsize=(8, 4))
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(sizes), 1)
+    for j, n in enumerate(sizes):
+        vals = [runs.get(f"{k}@{n}", {}).get("diverged_by_5000dT", np.nan) for k in kinds]
+        tot = [runs.get(f"{k}@{n}", {}).get("rollouts", 1) for k in kinds]
+        ax.bar(
+            np.arange(len(kinds)) + j * width,
+            100 * np.asarray(vals, float) / np.asarray(tot, float),
+            width,
+            label=f"{n} traj.",
+        )
+    ax.set_xticks(np.arange(len(kinds)) + width * (len(sizes) - 1) / 2, kinds)
+    ax.set_ylabel("% of rollouts diverged by 5000ΔT")
+    ax.axhline(100 * GOALS["diverged_fraction"], color="k", ls="--", lw=0.8, label="goal 1 %")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)
+
+
+def _plot_structure(runs: dict, size: int, path: Path) -> None:
+    kinds = [k for k in _kinds(runs) if f"{k}@{size}" in runs]
+    fig = Figure(figsize=(2.4 * (len(kinds) + 1), 2.9))
+    axes = fig.subplots(1, len(kinds) + 1, squeeze=False)[0]
+    labels = [*STATE_NAMES, *INPUT_NAMES]
+    panels = [("true structure", TRUE_STRUCTURE.astype(float))] + [
+        (
+            f"{k}\nF1 {runs[f'{k}@{size}']['structure_jacobian']['f1']:.2f}",
+            np.asarray(runs[f"{k}@{size}"]["dependency_fraction"]),
+        )
+        for k in kinds
+    ]
+    for ax, (title, mat) in zip(axes, panels, strict=True):
+        ax.imshow(mat, cmap="Greys", vmin=0, vmax=1)
+        rows, cols = np.nonzero(TRUE_STRUCTURE)
+        ax.scatter(cols, rows, s=6, c="tab:red", marker="o", linewidths=0)
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks(range(13), labels, rotation=90, fontsize=5)
+        ax.set_yticks(range(8), [f"d{n}" for n in STATE_NAMES], fontsize=5)
+    fig.suptitle(
+        f"Dependency matrices (share of members, data Jacobian), {size} training trajectories; red: truth", fontsize=9
+    )
+    _save(fig, path)
+
+
+def _plot_lambda(sweep: dict, path: Path) -> None:
+    if not sweep:
+        return
+    items = sorted(sweep.values(), key=lambda r: r["lambda"])
+    lam = [r["lambda"] for r in items]
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.semilogx(lam, [r["nonzero_1e-2"] for r in items], "o-", label="non-zero weights (|w| > 1e-2)")
+    ax.set_xlabel("λ = λ_in")
+    ax.set_ylabel("non-zero weights (mean of members)")
+    ax2 = ax.twinx()
+    ax2.semilogx(lam, [r["5000dT_median"] for r in items], "s--", color="tab:red", label="median 5000ΔT")
+    ax2.set_ylabel("median AN-RFMSE 5000ΔT", color="tab:red")
+    ax.set_title(f"ℓ1 strength vs sparsity and accuracy ({items[0]['n_train']} training trajectories)")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def write_report(results: dict, out: Path) -> Path:
+    """Write figures and ``README.md`` for ``results`` into ``out``; returns the report's path."""
+    out = Path(out)
+    runs = results.get("runs", {})
+    if not runs:
+        raise ValueError("the results hold no finished run to report on")
+    sizes = _sizes(runs)
+    big = sizes[-1]
+    _plot_horizon(runs, big, out / "error_vs_horizon.png")
+    _plot_divergence(runs, out / "divergence.png")
+    _plot_structure(runs, big, out / "structure.png")
+    _plot_lambda(results.get("lambda_sweep", {}), out / "nonzeros_vs_lambda.png")
+    cfg = results.get("config", {})
+    lines = [
+        "# Identification study: sparse neural surrogates of the Hall–Héroult cell",
+        "",
+        "Generated by `alutwin study` from `results.json` in this folder. Protocol of `spec/learning.md`: "
+        f"'aprbs' data, {cfg.get('n_steps')} steps of 10 s; ensembles of {cfg.get('n_members')} members; "
+        f"{cfg.get('epochs')} epochs of Adam (lr 1e-3, batch 128); open-loop explicit-Euler rollouts over "
+        f"{cfg.get('n_test')} test trajectories from other seeds, so {cfg.get('n_test', 0) * cfg.get('n_members', 0)} "
+        "rollouts per model.",
+        "",
+        "Normalisation of every figure: AN-RFMSE divides each state's error by the training set's std of that "
+        "state (σ_i) and averages over the 8 states; NRMSE is RMSE / σ_i per state; FIT% uses each state's "
+        "own spread in the test data. Window means leave diverged rollouts out (max e_k > 3, or NaN).",
+        "",
+        "## Model kinds",
+        "",
+        *[f"- **{k}**: {KINDS[k].description}" for k in _kinds(runs)],
+        "",
+        "## Results",
+        "",
+        "| model | train traj. | median 100ΔT | median 2500ΔT | median 5000ΔT (q25–q75) | diverged by 2500ΔT | diverged by 5000ΔT "
+        "| non-zero weights (exact / >1e-2) | structure F1 (Jacobian / paths) | Jaccard | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in sizes:
+        for k in _kinds(runs):
+            r = runs.get(f"{k}@{n}")
+            if r is None:
+                continue
+            lines.append(
+                f"| {k} | {n} | {_fmt(r['100dT_median'])} | {_fmt(r['2500dT_median'])} | {_fmt(r['5000dT_median'])} "
+                f"({_fmt(r['5000dT_q25'])}–{_fmt(r['5000dT_q75'])}) | {r['diverged_by_2500dT']} / {r['rollouts']} "
+                f"| {r['diverged_by_5000dT']} / {r['rollouts']} | {_fmt(r['nonzero_exact'], 4)} / {_fmt(r['nonzero_1e-2'], 4)} "
+                f"| {r['structure_jacobian']['f1']:.2f} / {r['structure_path']['f1']:.2f} | {r['jaccard_jacobian']:.2f} "
+                f"| {r['train_seconds']:.0f} |"
+            )
+    lines += [
+        "",
+        "Published anchors (companion study, 40 trajectories, 1000 rollouts; read off its plots): "
+        + "; ".join(
+            f"{k}: 100ΔT ≈ {v['100dT_median']:g}, 5000ΔT ≈ {v['5000dT_median']:g}, diverged ≈ {v['diverged_by_2500dT']} / "
+            f"{v['diverged_by_5000dT']} by 2500 / 5000ΔT"
+            for k, v in PUBLISHED.items()
+        )
+        + ". Non-zero weights of the published sparse models (|w| > 1e-2): ≈ 1039 / 765 / 473 with 10 / 20 / 40 "
+        "trajectories; dense ≈ 1550.",
+        "",
+        "![error vs horizon](error_vs_horizon.png)",
+        "",
+        "![divergence](divergence.png)",
+        "",
+        "![structure](structure.png)",
+        "",
+    ]
+    if results.get("lambda_sweep"):
+        lines += ["![non-zeros vs lambda](nonzeros_vs_lambda.png)", ""]
+    lines += _claims(runs, sizes)
+    lines += _per_state(runs, big)
+    data = results.get("data", {})
+    lines += [
+        "## Data and run",
+        "",
+        f"- Training trajectories that faulted (used up to the fault): {data.get('train_faulted')}.",
+        f"- Test trajectories drawn: {data.get('test_drawn')}; those that left the model's valid domain "
+        f"({data.get('test_faulted_dropped')}) were dropped and the first {cfg.get('n_test')} complete ones kept.",
+        f"- Total time: {results.get('seconds_total', 0):.0f} s on {results.get('machine', {}).get('machine')}.",
+        "",
+    ]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _published() -> dict:
+    from identification.study import PUBLISHED
+
+    return PUBLISHED
+
+
+def _claims(runs: dict, sizes: list[int]) -> list[str]:
+    lines = ["## Do the paper's claims hold on our plant?", ""]
+    small = sizes[0]
+    d, s = runs.get(f"dense@{small}"), runs.get(f"l1@{small}")
+    if d and s:
+        better_err = s["5000dT_median"] < d["5000dT_median"]
+        fewer_div = s["diverged_by_5000dT"] < d["diverged_by_5000dT"]
+        lines.append(
+            f"- **Sparse vs dense with {small} trajectories**: median 5000ΔT {_fmt(s['5000dT_median'])} (ℓ1) vs "
+            f"{_fmt(d['5000dT_median'])} (dense); diverged by 5000ΔT {s['diverged_by_5000dT']} vs "
+            f"{d['diverged_by_5000dT']} of {d['rollouts']}. "
+            + (
+                "The claim holds: the sparse models are more accurate and more stable."
+                if better_err and fewer_div
+                else "The claim holds only in part: "
+                + ("more accurate" if better_err else "not more accurate")
+                + ", "
+                + ("more stable." if fewer_div else "not more stable.")
+            )
+        )
+    big = sizes[-1]
+    cands = [r for k, r in runs.items() if k.endswith(f"@{big}")]
+    if cands:
+        best = min(cands, key=lambda r: (r["diverged_by_5000dT"], r["5000dT_median"]))
+        frac = best["diverged_by_5000dT"] / best["rollouts"]
+        f1 = best["structure_jacobian"]["f1"]
+        checks = [
+            (f"≤ 1 % diverged by 5000ΔT: {100 * frac:.1f} %", frac <= GOALS["diverged_fraction"]),
+            (f"median 5000ΔT ≤ 0.1: {_fmt(best['5000dT_median'])}", best["5000dT_median"] <= GOALS["5000dT_median"]),
+            (f"≤ 300 non-zero weights: {best['nonzero_exact']:.0f} exact", best["nonzero_exact"] <= GOALS["nonzero"]),
+            (f"structure F1 ≥ 0.9: {f1:.2f}", f1 >= GOALS["f1"]),
+            (f"ensemble Jaccard ≥ 0.9: {best['jaccard_jacobian']:.2f}", best["jaccard_jacobian"] >= GOALS["jaccard"]),
+        ]
+        lines.append(
+            f"- **Best variant with {big} trajectories: {best['kind']}** (fewest divergences, then lowest error):"
+        )
+        lines += [f"  - {'met' if ok else 'MISSED'}: {text}" for text, ok in checks]
+    lines.append("")
+    return lines
+
+
+def _per_state(runs: dict, size: int) -> list[str]:
+    lines = [f"## Per-state errors, {size} training trajectories (non-diverged rollouts)", ""]
+    lines.append("| model | " + " | ".join(f"NRMSE {n}" for n in STATE_NAMES) + " |")
+    lines.append("|---|" + "---|" * len(STATE_NAMES))
+    for k in _kinds(runs):
+        r = runs.get(f"{k}@{size}")
+        if r:
+            lines.append(f"| {k} | " + " | ".join(_fmt(v) for v in r["nrmse"]) + " |")
+    lines += [
+        "",
+        "| model | " + " | ".join(f"FIT% {n}" for n in STATE_NAMES) + " |",
+        "|---|" + "---|" * len(STATE_NAMES),
+    ]
+    for k in _kinds(runs):
+        r = runs.get(f"{k}@{size}")
+        if r:
+            lines.append(f"| {k} | " + " | ".join(_fmt(v, 3) for v in r["fit_percent"]) + " |")
+    lines.append("")
+    return lines
