@@ -69,6 +69,18 @@ KINDS: dict[str, ModelSpec] = {
         group_threshold=3e-2,
         retrain_epochs=20,
     ),
+    "structured-hybrid": ModelSpec(
+        "the structured network learning the residual of the misspecified physics (CoSTA prior)",
+        skip=True,
+        blocks=8,
+        hidden=(32, 32),
+        prior="wrong_liquidus",
+        regularizer="group",
+        reg_settings={"lam": 1e-4, "lam_in": 1e-4, "lam_skip": 1e-4, "lam_group": 1e-3},
+        prune_thresholds=(1e-2, 3e-2),
+        group_threshold=3e-2,
+        retrain_epochs=20,
+    ),
 }
 """Model variants by name."""
 

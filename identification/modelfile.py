@@ -1,0 +1,582 @@
+"""Model files: a trained surrogate as ``weights.safetensors`` + ``manifest.json`` in one directory.
+
+Layout of a model directory::
+
+    model_dir/
+        weights.safetensors   float64 tensors layer{i}.weight (M, n_in, n_out), layer{i}.bias (M, n_out) and,
+                              for exactly sparse models, uint8 layer{i}.mask (M, n_in, n_out) (0/1)
+        manifest.json         format name and version, kind, prior, architecture, normalisation, member count,
+                              non-zero weight counts, provenance of the training data, metrics, library versions,
+                              creation time, and the SHA-256 and size of the weights file
+
+Files are written atomically (temporary files in the same directory, ``fsync``, ``os.replace``), weights first
+and manifest last; the manifest's checksum binds the pair, so a crash between the two replacements leaves a
+directory that :func:`load_model` refuses instead of a silently mixed model.
+
+Model files are untrusted input. Nothing is ever unpickled: the weights are parsed by safetensors' own
+(safe) parser after a byte-level sniff and a checksum check, the manifest by a strict JSON parser (no NaN, no
+duplicate keys, size caps), and every field, tensor name, dtype, shape and value is validated before a
+:class:`~identification.surrogate.Surrogate` is built. Every refusal is a :class:`ModelFileError` (a
+``ValueError``) naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import stat
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+
+from identification.data import Normalization, TrajectoryLike
+from identification.estimator import KINDS
+from identification.network import Architecture, EnsembleWeights
+from identification.surrogate import PRIORS, Surrogate
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "LoadedModel",
+    "MANIFEST_NAME",
+    "MAX_HIDDEN_LAYERS",
+    "MAX_MANIFEST_BYTES",
+    "MAX_MEMBERS",
+    "MAX_UNITS",
+    "MAX_WEIGHTS_BYTES",
+    "ModelFileError",
+    "WEIGHTS_NAME",
+    "dataset_checksum",
+    "load_model",
+    "save_model",
+    "tensor_names",
+]
+
+FORMAT_NAME = "alutwin-surrogate"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_NAME = "weights.safetensors"
+
+MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB
+MAX_WEIGHTS_BYTES = 64 << 20  # 64 MiB
+MAX_MEMBERS = 64
+MAX_HIDDEN_LAYERS = 8
+MAX_UNITS = 256
+_MAX_JSON_DEPTH = 32
+
+_MANIFEST_KEYS = frozenset(
+    {
+        "format",
+        "format_version",
+        "kind",
+        "prior",
+        "architecture",
+        "normalization",
+        "n_members",
+        "masks",
+        "nonzero_weights",
+        "weights",
+        "provenance",
+        "metrics",
+        "versions",
+        "created",
+    }
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, malformed, inconsistent or hostile."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        super().__init__(f"model file {os.fspath(path)}: {problem}")
+        self.path = os.fspath(path)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A validated model read from disk."""
+
+    surrogate: Surrogate
+    kind: str
+    manifest: dict[str, Any]
+    path: Path  # the model directory
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.manifest["provenance"]
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        return self.manifest["metrics"]
+
+
+def tensor_names(n_layers: int, masks: bool) -> tuple[str, ...]:
+    """Names of the tensors of a weights file with ``n_layers`` weight matrices."""
+    names = []
+    for i in range(n_layers):
+        names += [f"layer{i}.weight", f"layer{i}.bias"]
+        if masks:
+            names.append(f"layer{i}.mask")
+    return tuple(names)
+
+
+def dataset_checksum(data: TrajectoryLike) -> str:
+    """SHA-256 of a data set's arrays (``x``, ``u``, ``fault_step`` as float64/int64 with their shapes, and ``dt``),
+    for the provenance of a model."""
+    h = hashlib.sha256()
+    for name, arr in (
+        ("x", np.asarray(data.x, dtype=np.float64)),
+        ("u", np.asarray(data.u, dtype=np.float64)),
+        ("fault_step", np.asarray(data.fault_step, dtype=np.int64)),
+        ("dt", np.asarray([data.dt], dtype=np.float64)),
+    ):
+        arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<")))
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saving
+
+
+def _jsonable(value: Any, where: str, depth: int = 0) -> Any:
+    """``value`` as plain JSON types; numpy scalars/arrays and tuples converted, non-finite floats -> None."""
+    if depth > _MAX_JSON_DEPTH:
+        raise ValueError(f"{where} is nested deeper than {_MAX_JSON_DEPTH} levels")
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        # JSON has no NaN or inf: a non-finite number (e.g. the window mean of all-diverged rollouts) is null.
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where} has a non-string key {k!r}")
+            out[k] = _jsonable(v, f"{where}.{k}", depth + 1)
+        return out
+    raise ValueError(f"{where} holds a {type(value).__name__}, which is not JSON data")
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("alutwin", "numpy", "torch", "casadi", "safetensors"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _check_architecture_caps(arch: Architecture, n_members: int, where: str) -> None:
+    if not 1 <= n_members <= MAX_MEMBERS:
+        raise ValueError(f"{where}: {n_members} members; at most {MAX_MEMBERS} are allowed")
+    if len(arch.hidden) > MAX_HIDDEN_LAYERS:
+        raise ValueError(f"{where}: {len(arch.hidden)} hidden layers; at most {MAX_HIDDEN_LAYERS} are allowed")
+    sizes = (arch.n_in, *arch.hidden, arch.n_out)
+    if max(sizes) > MAX_UNITS:
+        raise ValueError(f"{where}: layer sizes {sizes}; at most {MAX_UNITS} units per layer are allowed")
+
+
+def _fsync_dir(directory: Path) -> None:
+    if not hasattr(os, "O_DIRECTORY"):  # e.g. Windows: directories cannot be opened for fsync
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``target``, fsync it and move it over ``target``."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _nonzero_summary(weights: EnsembleWeights) -> dict[str, Any]:
+    nz = weights.nonzero()  # (M, L)
+    return {
+        "per_layer": nz.sum(axis=0).astype(int).tolist(),
+        "per_member": nz.astype(int).tolist(),
+        "total": int(nz.sum()),
+    }
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    surrogate: Surrogate,
+    *,
+    kind: str,
+    provenance: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a surrogate as a model directory (``weights.safetensors`` + ``manifest.json``).
+
+    Parameters
+    ----------
+    path : the model directory; created (with its parents) if missing. A path ending in ``manifest.json``
+        names its directory.
+    surrogate : the model.
+    kind : a name of :data:`identification.estimator.KINDS`.
+    provenance : where the training data came from (seed, n_traj, n_steps, excitation, dataset checksum from
+        :func:`dataset_checksum`, ...): JSON data (numpy scalars and arrays are converted).
+    metrics : optional scores (JSON data; NaN and inf are written as null, since JSON has neither).
+    overwrite : replace a model already in the directory.
+
+    Returns
+    -------
+    The model directory.
+
+    Raises
+    ------
+    ValueError : bad arguments (unknown kind, non-JSON provenance, a model beyond the size caps).
+    FileExistsError : the directory already holds a model and ``overwrite`` is false.
+    """
+    if not isinstance(surrogate, Surrogate):
+        raise ValueError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; must be one of {sorted(KINDS)}")
+    if not isinstance(provenance, dict):
+        raise ValueError(f"provenance must be a dict, got {type(provenance).__name__}")
+    if metrics is not None and not isinstance(metrics, dict):
+        raise ValueError(f"metrics must be a dict or None, got {type(metrics).__name__}")
+    weights = surrogate.weights
+    arch = weights.architecture
+    _check_architecture_caps(arch, weights.n_members, "save_model")
+
+    directory = Path(path)
+    if directory.name == MANIFEST_NAME:
+        directory = directory.parent
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"save_model: {directory} exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / MANIFEST_NAME).exists() and not overwrite:
+        raise FileExistsError(f"{directory} already holds a model; pass overwrite=True to replace it")
+
+    masks = weights.masks is not None
+    tensors: dict[str, np.ndarray] = {}
+    for i, (w, b) in enumerate(zip(weights.weights, weights.biases, strict=True)):
+        tensors[f"layer{i}.weight"] = np.ascontiguousarray(w, dtype="<f8")  # (M, n_in, n_out)
+        tensors[f"layer{i}.bias"] = np.ascontiguousarray(b, dtype="<f8")  # (M, n_out)
+        if masks:
+            tensors[f"layer{i}.mask"] = np.ascontiguousarray(weights.masks[i], dtype=np.uint8)  # (M, n_in, n_out)
+    blob = safetensors.numpy.save(tensors)
+    if len(blob) > MAX_WEIGHTS_BYTES:
+        raise ValueError(f"save_model: the weights take {len(blob)} bytes; at most {MAX_WEIGHTS_BYTES} are allowed")
+
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "prior": surrogate.prior,
+        "architecture": arch.as_dict(),
+        "normalization": surrogate.normalization.as_dict(),
+        "n_members": weights.n_members,
+        "masks": masks,
+        "nonzero_weights": _nonzero_summary(weights),
+        "weights": {
+            "file": WEIGHTS_NAME,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "bytes": len(blob),
+            "tensors": list(tensor_names(len(arch.layer_shapes), masks)),
+        },
+        "provenance": _jsonable(provenance, "provenance"),
+        "metrics": None if metrics is None else _jsonable(metrics, "metrics"),
+        "versions": _versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    text = json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8") + b"\n"
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"save_model: the manifest takes {len(text)} bytes; at most {MAX_MANIFEST_BYTES} are allowed")
+
+    _write_atomic(directory / WEIGHTS_NAME, blob)
+    _write_atomic(directory / MANIFEST_NAME, text)
+    _fsync_dir(directory)
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_capped(file: Path, cap: int) -> bytes:
+    """The bytes of a regular file of at most ``cap`` bytes."""
+    try:
+        st = os.stat(file)
+    except FileNotFoundError:
+        raise ModelFileError(file, "the file is missing") from None
+    except OSError as exc:
+        raise ModelFileError(file, f"cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFileError(file, "is not a regular file")
+    if st.st_size > cap:
+        raise ModelFileError(file, f"is {st.st_size} bytes; at most {cap} are allowed")
+    try:
+        with open(file, "rb") as f:
+            data = f.read(cap + 1)
+    except OSError as exc:
+        raise ModelFileError(file, f"cannot be read ({exc.strerror})") from None
+    if len(data) > cap:
+        raise ModelFileError(file, f"is larger than {cap} bytes")
+    return data
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_manifest(file: Path) -> dict[str, Any]:
+    raw = _read_capped(file, MAX_MANIFEST_BYTES)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelFileError(file, "is not UTF-8 text") from None
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ModelFileError(file, f"is not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(doc, dict):
+        raise ModelFileError(file, f"must hold a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _show(v: Any) -> str:
+    """A value from an untrusted file, for an error message (shortened)."""
+    text = repr(v)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_manifest(doc: dict[str, Any], file: Path) -> tuple[Architecture, Normalization]:
+    """Validate the manifest's fields; the architecture and normalisation it describes."""
+
+    def bad(problem: str) -> ModelFileError:
+        return ModelFileError(file, problem)
+
+    if doc.get("format") != FORMAT_NAME:
+        raise bad(f"format must be {FORMAT_NAME!r}, got {_show(doc.get('format'))}")
+    version = doc.get("format_version")
+    if not _is_int(version) or version not in SUPPORTED_VERSIONS:
+        raise bad(f"unknown format_version {_show(version)}; this reader supports {list(SUPPORTED_VERSIONS)}")
+    keys = set(doc)
+    if keys != _MANIFEST_KEYS:
+        missing, extra = sorted(_MANIFEST_KEYS - keys), sorted(keys - _MANIFEST_KEYS)
+        raise bad(f"manifest keys differ from format version {version}: missing {missing}, unexpected {extra[:20]}")
+    if not isinstance(doc["kind"], str) or doc["kind"] not in KINDS:
+        raise bad(f"unknown kind {_show(doc['kind'])}; must be one of {sorted(KINDS)}")
+    if not isinstance(doc["prior"], str) or doc["prior"] not in PRIORS:
+        raise bad(f"unknown prior {_show(doc['prior'])}; must be one of {sorted(PRIORS)}")
+    if not _is_int(doc["n_members"]) or not 1 <= doc["n_members"] <= MAX_MEMBERS:
+        raise bad(f"n_members must be an integer in [1, {MAX_MEMBERS}], got {_show(doc['n_members'])}")
+    if not isinstance(doc["masks"], bool):
+        raise bad("masks must be true or false")
+    for key in ("provenance", "versions"):
+        if not isinstance(doc[key], dict):
+            raise bad(f"{key} must be an object")
+    if doc["metrics"] is not None and not isinstance(doc["metrics"], dict):
+        raise bad("metrics must be an object or null")
+    if not isinstance(doc["created"], str):
+        raise bad("created must be a string")
+
+    a = doc["architecture"]
+    arch_keys = set(Architecture().as_dict())
+    if not isinstance(a, dict) or set(a) != arch_keys:
+        raise bad(f"architecture must be an object with exactly the keys {sorted(arch_keys)}")
+    hidden = a["hidden"]
+    if not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN_LAYERS:
+        raise bad(f"architecture.hidden must be a list of at most {MAX_HIDDEN_LAYERS} layer widths")
+    for name, v in (("n_in", a["n_in"]), ("n_out", a["n_out"]), *((f"hidden[{i}]", h) for i, h in enumerate(hidden))):
+        if not _is_int(v) or not 1 <= v <= MAX_UNITS:
+            raise bad(f"architecture.{name} must be an integer in [1, {MAX_UNITS}], got {_show(v)}")
+    try:
+        arch = Architecture.from_dict(a)
+    except (ValueError, TypeError) as exc:
+        raise bad(f"invalid architecture: {exc}") from None
+
+    n = doc["normalization"]
+    sizes = {"feature_mean": arch.n_in, "feature_std": arch.n_in, "target_mean": arch.n_out, "target_std": arch.n_out}
+    if not isinstance(n, dict) or set(n) != {*sizes, "dt"}:
+        raise bad(f"normalization must be an object with exactly the keys {sorted({*sizes, 'dt'})}")
+    for name, size in sizes.items():
+        v = n[name]
+        if not isinstance(v, list) or len(v) != size or not all(_is_number(e) for e in v):
+            raise bad(f"normalization.{name} must be a list of {size} numbers")
+    if not _is_number(n["dt"]):
+        raise bad("normalization.dt must be a number")
+    try:
+        norm = Normalization.from_dict(n)
+    except (ValueError, OverflowError) as exc:
+        raise bad(f"invalid normalization: {exc}") from None
+
+    nz = doc["nonzero_weights"]
+    if not isinstance(nz, dict) or set(nz) != {"per_layer", "per_member", "total"}:
+        raise bad("nonzero_weights must be an object with exactly the keys per_layer, per_member, total")
+
+    w = doc["weights"]
+    if not isinstance(w, dict) or set(w) != {"file", "sha256", "bytes", "tensors"}:
+        raise bad("weights must be an object with exactly the keys file, sha256, bytes, tensors")
+    if w["file"] != WEIGHTS_NAME:  # the manifest never chooses which file is read
+        raise bad(f"weights.file must be {WEIGHTS_NAME!r}, got {_show(w['file'])}")
+    if not isinstance(w["sha256"], str) or not _SHA256.fullmatch(w["sha256"]):
+        raise bad("weights.sha256 must be 64 lower-case hexadecimal digits")
+    if not _is_int(w["bytes"]) or not 0 < w["bytes"] <= MAX_WEIGHTS_BYTES:
+        raise bad(f"weights.bytes must be an integer in [1, {MAX_WEIGHTS_BYTES}]")
+    expected = list(tensor_names(len(arch.layer_shapes), doc["masks"]))
+    if w["tensors"] != expected:
+        raise bad(f"weights.tensors must list {expected} for this architecture")
+    return arch, norm
+
+
+def _sniff_safetensors(data: bytes, file: Path) -> None:
+    """Byte-level check that ``data`` looks like safetensors (8-byte little-endian header length, JSON header)."""
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if 2 <= header_len <= len(data) - 8 and data[8:9] == b"{":
+        return
+    if data[:1] == b"\x80":  # pickle protocols 2 and later start with PROTO (0x80)
+        hint = "it looks like a Python pickle (refused, never unpickled)"
+    elif data[:4] == b"PK\x03\x04":
+        hint = "it looks like a zip archive (e.g. torch.save output)"
+    elif len(data) < 10:
+        hint = f"only {len(data)} bytes"
+    else:
+        hint = "bad header: truncated, or another format"
+    raise ModelFileError(file, f"is not a safetensors file ({hint})")
+
+
+def _read_tensors(file: Path, doc: dict[str, Any]) -> dict[str, np.ndarray]:
+    data = _read_capped(file, MAX_WEIGHTS_BYTES)
+    _sniff_safetensors(data, file)
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != doc["weights"]["bytes"] or digest != doc["weights"]["sha256"]:
+        raise ModelFileError(
+            file,
+            f"checksum mismatch with {MANIFEST_NAME} (sha256 {digest[:16]}..., {len(data)} bytes; the manifest says "
+            f"{doc['weights']['sha256'][:16]}..., {doc['weights']['bytes']} bytes): the files do not belong together",
+        )
+    try:
+        # safetensors' parser reads a JSON header and raw little-endian buffers; it never executes code.
+        tensors = safetensors.numpy.load(data)
+    except Exception as exc:  # any parser failure on untrusted bytes is a refused file
+        raise ModelFileError(file, f"is not a valid safetensors file ({str(exc)[:200]})") from None
+    return {k: np.array(v, copy=True) for k, v in tensors.items()}
+
+
+def _check_tensors(
+    tensors: dict[str, np.ndarray], arch: Architecture, n_members: int, masks: bool, file: Path
+) -> EnsembleWeights:
+    expected = tensor_names(len(arch.layer_shapes), masks)
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ModelFileError(file, f"tensors differ from the manifest: missing {missing}, unexpected {extra[:20]}")
+    ws, bs, ms = [], [], []
+    for i, (a, b) in enumerate(arch.layer_shapes):
+        specs = [(f"layer{i}.weight", (n_members, a, b), np.float64), (f"layer{i}.bias", (n_members, b), np.float64)]
+        if masks:
+            specs.append((f"layer{i}.mask", (n_members, a, b), np.uint8))
+        for name, shape, dtype in specs:
+            t = tensors[name]
+            if t.dtype != dtype:
+                raise ModelFileError(file, f"tensor {name} has dtype {t.dtype}, expected {np.dtype(dtype)}")
+            if t.shape != shape:
+                raise ModelFileError(file, f"tensor {name} has shape {t.shape}, the manifest implies {shape}")
+        w, bias = tensors[f"layer{i}.weight"], tensors[f"layer{i}.bias"]
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(bias))):
+            raise ModelFileError(file, f"layer {i} holds NaN or infinite weights or biases")
+        if masks:
+            m = tensors[f"layer{i}.mask"]
+            if not np.all((m == 0) | (m == 1)):
+                raise ModelFileError(file, f"tensor layer{i}.mask holds values other than 0 and 1")
+            if np.any(w[m == 0] != 0):
+                raise ModelFileError(file, f"layer {i} has non-zero weights where its mask is 0")
+            ms.append(m.astype(bool))
+        ws.append(w)
+        bs.append(bias)
+    try:
+        return EnsembleWeights(arch, tuple(ws), tuple(bs), tuple(ms) if masks else None)
+    except ValueError as exc:
+        raise ModelFileError(file, str(exc)) from None
+
+
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """Read and validate a model directory written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path : the model directory (or its ``manifest.json``).
+
+    Returns
+    -------
+    The surrogate, its kind and the manifest.
+
+    Raises
+    ------
+    ModelFileError : (a ``ValueError``) a missing, malformed, inconsistent or hostile file; the message names the
+        file and the problem.
+    """
+    directory = Path(path)
+    if directory.name == MANIFEST_NAME:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise ModelFileError(directory, "is not a model directory (missing or not a directory)")
+    manifest_file, weights_file = directory / MANIFEST_NAME, directory / WEIGHTS_NAME
+    doc = _parse_manifest(manifest_file)
+    arch, norm = _check_manifest(doc, manifest_file)
+    tensors = _read_tensors(weights_file, doc)
+    weights = _check_tensors(tensors, arch, doc["n_members"], doc["masks"], weights_file)
+    if doc["nonzero_weights"] != _nonzero_summary(weights):
+        raise ModelFileError(manifest_file, "nonzero_weights do not match the weights file")
+    try:
+        surrogate = Surrogate(weights, norm, doc["prior"])
+    except ValueError as exc:
+        raise ModelFileError(manifest_file, str(exc)) from None
+    return LoadedModel(surrogate, doc["kind"], doc, directory)
