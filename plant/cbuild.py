@@ -1,8 +1,9 @@
 """Compile a C source into a shared library once and cache it, safely across processes.
 
-The cache key is a hash of the source, the compiler flags and the compiler's version, so an edited kernel
-or another compiler never reuses a stale library. Libraries are written to a temporary name and renamed
-into place, so concurrent processes never load a half-written file.
+The cache key is a hash of the source, the compiler, its version and the flags (plus any caller-supplied
+material, such as a code generator's version), so an edited kernel or another compiler never reuses a stale
+library. Libraries are compiled in a temporary folder and renamed into place, so concurrent processes never
+load a half-written file.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["BuildError", "DEFAULT_FLAGS", "build_shared_library", "cache_dir", "find_compiler"]
+__all__ = ["DEFAULT_FLAGS", "BuildError", "build_shared_library", "cache_dir", "find_compiler"]
 
-DEFAULT_FLAGS: tuple[str, ...] = ("-O3", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno")
-"""No -ffast-math and no FMA contraction: results stay reproducible and close to numpy's."""
+DEFAULT_FLAGS: tuple[str, ...] = ("-O2", "-fPIC", "-shared", "-ffp-contract=off")
+"""No -ffast-math and no FMA contraction: results stay reproducible and equal to numpy's."""
 
 
 class BuildError(RuntimeError):
@@ -27,50 +28,67 @@ class BuildError(RuntimeError):
 
 def cache_dir() -> Path:
     """``$ALUTWIN_CACHE``, else ``$XDG_CACHE_HOME/alutwin``, else ``~/.cache/alutwin``."""
-    root = os.environ.get("ALUTWIN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "alutwin"
-    )
-    return Path(root)
+    if os.environ.get("ALUTWIN_CACHE"):
+        return Path(os.environ["ALUTWIN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alutwin"
 
 
-@lru_cache(maxsize=1)
-def find_compiler() -> tuple[str, str] | None:
-    """``(path, version line)`` of the C compiler (``$CC``, ``cc`` or ``gcc``), or None if there is none."""
+def find_compiler() -> str | None:
+    """Path of the C compiler: ``$CC`` if set and found, else ``cc``, else ``gcc``; None if there is none.
+
+    Looked up on every call (it is cheap), so a changed ``PATH`` or ``CC`` takes effect at once.
+    """
     for name in (os.environ.get("CC"), "cc", "gcc"):
         path = shutil.which(name) if name else None
         if path:
-            try:
-                out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=True)
-            except (OSError, subprocess.SubprocessError):
-                continue
-            return path, out.stdout.splitlines()[0] if out.stdout else name
+            return path
     return None
 
 
-def build_shared_library(
-    source: str, name: str, flags: tuple[str, ...] = DEFAULT_FLAGS, libs: tuple[str, ...] = ("-lm",)
-) -> Path:
-    """Path of a shared library built from C ``source`` (built now, or found in the cache).
+@lru_cache(maxsize=8)
+def _compiler_version(cc: str) -> str:
+    try:
+        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.splitlines()[0] if done.stdout else "unknown"
 
+
+def build_shared_library(
+    source: str,
+    name: str,
+    flags: tuple[str, ...] = DEFAULT_FLAGS,
+    libs: tuple[str, ...] = ("-lm",),
+    *,
+    key_extra: str = "",
+    directory: Path | None = None,
+) -> tuple[Path, bool]:
+    """Build a shared library from C ``source``, or find it in the cache.
+
+    Returns ``(path, compiled_now)``. ``directory`` replaces the cache folder (tests, cold-build timing).
     Raises :class:`BuildError` with the compiler's message if there is no compiler or it fails.
     """
-    compiler = find_compiler()
-    if compiler is None:
-        raise BuildError("no C compiler found (set CC, or install gcc)")
-    cc, version = compiler
-    key = hashlib.sha256("\0".join((source, *flags, *libs, version)).encode()).hexdigest()[:20]
-    target = cache_dir() / f"{name}-{key}.so"
+    cc = find_compiler()
+    if cc is None:
+        raise BuildError("no C compiler found ($CC, cc or gcc)")
+    key = "\0".join((source, cc, _compiler_version(cc), *flags, *libs, key_extra))
+    folder = directory if directory is not None else cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BuildError(f"cannot create the cache folder {folder}: {err}") from err
+    target = folder / f"{name}_{hashlib.sha256(key.encode()).hexdigest()[:20]}.so"
     if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-build-") as tmp:
+        return target, False
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".{name}-build-") as tmp:
         src = Path(tmp) / f"{name}.c"
         src.write_text(source)
-        out = Path(tmp) / f"{name}.so"
-        proc = subprocess.run(
-            [cc, *flags, str(src), "-o", str(out), *libs], capture_output=True, text=True, timeout=600
-        )
-        if proc.returncode != 0:
-            raise BuildError(f"compiling {name} failed:\n{proc.stderr[-4000:]}")
-        os.replace(out, target)
-    return target
+        out = Path(tmp) / target.name
+        try:
+            done = subprocess.run([cc, *flags, str(src), "-o", str(out), *libs], capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as err:
+            raise BuildError(f"running the C compiler {cc} failed: {err}") from err
+        if done.returncode != 0 or not out.is_file():
+            raise BuildError(f"compiling {name} with {cc} failed:\n{done.stderr[-4000:]}")
+        os.replace(out, target)  # atomic: a concurrent process sees nothing or the whole file
+    return target, True

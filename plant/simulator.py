@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from plant.domain import Fault, check_domain
+from plant.engine import make_auto_engine, simulate_compiled
 from plant.excitation import Exogenous
 from plant.params import DEFAULT_LIMITS, DEFAULT_PARAMS, CellParams, DomainLimits
 from plant.physics import feed_controllers, rk4_step
@@ -167,9 +168,15 @@ def _simulate_numpy(
 
 Engine = Callable[[np.ndarray, Exogenous, float, CellParams, DomainLimits], tuple[np.ndarray, ...]]
 
-ENGINES: dict[str, Engine] = {"numpy": _simulate_numpy}
+ENGINES: dict[str, Engine] = {
+    "numpy": _simulate_numpy,
+    "compiled": simulate_compiled,
+    "auto": make_auto_engine(_simulate_numpy),
+}
 """Simulation engines by name. Each takes ``(x0 (B, 8), exo, dt, params, limits)`` and returns
-``(x (B, T+1, 8), u (B, T, 5), fault_step (B,), fault_code (B,))`` with the semantics of the numpy engine."""
+``(x (B, T+1, 8), u (B, T, 5), fault_step (B,), fault_code (B,))`` with the semantics of the numpy engine.
+``"compiled"`` is the same step generated to C (:mod:`plant.engine`); ``"auto"`` uses it where a C compiler
+is available and falls back to ``"numpy"`` (with one warning) where not."""
 
 
 def simulate(
@@ -181,7 +188,7 @@ def simulate(
     limits: DomainLimits = DEFAULT_LIMITS,
     noise: MeasurementNoise | None = None,
     rng: np.random.Generator | None = None,
-    engine: str = "numpy",
+    engine: str = "auto",
 ) -> Trajectories:
     """Simulate B cells from ``x0`` ``(B, 8)`` under the excitation ``exo`` (B trajectories of T steps).
 
