@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/alutwin demo --out demo-output
 
 bench: $(STAMP)
-	$(BIN)/python bench/plant_sim.py
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

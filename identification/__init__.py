@@ -2,3 +2,24 @@
 
 Uses ``plant`` (data and equations); never imports ``twin`` or ``controller``.
 """
+
+from identification.data import Normalization, fit_normalization, make_samples
+from identification.estimator import KINDS, SurrogateEstimator
+from identification.metrics import TRUE_STRUCTURE, score_rollouts, structure_scores
+from identification.network import Architecture, EnsembleWeights
+from identification.surrogate import PRIORS, Surrogate
+
+__all__ = [
+    "KINDS",
+    "PRIORS",
+    "TRUE_STRUCTURE",
+    "Architecture",
+    "EnsembleWeights",
+    "Normalization",
+    "Surrogate",
+    "SurrogateEstimator",
+    "fit_normalization",
+    "make_samples",
+    "score_rollouts",
+    "structure_scores",
+]

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from identification.data import TrajectoryLike, fit_normalization, make_samples
+from identification.fast_training import fast_training_available, train_ensemble_fast
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import Regularizer, make_regularizer
 from identification.surrogate import Surrogate, prior_derivative
 from identification.training import TrainConfig, TrainResult, member_seeds, train_ensemble
 
-__all__ = ["KINDS", "ModelSpec", "SurrogateEstimator", "prune"]
+__all__ = ["KINDS", "TRAINERS", "ModelSpec", "SurrogateEstimator", "prune"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ KINDS: dict[str, ModelSpec] = {
 }
 """Model variants by name."""
 
+TRAINERS = ("auto", "fused", "torch")
+"""``fused``: the C kernel of :mod:`identification.fast_training`; ``torch``: the autograd reference;
+``auto``: fused where a C compiler is available, else torch. Both follow the same batches and updates."""
+
 
 def prune(weights: EnsembleWeights, threshold: float, group_threshold: float = 0.0) -> EnsembleWeights:
     """Threshold-and-mask: weights with ``|w| <= threshold`` become exact zeros (masked), and so do whole
@@ -121,6 +126,7 @@ class SurrogateEstimator:
     seed : the ensemble's seed; members get independent seeds derived from it.
     dtype : training precision ("float32" or "float64").
     measured : train on the data set's noisy measurements ``y`` instead of the true states.
+    trainer : one of :data:`TRAINERS`.
     progress : show progress bars.
     **overrides : replace fields of the kind's :class:`ModelSpec` (e.g. ``retrain_epochs=10``) or entries of its
         regulariser settings (e.g. ``lam=3e-4``).
@@ -137,9 +143,12 @@ class SurrogateEstimator:
         seed: int = 0,
         dtype: str = "float32",
         measured: bool = False,
+        trainer: str = "auto",
         progress: bool = False,
         **overrides: object,
     ) -> None:
+        if trainer not in TRAINERS:
+            raise ValueError(f"unknown trainer {trainer!r}; must be one of {list(TRAINERS)}")
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; must be one of {sorted(KINDS)}")
         if not (isinstance(n_members, int) and n_members >= 1):
@@ -163,6 +172,7 @@ class SurrogateEstimator:
         self.config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, dtype=dtype)
         self.seed = seed
         self.measured = measured
+        self.trainer = trainer
         self.progress = progress
 
     @property
@@ -171,6 +181,11 @@ class SurrogateEstimator:
 
     def regularizer(self) -> Regularizer:
         return make_regularizer(self.spec.regularizer, **self.spec.reg_settings)
+
+    def _train_fn(self):
+        if self.trainer == "torch" or (self.trainer == "auto" and not fast_training_available(self.config.dtype)):
+            return train_ensemble
+        return train_ensemble_fast
 
     def fit(self, data: TrajectoryLike) -> SurrogateEstimator:
         """Fit to trajectories (``x (N, T+1, 8)``, ``u (N, T, 5)``, ``fault_step``, ``dt``); returns ``self``."""
@@ -186,14 +201,15 @@ class SurrogateEstimator:
         m = self.n_members
         struct = arch.structural_masks()
         masks0 = None if struct is None else tuple(np.broadcast_to(s, (m, *s.shape)).copy() for s in struct)
-        result = train_ensemble(arch, z, y, seeds, self.config, reg, masks=masks0, progress=label)
+        train = self._train_fn()
+        result = train(arch, z, y, seeds, self.config, reg, masks=masks0, progress=label)
         phases = [result]
         weights = result.weights
         for round_, threshold in enumerate(self.spec.prune_thresholds):
             pruned = prune(weights, threshold, self.spec.group_threshold)
             cfg = replace(self.config, epochs=self.spec.retrain_epochs)
             seeds_r = member_seeds(self.seed + 1000 * (round_ + 1), self.n_members)
-            res = train_ensemble(
+            res = train(
                 arch,
                 z,
                 y,

@@ -1,0 +1,174 @@
+"""The fused C trainer against the torch reference trainer (oracle), and its own guarantees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from identification.fast_training import fast_training_available, train_ensemble_fast
+from identification.network import Architecture, EnsembleWeights
+from identification.regularizers import GroupInputPenalty, L1Penalty, NoPenalty, Regularizer
+from identification.training import TrainConfig, train_ensemble
+
+pytestmark = pytest.mark.skipif(not fast_training_available("float64"), reason="no C compiler for the kernel")
+
+SEEDS = [11, 22, 33]
+# S = 301 with batch 32 leaves a last minibatch of 13 samples: neither a whole SIMD vector of floats nor doubles.
+F64 = TrainConfig(epochs=3, batch_size=32, dtype="float64")
+F32 = TrainConfig(epochs=3, batch_size=32, dtype="float32")
+L1 = L1Penalty(lam=1e-2, lam_in=2e-2, lam_skip=3e-2)
+REGULARIZERS = {"none": NoPenalty(), "l1": L1, "group": GroupInputPenalty(lam_group=2e-2, l1=L1)}
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(301, 5))  # (S, n_in)
+    y = np.tanh(x @ rng.normal(size=(5, 3))) + 0.1 * rng.normal(size=(301, 3))  # (S, n_out)
+    return x, y
+
+
+def random_masks(arch: Architecture, m: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random((m, a, b)) > 0.3 for a, b in arch.layer_shapes]
+
+
+def assert_same_training(ref, fast, rtol: float) -> None:
+    """Weights and biases agree to ``rtol`` of each layer's scale; loss and penalty histories to ``rtol``."""
+    for name, a_all, b_all in (
+        ("weights", ref.weights.weights, fast.weights.weights),
+        ("biases", ref.weights.biases, fast.weights.biases),
+    ):
+        for i, (a, b) in enumerate(zip(a_all, b_all, strict=True)):
+            scale = max(float(np.max(np.abs(a))), 1e-3)
+            np.testing.assert_allclose(b, a, rtol=0, atol=rtol * scale, err_msg=f"{name} of layer {i}")
+    np.testing.assert_allclose(fast.loss_history, ref.loss_history, rtol=rtol)
+    np.testing.assert_allclose(fast.penalty_history, ref.penalty_history, rtol=rtol, atol=1e-300)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("reg", sorted(REGULARIZERS))
+def test_matches_torch_reference_float64(data, skip: bool, reg: str) -> None:
+    x, y = data
+    arch = Architecture(5, (6, 5), 3, skip=skip)
+    ref = train_ensemble(arch, x, y, SEEDS, F64, REGULARIZERS[reg])
+    fast = train_ensemble_fast(arch, x, y, SEEDS, F64, REGULARIZERS[reg])
+    assert fast.loss_history.shape == (3, 3) and fast.penalty_history.shape == (3, 3)
+    assert_same_training(ref, fast, 1e-9)
+    if reg != "none":
+        assert np.all(fast.penalty_history > 0)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_matches_reference_with_masks_and_warm_start(data, skip: bool) -> None:
+    x, y = data
+    arch = Architecture(5, (6, 5), 3, skip=skip)
+    reg = REGULARIZERS["group"]
+    masks = random_masks(arch, 3, seed=1)
+    start = train_ensemble(arch, x, y, SEEDS, F64, reg).weights
+    for init, mk in ((None, masks), (start, None), (start, masks)):
+        ref = train_ensemble(arch, x, y, SEEDS, F64, reg, init=init, masks=mk)
+        fast = train_ensemble_fast(arch, x, y, SEEDS, F64, reg, init=init, masks=mk)
+        assert_same_training(ref, fast, 1e-9)
+        assert (fast.weights.masks is None) == (mk is None)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "skip", "batch"), [((), True, 32), ((7,), False, 30), ((4, 6, 5), True, 1000), ((6, 5), False, 1)]
+)
+def test_matches_reference_other_shapes(data, hidden: tuple[int, ...], skip: bool, batch: int) -> None:
+    x, y = data
+    arch = Architecture(5, hidden, 3, skip=skip)
+    cfg = TrainConfig(epochs=2 if batch > 1 else 1, batch_size=batch, dtype="float64")
+    x, y = (x[:40], y[:40]) if batch == 1 else (x, y)
+    ref = train_ensemble(arch, x, y, SEEDS[:2], cfg, REGULARIZERS["group"])
+    fast = train_ensemble_fast(arch, x, y, SEEDS[:2], cfg, REGULARIZERS["group"])
+    assert_same_training(ref, fast, 1e-9)
+
+
+def test_float32_close_to_reference(data) -> None:
+    x, y = data
+    arch = Architecture(5, (6, 5), 3, skip=True)
+    ref = train_ensemble(arch, x, y, SEEDS, F32, L1)
+    fast = train_ensemble_fast(arch, x, y, SEEDS, F32, L1)
+    assert fast.weights.weights[0].dtype == np.float64
+    assert_same_training(ref, fast, 1e-4)
+
+
+def test_members_are_independent_of_the_ensemble(data) -> None:
+    """Training M members at once gives bit for bit what training each alone with its seed gives."""
+    x, y = data
+    arch = Architecture(5, (6, 5), 3, skip=True)
+    together = train_ensemble_fast(arch, x, y, SEEDS, F32, REGULARIZERS["group"])
+    for i, seed in enumerate(SEEDS):
+        alone = train_ensemble_fast(arch, x, y, [seed], F32, REGULARIZERS["group"])
+        for a, b in zip(together.weights.member(i).weights, alone.weights.weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(together.weights.member(i).biases, alone.weights.biases, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(together.loss_history[:, i], alone.loss_history[:, 0])
+        np.testing.assert_array_equal(together.penalty_history[:, i], alone.penalty_history[:, 0])
+
+
+def test_masked_weights_stay_exactly_zero(data) -> None:
+    x, y = data
+    arch = Architecture(5, (6, 5), 3, skip=True)
+    masks = random_masks(arch, 3, seed=2)
+    # a warm start with non-zero weights everywhere: the mask must zero them and keep them zero
+    rng = np.random.default_rng(3)
+    init = EnsembleWeights(
+        arch,
+        tuple(rng.normal(size=(3, a, b)) for a, b in arch.layer_shapes),
+        tuple(rng.normal(size=(3, b)) for _, b in arch.layer_shapes),
+    )
+    for cfg in (F32, F64):
+        res = train_ensemble_fast(arch, x, y, SEEDS, cfg, L1, init=init, masks=masks)
+        for w, w0, mk in zip(res.weights.weights, init.weights, masks, strict=True):
+            assert np.all(w[~mk] == 0.0)
+            assert np.all(w[mk] != w0[mk])  # the others trained
+
+
+def test_deterministic_and_thread_count_independent(data) -> None:
+    x, y = data
+    arch = Architecture(5, (6, 5), 3)
+    runs = [
+        train_ensemble_fast(arch, x, y, SEEDS, TrainConfig(epochs=2, batch_size=32, threads=t), L1, progress=bar)
+        for t, bar in ((1, False), (2, "fast"), (3, False), (2, False))
+    ]
+    for other in runs[1:]:
+        for a, b in zip(
+            runs[0].weights.weights + runs[0].weights.biases, other.weights.weights + other.weights.biases, strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(runs[0].loss_history, other.loss_history)
+    assert runs[0].loss_history[-1].mean() < runs[0].loss_history[0].mean()
+
+
+class _Custom(Regularizer):
+    def penalty(self, weights, arch):
+        return weights[0].abs().sum(dim=(1, 2))
+
+
+def test_bad_input(data) -> None:
+    x, y = data
+    arch = Architecture(5, (6, 5), 3)
+    cfg = TrainConfig(epochs=1, batch_size=32)
+    bad_x = x.copy()
+    bad_x[7, 2] = np.nan
+    with pytest.raises(ValueError, match="features must be"):
+        train_ensemble_fast(arch, x[:, :4], y, SEEDS, cfg)
+    with pytest.raises(ValueError, match="targets"):
+        train_ensemble_fast(arch, x, y[:-1], SEEDS, cfg)
+    with pytest.raises(ValueError, match="finite"):
+        train_ensemble_fast(arch, bad_x, y, SEEDS, cfg)
+    with pytest.raises(ValueError, match="seed"):
+        train_ensemble_fast(arch, x, y, [], cfg)
+    with pytest.raises(ValueError, match="mask 1 must have shape"):
+        masks = random_masks(arch, 3, seed=0)
+        masks[1] = masks[1][:, :, :-1]
+        train_ensemble_fast(arch, x, y, SEEDS, cfg, masks=masks)
+    with pytest.raises(ValueError, match="init weights"):
+        init = train_ensemble_fast(arch, x, y, SEEDS[:2], cfg).weights
+        train_ensemble_fast(arch, x, y, SEEDS, cfg, init=init)
+    with pytest.raises(ValueError, match="not supported by the fast trainer"):
+        train_ensemble_fast(arch, x, y, SEEDS, cfg, regularizer=_Custom())
