@@ -55,6 +55,7 @@ class StudyConfig:
     sweep_size: int = 10
     retrain_epochs: int | None = None  # None: each kind's own
     resume: bool = False
+    save_models: bool = True  # the ensembles of the largest training size go to out/models/<kind>/
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
