@@ -54,6 +54,13 @@ KINDS: dict[str, ModelSpec] = {
         skip=True,
         reg_settings={"lam": 1e-4, "lam_in": 1e-4, "lam_skip": 1e-4},
     ),
+    "sparse-inputskip": ModelSpec(
+        "InputSkip made exactly sparse: weights below 1e-2, then 2e-2, set to exact zeros, re-training after each",
+        skip=True,
+        reg_settings={"lam": 1e-4, "lam_in": 1e-4, "lam_skip": 1e-4},
+        prune_thresholds=(1e-2, 2e-2),
+        retrain_epochs=20,
+    ),
     "hybrid": ModelSpec(
         "CoSTA hybrid: misspecified physics (liquidus fixed at 968 degC) + l1-sparse network on the residual",
         prior="wrong_liquidus",

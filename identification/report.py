@@ -38,11 +38,10 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def _kinds(runs: dict) -> list[str]:
-    seen = []
-    for r in runs.values():
-        if r["kind"] not in seen:
-            seen.append(r["kind"])
-    return seen
+    """The kinds present in ``runs``, in the order of :data:`KINDS`."""
+    present = {r["kind"] for r in runs.values()}
+    order = list(KINDS)
+    return sorted(present, key=lambda k: order.index(k) if k in order else len(order))
 
 
 def _sizes(runs: dict) -> list[int]:
@@ -93,25 +92,33 @@ def _plot_divergence(runs: dict, path: Path) -> None:
 
 def _plot_structure(runs: dict, size: int, path: Path) -> None:
     kinds = [k for k in _kinds(runs) if f"{k}@{size}" in runs]
-    fig = Figure(figsize=(2.4 * (len(kinds) + 1), 2.9))
-    axes = fig.subplots(1, len(kinds) + 1, squeeze=False)[0]
-    labels = [*STATE_NAMES, *INPUT_NAMES]
     panels = [("true structure", TRUE_STRUCTURE.astype(float))] + [
         (
-            f"{k}\nF1 {runs[f'{k}@{size}']['structure_jacobian']['f1']:.2f}",
+            f"{k}: F1 {runs[f'{k}@{size}']['structure_jacobian']['f1']:.2f}",
             np.asarray(runs[f"{k}@{size}"]["dependency_fraction"]),
         )
         for k in kinds
     ]
-    for ax, (title, mat) in zip(axes, panels, strict=True):
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig = Figure(figsize=(3.1 * ncol, 2.7 * nrow + 0.6))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    labels = [*STATE_NAMES, *INPUT_NAMES]
+    rows, cols = np.nonzero(TRUE_STRUCTURE)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels):
+            ax.set_axis_off()
+            continue
+        title, mat = panels[i]
         ax.imshow(mat, cmap="Greys", vmin=0, vmax=1)
-        rows, cols = np.nonzero(TRUE_STRUCTURE)
-        ax.scatter(cols, rows, s=6, c="tab:red", marker="o", linewidths=0)
+        ax.scatter(cols, rows, s=7, c="tab:red", marker="o", linewidths=0)
         ax.set_title(title, fontsize=8)
-        ax.set_xticks(range(13), labels, rotation=90, fontsize=5)
-        ax.set_yticks(range(8), [f"d{n}" for n in STATE_NAMES], fontsize=5)
+        ax.set_xticks(range(13), labels if i >= len(panels) - ncol else [""] * 13, rotation=90, fontsize=6)
+        ax.set_yticks(range(8), [f"d{n}" for n in STATE_NAMES] if i % ncol == 0 else [""] * 8, fontsize=6)
     fig.suptitle(
-        f"Dependency matrices (share of members, data Jacobian), {size} training trajectories; red: truth", fontsize=9
+        f"Dependency matrices, {size} training trajectories: share of members whose data Jacobian uses each input "
+        "(black = all); red dots = true structure",
+        fontsize=9,
     )
     _save(fig, path)
 

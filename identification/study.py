@@ -44,7 +44,16 @@ class StudyConfig:
 
     out: Path
     sizes: tuple[int, ...] = (10, 20, 40)
-    kinds: tuple[str, ...] = ("dense", "l1", "sparse", "inputskip", "hybrid", "structured", "structured-hybrid")
+    kinds: tuple[str, ...] = (
+        "dense",
+        "l1",
+        "sparse",
+        "inputskip",
+        "sparse-inputskip",
+        "hybrid",
+        "structured",
+        "structured-hybrid",
+    )
     n_members: int = 10
     epochs: int = 100
     n_test: int = 100

@@ -85,7 +85,9 @@ def build_shared_library(
         src.write_text(source)
         out = Path(tmp) / target.name
         try:
-            done = subprocess.run([cc, *flags, str(src), "-o", str(out), *libs], capture_output=True, text=True, timeout=600)
+            done = subprocess.run(
+                [cc, *flags, str(src), "-o", str(out), *libs], capture_output=True, text=True, timeout=600
+            )
         except (OSError, subprocess.SubprocessError) as err:
             raise BuildError(f"running the C compiler {cc} failed: {err}") from err
         if done.returncode != 0 or not out.is_file():

@@ -228,7 +228,9 @@ def build_library(
     """
     source = generate_source(dt, params, limits)
     try:
-        return build_shared_library(source, "alutwin_plant", COMPILE_FLAGS, key_extra=ca.__version__, directory=directory)
+        return build_shared_library(
+            source, "alutwin_plant", COMPILE_FLAGS, key_extra=ca.__version__, directory=directory
+        )
     except BuildError as err:
         raise CompiledEngineError(str(err)) from err
 
