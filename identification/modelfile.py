@@ -40,7 +40,7 @@ import numpy as np
 import safetensors.numpy
 
 from identification.data import Normalization, TrajectoryLike
-from identification.estimator import KINDS
+from identification.kinds import KINDS
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import PRIORS, Surrogate
 

@@ -29,13 +29,14 @@ from identification.metrics import (
     score_rollouts,
     structure_scores,
 )
+from identification.modelfile import dataset_checksum, save_model
 from identification.report import write_report
 from identification.surrogate import PRIORS, Surrogate
 from plant.datasets import generate
 from plant.physics import rhs
 from plant.simulator import Trajectories
 
-__all__ = ["StudyConfig", "evaluate", "prior_structure", "register_cli", "run_study"]
+__all__ = ["StudyConfig", "save_trained", "evaluate", "prior_structure", "register_cli", "run_study"]
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,8 @@ def run_study(cfg: StudyConfig) -> dict:
             eval_seconds=time.perf_counter() - t1,
             samples=est.n_samples_,
         )
+        if n == max(cfg.sizes) and cfg.save_models:
+            save_trained(est, train, r, out / "models" / kind, cfg.seed)
         runs[key] = r
         _save(results, res_path)
         bar.update()
@@ -229,6 +232,22 @@ def run_study(cfg: StudyConfig) -> dict:
 
     write_report(results, out)
     return results
+
+
+def save_trained(est: SurrogateEstimator, train: Trajectories, scores: dict, path: Path, seed: int) -> Path:
+    """Save a fitted estimator's surrogate as a model file, with its training data and scores as provenance."""
+    provenance = {
+        "dataset": "aprbs, train split",
+        "seed": seed,
+        "n_traj": int(train.n_traj),
+        "n_steps": int(train.n_steps),
+        "dataset_sha256": dataset_checksum(train),
+        "training": {"epochs": est.config.epochs, "members": est.n_members, "kind": est.kind},
+    }
+    keys = ("100dT_median", "2500dT_median", "5000dT_median", "diverged", "rollouts", "nonzero_exact")
+    metrics = {k: scores[k] for k in keys if k in scores}
+    metrics["structure_f1_jacobian"] = scores.get("structure_jacobian", {}).get("f1")
+    return save_model(path, est.surrogate_, kind=est.kind, provenance=provenance, metrics=metrics, overwrite=True)
 
 
 def _subset(traj: Trajectories, n: int) -> Trajectories:

@@ -53,6 +53,7 @@ __all__ = [
     "create_server",
     "register_cli",
     "serve",
+    "signal_pb",
     "snapshot_to_pb",
 ]
 
@@ -315,7 +316,8 @@ def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
     return handler
 
 
-def _signal_pb(s: Signal) -> common_pb2.Signal:
+def signal_pb(s: Signal) -> common_pb2.Signal:
+    """The message of a named signal (shared by every service that describes its signals)."""
     return common_pb2.Signal(
         index=s.index,
         name=s.name,
@@ -365,9 +367,9 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
             clock_mode=plant_pb2.CLOCK_MODE_STEPPED if cfg.stepped else plant_pb2.CLOCK_MODE_REAL_TIME,
             real_time_factor=cfg.real_time_factor,
             step=self.potline.step_index,
-            states=[_signal_pb(s) for s in STATES],
-            inputs=[_signal_pb(s) for s in INPUTS],
-            outputs=[_signal_pb(s) for s in OUTPUTS],
+            states=[signal_pb(s) for s in STATES],
+            inputs=[signal_pb(s) for s in INPUTS],
+            outputs=[signal_pb(s) for s in OUTPUTS],
             command_bounds=[
                 plant_pb2.CommandBounds(
                     field=c.field,

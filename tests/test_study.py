@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from identification.modelfile import load_model
 from plant.cli import main
 
 
@@ -21,6 +22,11 @@ def test_quick_study_writes_results_figures_and_report(tmp_path):
     assert results["runs"]["structured@3"]["nonzero_exact"] < results["runs"]["dense@3"]["nonzero_exact"] == 1620
     for png in ("error_vs_horizon.png", "divergence.png", "structure.png", "nonzeros_vs_lambda.png"):
         assert (out / png).stat().st_size > 5000
+    # The ensembles of the largest size are saved as model files that load back with their provenance.
+    loaded = load_model(out / "models" / "structured")
+    assert loaded.kind == "structured" and loaded.provenance["n_traj"] == 3
+    assert loaded.surrogate.weights.nonzero(0.0).sum() / 2 == results["runs"]["structured@3"]["nonzero_exact"]
+    assert not (out / "models" / "dense@2").exists()
     report = (out / "README.md").read_text()
     assert "| structured | 3 |" in report and "## Do the paper's claims hold on our plant?" in report
     # --resume keeps the finished runs and trains nothing new.
