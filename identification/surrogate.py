@@ -107,6 +107,16 @@ class Surrogate:
             out[:, :, k + 1] = x
         return out
 
+    def predict_with_uncertainty(self, x0: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Free run of every member, summarised as the ensemble mean and spread (std over members).
+
+        Returns ``(mean, spread)``, each ``(B, T + 1, 8)``. The spread is the predictive uncertainty of the
+        ensemble: members that agree are where the data pinned the model down.
+        """
+        runs = self.simulate(x0, u)  # (M, B, T+1, 8)
+        with np.errstate(all="ignore"):
+            return runs.mean(axis=0), runs.std(axis=0)
+
     def mean(self) -> MeanSurrogate:
         """The ensemble mean as a single predictor."""
         return MeanSurrogate(self)

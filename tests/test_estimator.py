@@ -88,3 +88,12 @@ def test_prune_by_threshold_and_by_group():
     assert grouped.weights[0][0, 5, 2] == 0.5
     # Kept weights are untouched and masked ones are exact zeros.
     np.testing.assert_array_equal(grouped.weights[0][grouped.masks[0]], w.weights[0][grouped.masks[0]])
+
+
+def test_mean_and_spread_of_the_ensemble(tiny):
+    est = SurrogateEstimator("l1", n_members=3, epochs=1).fit(tiny)
+    runs = est.simulate(tiny.x[:, 0], tiny.u[:, :30])
+    mean, spread = est.surrogate_.predict_with_uncertainty(tiny.x[:, 0], tiny.u[:, :30])
+    np.testing.assert_allclose(mean, runs.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(spread, runs.std(axis=0), rtol=1e-12, atol=1e-12)
+    assert np.all(spread[:, 0] < 1e-9) and np.all(spread[:, -1].max(axis=-1) > 1e-6)  # they agree at k = 0 only
