@@ -1,0 +1,270 @@
+"""Benchmark: the twin's predictions, in process and over loopback gRPC, side by side in one run.
+
+Two workloads, each for a dense 10-member ensemble (13-20-20-20-20-8, 1620 weights per member) and an exactly
+sparse one made from it by pruning (about 300 non-zero weights per member):
+
+(a) **one cell**, ensemble of 10, horizon 360 (1 h at 10 s): latency p50 and p99 of
+    - ``torch-bmm``: a straightforward batched-torch rollout (float64, one ``baddbmm`` per layer per step, one
+      torch thread: with more, the tiny products only wait on each other), the reference point of the issue;
+    - ``numpy``: the reference :meth:`Surrogate.simulate`;
+    - ``engine``: the rollout engine the twin serves with (``identification.fast_rollout``, "auto");
+    - ``predict``: what one Predict computes, in process: the engine's rollout, ensemble mean and spread, and
+      the algebraic outputs of the mean (:func:`twin.service.predict`);
+    - ``grpc``: the same Predict through :class:`twin.client.TwinClient` over loopback to ``alutwin twin serve``
+      running in another process (raw float64 arrays both ways).
+(b) **a potline**: 300 cells x horizon 360 x ensemble 10, the same five ways: time per call (median) and
+    throughput (cell-steps per second, each with all 10 members); the gRPC overhead is reported relative to
+    the in-process ``predict``.
+
+The gRPC figures include encoding the request, the server's validation, the pool hop, the rollout,
+summaries, encoding the response, the transfer (about 4 MB up and 17 MB down for (b)) and decoding it.
+The results over gRPC are checked to equal the in-process ``predict`` bit for bit.
+
+Run from the repository root::
+
+    .venv/bin/python bench/twin_predict.py                 # writes bench/results/twin_predict.json
+    .venv/bin/python bench/twin_predict.py --repeats-a 50 --repeats-b 3 --out /tmp/x.json
+
+Timings on a machine shared with other work are noisy; the load average at the start and the end is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt_
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from identification.data import fit_normalization, make_samples
+from identification.estimator import prune
+from identification.fast_rollout import make_rollout_engine
+from identification.modelfile import load_model, save_model
+from identification.network import Architecture, EnsembleWeights
+from identification.surrogate import Surrogate
+from plant import aprbs, sample_initial_states, simulate
+from twin.client import TwinClient
+from twin.registry import ServedModel, validate_model
+from twin.service import predict
+
+__all__ = ["main", "make_models", "run_benchmark", "torch_rollout"]
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "twin_predict.json"
+REPO = Path(__file__).resolve().parents[1]
+M = 10
+H = 360
+POTLINE = 300
+TARGET_NNZ = 300
+
+
+def make_models(seed: int = 0) -> dict[str, Surrogate]:
+    """A dense 10-member ensemble with a normalisation fitted on a small simulated set, and its pruned copy
+    with about :data:`TARGET_NNZ` non-zero weights per member."""
+    rng = np.random.default_rng(seed)
+    data = simulate(sample_initial_states(rng, 8), aprbs(rng, 8, 500))
+    norm = fit_normalization(make_samples(data), data.dt)
+    arch = Architecture()
+    ws = tuple(rng.normal(0, 0.3 / np.sqrt(a), (M, a, b)) for a, b in arch.layer_shapes)
+    bs = tuple(rng.normal(0, 0.05, (M, b)) for _, b in arch.layer_shapes)
+    dense = Surrogate(EnsembleWeights(arch, ws, bs), norm)
+    magnitudes = np.sort(np.concatenate([np.abs(w).ravel() for w in ws]))[::-1]
+    threshold = float(magnitudes[TARGET_NNZ * M])  # keep the TARGET_NNZ * M largest of the ensemble
+    sparse = Surrogate(prune(dense.weights, threshold), norm)
+    return {"dense": dense, "sparse": sparse}
+
+
+def torch_rollout(surrogate: Surrogate, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The straightforward batched-torch rollout: float64, one ``baddbmm`` per layer per step, ``(M, B, H + 1, 8)``."""
+    w = surrogate.weights
+    n = surrogate.normalization
+    weights = [torch.from_numpy(a) for a in w.weights]  # (M, n_in, n_out)
+    biases = [torch.from_numpy(b)[:, None, :] for b in w.biases]  # (M, 1, n_out)
+    fmean, fstd = torch.from_numpy(n.feature_mean), torch.from_numpy(n.feature_std)
+    tmean, tstd = torch.from_numpy(n.target_mean), torch.from_numpy(n.target_std)
+    ut = torch.from_numpy(np.ascontiguousarray(u))
+    m, (b, h, _) = w.n_members, u.shape
+    out = torch.empty((m, b, h + 1, 8), dtype=torch.float64)
+    x = torch.from_numpy(np.ascontiguousarray(x0)).expand(m, b, 8).clone()
+    out[:, :, 0] = x
+    with torch.no_grad():
+        for k in range(h):
+            z = (torch.cat([x, ut[:, k].expand(m, b, 5)], dim=-1) - fmean) / fstd
+            for wl, bl in zip(weights[:-1], biases[:-1], strict=True):
+                z = torch.relu(torch.baddbmm(bl, z, wl))
+            dx = torch.baddbmm(biases[-1], z, weights[-1]) * tstd + tmean
+            x = x + surrogate.dt * dx
+            out[:, :, k + 1] = x
+    return out.numpy()
+
+
+def _times(call: Callable[[], Any], repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        call()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _stats(seconds: list[float], cell_steps: int) -> dict[str, float]:
+    ms = np.array(seconds) * 1e3
+    p50 = float(np.percentile(ms, 50))
+    return {
+        "p50_ms": p50,
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "calls": len(seconds),
+        "cell_steps_per_s": cell_steps / (p50 / 1e3),
+    }
+
+
+def _ways(
+    model: Surrogate, engine: Any, served: ServedModel, client: TwinClient, x0: np.ndarray, u: np.ndarray
+) -> dict[str, Callable[[], Any]]:
+    """The five ways of computing one workload, as calls without arguments."""
+    return {
+        "torch-bmm": lambda: torch_rollout(model, x0, u),
+        "numpy": lambda: model.simulate(x0, u),
+        "engine": lambda: engine.simulate(x0, u),
+        "predict": lambda: predict(served, x0, u),
+        "grpc": lambda: client.predict(served.name, x0, u),
+    }
+
+
+class _Server:
+    """``alutwin twin serve`` in a subprocess on a fresh store, with a random management token."""
+
+    def __init__(self, root: Path) -> None:
+        self.token = secrets.token_hex(16)
+        config = root / "twin.yaml"
+        config.write_text("store: store\nport: 0\ntoken_env: BENCH_TWIN_TOKEN\nmax_work: 2000000\ngrace_s: 1\n")
+        env = {**os.environ, "BENCH_TWIN_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-c", "from plant.cli import main; main()", "twin", "serve", "--config", str(config)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO
+        )
+        line = self.proc.stdout.readline()
+        if " on " not in line:
+            self.proc.kill()
+            raise RuntimeError(f"the twin did not start: {line!r}")
+        self.address = line.split(" on ")[1].split()[0]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
+    """Time every way on both workloads and both models; returns the figures."""
+    load_start = os.getloadavg()
+    torch.set_num_threads(1)  # tiny matrices: more threads only wait on each other (badly on a loaded machine)
+    models = make_models(seed)
+    rng = np.random.default_rng(seed + 1)
+    x0_b = sample_initial_states(rng, POTLINE)
+    u_b = np.broadcast_to(np.array([0.024, 140_000.0, 0.0, 0.0, 0.05]), (POTLINE, H, 5)).copy()
+    u_b[:, :, 1] += rng.normal(0, 1000.0, (POTLINE, H))
+    workloads = {"a": (x0_b[:1], u_b[:1], repeats_a), "b": (x0_b, u_b, repeats_b)}
+    results: dict[str, Any] = {"workloads": {}, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
+        root = Path(tmp)
+        server = _Server(root)
+        try:
+            with TwinClient(server.address, token=server.token, timeout=120) as client:
+                for name, model in models.items():
+                    d = save_model(root / name, model, kind="sparse" if name == "sparse" else "dense", provenance={})
+                    client.register(name, d, set_alias="champion")
+                    loaded = load_model(d)
+                    engine = validate_model(loaded, 60, make_rollout_engine)
+                    served = ServedModel(name, 1, loaded, engine, b"", b"")
+                    results["models"][name] = {
+                        "nonzero_weights_per_member": float(model.weights.nonzero().sum() / M),
+                        "engine": type(engine).__name__,
+                    }
+                    for wl, (x0, u, repeats) in workloads.items():
+                        cell_steps = x0.shape[0] * u.shape[1]
+                        row = {}
+                        for way, call in _ways(model, engine, served, client, x0, u).items():
+                            reps = repeats if way not in ("torch-bmm", "numpy") else max(3, repeats // 10)
+                            row[way] = _stats(_times(call, reps), cell_steps)
+                        local, remote = predict(served, x0, u), client.predict(name, x0, u)
+                        row["grpc_equals_in_process"] = bool(
+                            np.array_equal(local.mean, remote.mean) and np.array_equal(local.spread, remote.spread)
+                        )
+                        row["grpc_overhead_vs_predict"] = row["grpc"]["p50_ms"] / row["predict"]["p50_ms"] - 1.0
+                        row["grpc_overhead_vs_engine"] = row["grpc"]["p50_ms"] / row["engine"]["p50_ms"] - 1.0
+                        results["workloads"].setdefault(wl, {})[name] = row
+        finally:
+            server.stop()
+    results["setup"] = {
+        "members": M,
+        "horizon": H,
+        "potline_cells": POTLINE,
+        "seed": seed,
+        "repeats_a": repeats_a,
+        "repeats_b": repeats_b,
+        "server": "alutwin twin serve in a subprocess, loopback, raw float64 arrays",
+    }
+    results["machine"] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "date": dt_.datetime.now(dt_.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return results
+
+
+def _print(result: dict[str, Any]) -> None:
+    titles = {"a": f"(a) 1 cell x H {H} x M {M}", "b": f"(b) {POTLINE} cells x H {H} x M {M}"}
+    for wl, per_model in result["workloads"].items():
+        print(f"\n{titles[wl]}")
+        print(f"{'model':8} {'way':10} {'p50 ms':>9} {'p99 ms':>9} {'Mcell-steps/s':>14}")
+        for name, row in per_model.items():
+            for way in ("torch-bmm", "numpy", "engine", "predict", "grpc"):
+                s = row[way]
+                print(f"{name:8} {way:10} {s['p50_ms']:9.2f} {s['p99_ms']:9.2f} {s['cell_steps_per_s'] / 1e6:14.3f}")
+            print(
+                f"{name:8} grpc vs predict: {100 * row['grpc_overhead_vs_predict']:+.1f} %, vs engine: "
+                f"{100 * row['grpc_overhead_vs_engine']:+.1f} %, equal: {row['grpc_equals_in_process']}"
+            )
+    m = result["machine"]
+    print(f"\nload average {m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f} on {m['cpus']} CPUs")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the table and write the JSON results."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats-a", type=int, default=300, help="timed calls of workload (a) (default 300)")
+    p.add_argument("--repeats-b", type=int, default=20, help="timed calls of workload (b) (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    args = p.parse_args(argv)
+    for name in ("repeats_a", "repeats_b"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    result = run_benchmark(args.repeats_a, args.repeats_b, args.seed)
+    _print(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1045 @@
+"""Fast free-run rollouts of surrogate ensembles: one generic C kernel over sparse weights.
+
+:meth:`identification.surrogate.Surrogate.simulate` steps all members and cells together in numpy; a short
+horizon for one cell (the twin's Predict RPC) is then dominated by numpy's per-call overhead, and a large
+batch by dense matrix products over weights that are mostly exact zeros. :class:`RolloutEngine` prepares a
+model once and runs whole rollouts in C:
+
+- **Weights.** Per member, every layer is a list of its live output units, each with its bias and the
+  non-zero weights feeding it (a sparse column). The input standardisation is folded into the first layer
+  (and into the skip rows of an InputSkip output layer), the output de-standardisation ``target_std``,
+  ``target_mean`` (and ``1 / M`` for the ensemble mean) into the output layer, as
+  :mod:`identification.export` does for CasADi (its fold is reused). Hidden units without any non-zero input
+  weight are constants, folded into the next layer's biases; units whose outgoing weights are all zero are
+  dropped. The work per step is one multiply-add per non-zero weight: masked and block-structured
+  (``blocks``) models cost what their non-zeros cost, and InputSkip is just longer output columns.
+- **Layout.** A work item is one member (all members, for the ensemble mean) for a block of 4, 8 or 16
+  cells over the whole horizon. Activations are ``(unit, cell)`` rows of SIMD vectors, so a non-zero weight
+  is a multiply-add over the block's cells into a register accumulator; 2 or 4 output units (a tile, padded
+  with zero weights) are summed side by side to hide the adder's latency; then ReLU, the Euler update, the
+  next step. For one or two cells a work item is instead a quad of members for one cell (the four members'
+  union of non-zeros, zero where a member has none), so the vector lanes are not wasted on padding.
+- **Hybrid prior.** ``plant.physics.rhs`` with the prior's parameters is built as a CasADi ``SX`` graph and
+  translated instruction by instruction into C on SIMD vectors (``exp`` and ``pow`` lane by lane with the C
+  library), one library per prior name; the prior is evaluated for all cells of a block at once.
+- **Threads.** Work items are taken from a shared counter by the caller and ``threads - 1`` detached
+  helpers; the call returns when every item is done, so a helper that a busy machine schedules late costs
+  nothing. Every item is computed by one thread in a fixed order of operations: results are bit-identical
+  whatever the thread count, and a cell's trajectory does not depend on the other cells of the batch (all
+  layouts sum each unit's terms in the same order, and the padding adds exact zeros).
+
+Each step equals the reference to rounding (the folds and the summation order change the last bits, about
+1e-15 relative; no ``-ffast-math``, no FMA contraction); over a rollout the model's own sensitivity amplifies
+that, as it does any rounding (the tests assert 1e-9 relative over 50 steps). A member that blows up is
+poisoned: from the first step at which one of a cell's states is inf or NaN, all 8 of its states are NaN (the
+reference's dense products spread a NaN to most states too; the metric counts both as diverged). Nothing
+else is clipped.
+
+The library is compiled once per prior with the system C compiler (``-O3 -march=native``, cached per host
+type by :func:`plant.cbuild.build_shared_library`) and checked against ``Surrogate.simulate`` in every layout
+on a small model when it is loaded. :func:`make_rollout_engine` picks it, or the numpy reference where no
+compiler is found (``"auto"`` warns once). Measured on 2 cores in ``bench/twin_predict_engine.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import casadi as ca
+import numpy as np
+
+from identification.data import Normalization
+from identification.export import _member_layers
+from identification.network import Architecture, EnsembleWeights
+from identification.surrogate import PRIORS, Surrogate
+from plant.cbuild import BuildError, build_shared_library, find_compiler
+from plant.engine import CompiledEngineError, CompilerUnavailableWarning
+from plant.physics import rhs
+from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
+
+__all__ = [
+    "ENGINES",
+    "NumpyRolloutEngine",
+    "RolloutEngine",
+    "compiled_rollout_available",
+    "make_rollout_engine",
+    "vector_source",
+]
+
+ENGINES = ("auto", "compiled", "numpy")
+"""``compiled``: :class:`RolloutEngine`; ``numpy``: :class:`NumpyRolloutEngine` (``Surrogate.simulate``);
+``auto``: compiled where a C compiler is available, else numpy (with one warning)."""
+
+_ABI = 8  # bumped with the kernel's signature
+_QUAD_COST = 1.3  # a member quad's weights are vectors, not broadcast scalars: more loads per multiply-add
+_ITEM_STEP_COST = 60.0  # inputs, Euler update and output of one work item and step, in vector multiply-adds
+_MIN_WORK_PER_THREAD = 100_000  # vector multiply-adds below which another thread costs more than it saves
+
+_FLAGS = ("-O3", "-fPIC", "-shared", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-pthread")
+
+_PRELUDE = r"""
+/* alutwin rollout kernel: types and helpers (also all a translated prior needs) */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
+
+#define NX 8
+#define NU 5
+#define VL 4                                 /* doubles per SIMD vector */
+#define TILE(nv) ((nv) <= 2 ? 4 : 2)         /* entries (output units) per tile */
+#define MAXV 4                               /* most vectors per activation row */
+typedef double vd __attribute__((vector_size(32)));
+typedef long long vl __attribute__((vector_size(32)));
+#define AI static inline __attribute__((always_inline))
+
+typedef struct {
+    int n_groups, n_layers, n_members, mean, nv;
+    const int32_t *grp_tiles;   /* (G * L + 1,) first tile of each group's layer */
+    const int32_t *tile_dst;    /* (n_tiles, TILE) hidden: activation row written; output layer: state index */
+    const double *tile_bias;    /* (n_tiles, TILE), or (n_tiles, TILE, VL) for member quads */
+    const int32_t *tile_rounds; /* (n_tiles + 1,) first round of each tile; a round is one weight per entry */
+    const uint8_t *tile_shared; /* (n_tiles,) 1 where every entry of the tile reads the same rows */
+    const int32_t *nz_src;      /* (rounds, TILE) activation row read */
+    const double *nz_w;         /* (rounds, TILE), or (rounds, TILE, VL) for member quads */
+    long long B, H, n_blocks, n_items, n_rows;
+    double dt;
+    const double *x0, *u;       /* (B, NX), (B, H, NU) */
+    double *out;                /* (M, B, H + 1, NX), or (B, H + 1, NX) for the ensemble mean */
+    int quad;
+    long long next, done;       /* items taken and items finished, shared by the threads */
+    int failed, refs;           /* refs: threads still holding the job */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;          /* signalled when the last item is done */
+} Job;
+
+/* ReLU that keeps NaN, as numpy's maximum does (vmaxpd returns its second operand when one is NaN). */
+#ifdef __AVX__
+AI vd relu(vd x) { return (vd)_mm256_max_pd(_mm256_setzero_pd(), (__m256d)x); }
+#else
+AI vd relu(vd x) {
+    const vd zero = {0.0, 0.0, 0.0, 0.0};
+    return (vd)((vl)x & ~(vl)(x < zero));
+}
+#endif
+
+AI vd bcast(double x) { return (vd){x, x, x, x}; }
+
+AI vd loadu(const double *p) { /* numpy arrays need not be 32-byte aligned */
+    vd v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+"""
+
+_KERNEL = r"""
+
+/* Rows r[0], r[stride], r[2 stride], r[3 stride] (4 states x 4 lanes) as 4 columns (4 states of each lane). */
+AI void transpose4(const vd *r, const int stride, vd *col) {
+#ifdef __AVX__
+    __m256d t0 = _mm256_unpacklo_pd((__m256d)r[0], (__m256d)r[stride]);
+    __m256d t1 = _mm256_unpackhi_pd((__m256d)r[0], (__m256d)r[stride]);
+    __m256d t2 = _mm256_unpacklo_pd((__m256d)r[2 * stride], (__m256d)r[3 * stride]);
+    __m256d t3 = _mm256_unpackhi_pd((__m256d)r[2 * stride], (__m256d)r[3 * stride]);
+    col[0] = (vd)_mm256_permute2f128_pd(t0, t2, 0x20);
+    col[1] = (vd)_mm256_permute2f128_pd(t1, t3, 0x20);
+    col[2] = (vd)_mm256_permute2f128_pd(t0, t2, 0x31);
+    col[3] = (vd)_mm256_permute2f128_pd(t1, t3, 0x31);
+#else
+    for (int j = 0; j < VL; ++j) col[j] = (vd){r[0][j], r[stride][j], r[2 * stride][j], r[3 * stride][j]};
+#endif
+}
+
+/* One step's 8 states of one cell: a whole 64-byte line, written past the caches when it is aligned. */
+AI void store_row(double *o, vd lo, vd hi) {
+#ifdef __AVX__
+    if (((uintptr_t)o & 31) == 0) {
+        _mm256_stream_pd(o, (__m256d)lo);
+        _mm256_stream_pd(o + 4, (__m256d)hi);
+        return;
+    }
+#endif
+    memcpy(o, &lo, sizeof lo);
+    memcpy(o + 4, &hi, sizeof hi);
+}
+
+/* One work item: a block of cells for one group of members (all groups for the ensemble mean), all steps.
+   Lane c of an activation row is cell b0 + c of the group's member (quad = 0), or, for a member quad
+   (quad = 1), member 4 g + c % 4 of cell b0 + c / 4. Each entry's sum runs over its weights in the order
+   stored, so a lane's result depends neither on its neighbours nor on the thread that computes it. */
+AI void run_item(Job *J, long long item, vd *act, vd *d, double *dsc, const int nv, const int quad) {
+    const int C = VL * nv, L = J->n_layers, M = J->n_members, mean = J->mean;
+    const int P = TILE(nv); /* entries summed side by side: 4 or 8 accumulators */
+    const int cells = quad ? nv : C;
+    const long long B = J->B, H = J->H;
+    const long long zero_row = J->n_rows - 2;
+    const double dt = J->dt;
+    long long blk = mean ? item : item % J->n_blocks;
+    int g_lo = mean ? 0 : (int)(item / J->n_blocks), g_hi = mean ? J->n_groups : g_lo + 1;
+    long long b0 = blk * cells;
+    int nb = (int)(B - b0 < cells ? B - b0 : cells); /* real cells in this block */
+    int mirror[VL * MAXV];   /* the real lane a lane copies (itself if real) */
+    long long cell[VL * MAXV], member[VL * MAXV];
+    double *a = (double *)act, *dd = (double *)d;
+    for (int c = 0; c < C; ++c) {
+        int v = quad ? c / VL : c, j = quad ? c % VL : 0;
+        int vv = v < nb ? v : nb - 1, jj = j;
+        if (quad && mean) jj = 0;
+        else if (quad && VL * g_lo + jj >= M) jj = M - 1 - VL * g_lo;
+        mirror[c] = quad ? VL * vv + jj : vv;
+        cell[c] = b0 + vv;
+        member[c] = quad ? VL * g_lo + jj : g_lo;
+    }
+    for (int v = 0; v < nv; ++v) act[zero_row * nv + v] = bcast(0.0);
+    for (int i = 0; i < NX; ++i)
+        for (int c = 0; c < C; ++c) a[i * C + c] = J->x0[cell[c] * NX + i];
+    for (int c = 0; c < C; ++c) {
+        if (mirror[c] != c) continue;
+        double *o = J->out + ((mean ? 0 : member[c] * B) + cell[c]) * (H + 1) * NX;
+        for (int i = 0; i < NX; ++i) o[i] = a[i * C + c];
+    }
+    for (long long k = 0; k < H; ++k) {
+        for (int j = 0; j < NU; ++j)
+            for (int c = 0; c < C; ++c) a[(NX + j) * C + c] = J->u[(cell[c] * H + k) * NU + j];
+        if (mean) {
+            for (int i = 0; i < (NX + 1) * nv; ++i) d[i] = bcast(0.0);
+            for (int i = 0; i < (NX + 1) * nv; ++i) dsc[i] = 0.0;
+        }
+        for (int g = g_lo; g < g_hi; ++g) {
+            for (int l = 0; l < L; ++l) {
+                const int last = l == L - 1;
+                const int32_t t1 = J->grp_tiles[g * L + l + 1];
+                for (int32_t t = J->grp_tiles[g * L + l]; t < t1; ++t) {
+                    const int32_t r0 = J->tile_rounds[t], r1 = J->tile_rounds[t + 1];
+                    vd acc[4][MAXV];
+                    for (int p = 0; p < P; ++p) {
+                        const long long e = (long long)t * P + p;
+                        const vd b = quad ? loadu(J->tile_bias + e * VL) : bcast(J->tile_bias[e]);
+                        for (int v = 0; v < nv; ++v) acc[p][v] = b;
+                    }
+                    if (J->tile_shared[t]) { /* the entries read the same rows (dense layers): load them once */
+                        for (int32_t r = r0; r < r1; ++r) {
+                            const vd *s = act + (long long)J->nz_src[(long long)r * P] * nv;
+                            vd sv[MAXV];
+                            for (int v = 0; v < nv; ++v) sv[v] = s[v];
+                            for (int p = 0; p < P; ++p) {
+                                const long long q = (long long)r * P + p;
+                                const vd w = quad ? loadu(J->nz_w + q * VL) : bcast(J->nz_w[q]);
+                                for (int v = 0; v < nv; ++v) acc[p][v] += w * sv[v];
+                            }
+                        }
+                    } else {
+                        for (int32_t r = r0; r < r1; ++r) {
+                            for (int p = 0; p < P; ++p) {
+                                const long long q = (long long)r * P + p;
+                                const vd w = quad ? loadu(J->nz_w + q * VL) : bcast(J->nz_w[q]);
+                                const vd *s = act + (long long)J->nz_src[q] * nv;
+                                for (int v = 0; v < nv; ++v) acc[p][v] += w * s[v];
+                            }
+                        }
+                    }
+                    for (int p = 0; p < P; ++p) {
+                        const int32_t dst = J->tile_dst[(long long)t * P + p];
+                        if (!last) {
+                            for (int v = 0; v < nv; ++v) act[(long long)dst * nv + v] = relu(acc[p][v]);
+                        } else if (!mean) {
+                            for (int v = 0; v < nv; ++v) d[dst * nv + v] = acc[p][v];
+                        } else if (!quad) {
+                            for (int v = 0; v < nv; ++v) d[dst * nv + v] += acc[p][v];
+                        } else {
+                            for (int v = 0; v < nv; ++v)
+                                for (int j = 0; j < VL; ++j)
+                                    if (VL * g + j < M) dsc[dst * nv + v] += acc[p][v][j];
+                        }
+                    }
+                }
+            }
+        }
+        if (mean && quad)
+            for (int i = 0; i < NX * nv; ++i) d[i] = bcast(dsc[i]);
+#if HAS_PRIOR
+        for (int v = 0; v < nv; ++v) prior_vec(act + v, d + v, nv);
+#endif
+        {
+            vd poison[MAXV];
+            for (int v = 0; v < nv; ++v) poison[v] = bcast(0.0);
+            for (int i = 0; i < NX; ++i)
+                for (int v = 0; v < nv; ++v) {
+                    vd xi = act[i * nv + v] + dt * d[i * nv + v];
+                    act[i * nv + v] = xi;
+                    poison[v] += xi - xi; /* 0 where finite, NaN once a state is inf or NaN */
+                }
+            for (int i = 0; i < NX; ++i)
+                for (int v = 0; v < nv; ++v) act[i * nv + v] += poison[v];
+        }
+        for (int c = 0; c < C; ++c)
+            if (mirror[c] != c)
+                for (int i = 0; i < NX; ++i) a[i * C + c] = a[i * C + mirror[c]];
+        for (int v = 0; v < nv; ++v) {
+            vd col[NX]; /* col[j]: states 0-3 of lane 4 v + j; col[4 + j]: states 4-7 */
+            transpose4(act + v, nv, col);
+            transpose4(act + 4 * nv + v, nv, col + 4);
+            for (int j = 0; j < VL; ++j) {
+                const int c = VL * v + j;
+                if (mirror[c] != c) continue;
+                double *o = J->out + (((mean ? 0 : member[c] * B) + cell[c]) * (H + 1) + k + 1) * NX;
+                store_row(o, col[j], col[4 + j]);
+            }
+        }
+    }
+}
+
+#define ITEM(NV, Q) \
+    static void item_##NV##_##Q(Job *J, long long i, vd *act, vd *d, double *s) { run_item(J, i, act, d, s, NV, Q); }
+ITEM(1, 0)
+ITEM(2, 0)
+ITEM(4, 0)
+ITEM(1, 1)
+ITEM(2, 1)
+ITEM(4, 1)
+
+/* Finish one item: the last one wakes the caller. The fence orders the item's streamed stores first. */
+static void finish(Job *J) {
+#ifdef __AVX__
+    _mm_sfence();
+#endif
+    if (__atomic_add_fetch(&J->done, 1, __ATOMIC_ACQ_REL) == J->n_items) {
+        pthread_mutex_lock(&J->mu);
+        pthread_cond_broadcast(&J->cv);
+        pthread_mutex_unlock(&J->mu);
+    }
+}
+
+/* Take items until none is left. Scratch memory is this thread's own, allocated at its first item. */
+static void work(Job *J) {
+    const int nv = J->nv, quad = J->quad;
+    vd *scratch = NULL, *act = NULL, *d = NULL;
+    double *dsc = NULL;
+    for (;;) {
+        long long i = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
+        if (i >= J->n_items) break;
+        if (!scratch) {
+            size_t bytes = (size_t)(J->n_rows + NX + 1) * nv * sizeof(vd) + (size_t)(NX + 1) * nv * sizeof(double);
+            scratch = (vd *)aligned_alloc(64, (bytes + 63) / 64 * 64);
+            if (!scratch) {
+                __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
+                finish(J);
+                continue;
+            }
+            act = scratch;
+            d = scratch + J->n_rows * nv;
+            dsc = (double *)(d + (NX + 1) * nv);
+        }
+        if (quad) {
+            switch (nv) {
+                case 1: item_1_1(J, i, act, d, dsc); break;
+                case 2: item_2_1(J, i, act, d, dsc); break;
+                default: item_4_1(J, i, act, d, dsc); break;
+            }
+        } else {
+            switch (nv) {
+                case 1: item_1_0(J, i, act, d, dsc); break;
+                case 2: item_2_0(J, i, act, d, dsc); break;
+                default: item_4_0(J, i, act, d, dsc); break;
+            }
+        }
+        finish(J);
+    }
+    free(scratch);
+}
+
+static void release(Job *J) {
+    if (__atomic_sub_fetch(&J->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        pthread_mutex_destroy(&J->mu);
+        pthread_cond_destroy(&J->cv);
+        free(J);
+    }
+}
+
+static void *helper(void *arg) {
+    work((Job *)arg);
+    release((Job *)arg);
+    return NULL;
+}
+
+int alutwin_rollout_abi(void) { return 1000 * HAS_PRIOR + 8; }
+
+/* Roll out B cells over H steps. quad = 0: groups are single members, a work item holds 4 * nv cells;
+   quad = 1: groups are quads of members, an item holds nv cells. The caller works too; helper threads are
+   detached, and the call returns as soon as every item is done, so a helper the scheduler starts late (on
+   a busy machine) finds nothing left, touches only the job (on the heap, freed by the last one out) and
+   never delays the caller. Returns 0, or -1 for bad sizes, -2 when out of memory. */
+int alutwin_rollout(int n_groups, int n_layers, int n_members, int quad, int mean, long long n_rows,
+                    const int32_t *grp_tiles, const int32_t *tile_dst, const double *tile_bias,
+                    const int32_t *tile_rounds, const uint8_t *tile_shared, const int32_t *nz_src,
+                    const double *nz_w, long long B,
+                    long long H, double dt, const double *x0, const double *u, double *out, int nv,
+                    int tile, int n_threads) {
+    if (nv != 1 && nv != 2 && nv != 4) return -1;
+    if (tile != TILE(nv) || (quad && nv > 2)) return -1;
+    if (B < 1 || H < 0 || n_groups < 1 || n_layers < 1 || n_members < 1) return -1;
+    if (quad ? n_groups != (n_members + VL - 1) / VL : n_groups != n_members) return -1;
+    Job *J = (Job *)calloc(1, sizeof(Job));
+    if (!J) return -2;
+    J->n_groups = n_groups;
+    J->n_layers = n_layers;
+    J->n_members = n_members;
+    J->quad = quad;
+    J->mean = mean;
+    J->nv = nv;
+    J->grp_tiles = grp_tiles;
+    J->tile_dst = tile_dst;
+    J->tile_bias = tile_bias;
+    J->tile_rounds = tile_rounds;
+    J->tile_shared = tile_shared;
+    J->nz_src = nz_src;
+    J->nz_w = nz_w;
+    J->B = B;
+    J->H = H;
+    J->dt = dt;
+    J->x0 = x0;
+    J->u = u;
+    J->out = out;
+    J->n_rows = n_rows;
+    long long cells = quad ? nv : VL * nv;
+    J->n_blocks = (B + cells - 1) / cells;
+    J->n_items = mean ? J->n_blocks : J->n_blocks * n_groups;
+    J->refs = 1;
+    pthread_mutex_init(&J->mu, NULL);
+    pthread_cond_init(&J->cv, NULL);
+    if (n_threads > J->n_items) n_threads = (int)J->n_items;
+    pthread_attr_t attr;
+    int have_attr = n_threads > 1 && pthread_attr_init(&attr) == 0;
+    if (have_attr) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (int t = 1; t < n_threads && have_attr; ++t) {
+        pthread_t th;
+        __atomic_add_fetch(&J->refs, 1, __ATOMIC_ACQ_REL);
+        if (pthread_create(&th, &attr, helper, J) != 0) { /* the others do its share */
+            __atomic_sub_fetch(&J->refs, 1, __ATOMIC_ACQ_REL);
+            break;
+        }
+    }
+    if (have_attr) pthread_attr_destroy(&attr);
+    work(J);
+    pthread_mutex_lock(&J->mu);
+    while (__atomic_load_n(&J->done, __ATOMIC_ACQUIRE) < J->n_items) pthread_cond_wait(&J->cv, &J->mu);
+    pthread_mutex_unlock(&J->mu);
+    int failed = __atomic_load_n(&J->failed, __ATOMIC_ACQUIRE);
+    release(J);
+    return failed ? -2 : 0;
+}
+"""
+
+
+def _host_id() -> str:
+    """A fingerprint of this CPU's features: ``-march=native`` libraries are cached per host type."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        text = "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name", "vendor_id"))}))
+    except OSError:
+        text = platform.machine() + platform.processor()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_VEC_BINARY = {"OP_ADD": "+", "OP_SUB": "-", "OP_MUL": "*", "OP_DIV": "/"}
+_VEC_COMPARE = {"OP_LT": "<", "OP_LE": "<=", "OP_EQ": "==", "OP_NE": "!="}
+_LANE_UNARY = {
+    "OP_EXP": "exp", "OP_LOG": "log", "OP_SQRT": "sqrt", "OP_FABS": "fabs", "OP_SIN": "sin", "OP_COS": "cos",
+    "OP_TAN": "tan", "OP_TANH": "tanh", "OP_ATAN": "atan", "OP_FLOOR": "floor", "OP_CEIL": "ceil",
+}  # fmt: skip
+_LANE_BINARY = {"OP_POW": "pow", "OP_CONSTPOW": "pow", "OP_FMIN": "fmin", "OP_FMAX": "fmax", "OP_ATAN2": "atan2"}
+
+
+def _c_double(v: float) -> str:
+    """``v`` as an exact C literal."""
+    if np.isnan(v):
+        return "NAN"
+    if np.isinf(v):
+        return "INFINITY" if v > 0 else "-INFINITY"
+    return v.hex()
+
+
+def vector_source(f: ca.Function) -> str:
+    """C of an SX function ``f(x (8), u (5)) -> (8,)`` on SIMD vectors of 4 cells: ``prior_vec(a, d, nv)``
+    adds ``f`` at rows ``a[0..12 * nv]`` (states, then inputs, ``nv`` vectors apart) into ``d[0..7 * nv]``.
+
+    Translated instruction by instruction from the ``SX`` graph (the one CasADi's own code generator writes
+    as scalar C): arithmetic on whole vectors, ``exp``, ``pow`` and the other library functions lane by lane,
+    so each lane computes what scalar code computes. Raises :class:`plant.engine.CompiledEngineError` for an
+    operation it does not know.
+    """
+    if not isinstance(f, ca.Function) or not f.is_a("SXFunction"):
+        raise ValueError("vector_source needs an SX casadi.Function")
+    shapes = ([f.size_in(0), f.size_in(1)], f.size_out(0)) if (f.n_in(), f.n_out()) == (2, 1) else None
+    if shapes != ([(N_STATES, 1), (N_INPUTS, 1)], (N_STATES, 1)):
+        raise ValueError(f"vector_source needs f(x ({N_STATES}, 1), u ({N_INPUTS}, 1)) -> ({N_STATES}, 1)")
+    names = {getattr(ca, n): n for n in dir(ca) if n.startswith("OP_") and isinstance(getattr(ca, n), int)}
+    lines = []
+    for k in range(f.n_instructions()):
+        op = names.get(f.instruction_id(k), str(f.instruction_id(k)))
+        i, o = f.instruction_input(k), f.instruction_output(k)
+        w = [f"w[{j}]" for j in i]
+        if op == "OP_CONST":
+            rhs_ = f"bcast({_c_double(float(f.instruction_constant(k)))})"
+        elif op == "OP_INPUT":
+            rhs_ = f"a[{(0 if i[0] == 0 else N_STATES) + i[1]} * nv]"
+        elif op == "OP_OUTPUT":
+            lines.append(f"    d[{o[1]} * nv] += w[{i[0]}];")
+            continue
+        elif op in _VEC_BINARY:
+            rhs_ = f"{w[0]} {_VEC_BINARY[op]} {w[1]}"
+        elif op in _VEC_COMPARE:
+            rhs_ = f"truth({w[0]} {_VEC_COMPARE[op]} {w[1]})"
+        elif op == "OP_ASSIGN":
+            rhs_ = w[0]
+        elif op == "OP_NEG":
+            rhs_ = f"-{w[0]}"
+        elif op == "OP_TWICE":
+            rhs_ = f"{w[0]} + {w[0]}"
+        elif op == "OP_SQ":
+            rhs_ = f"{w[0]} * {w[0]}"
+        elif op == "OP_INV":
+            rhs_ = f"bcast(1.0) / {w[0]}"
+        elif op == "OP_NOT":
+            rhs_ = f"truth({w[0]} == bcast(0.0))"
+        elif op == "OP_AND":
+            rhs_ = f"truth(({w[0]} != bcast(0.0)) & ({w[1]} != bcast(0.0)))"
+        elif op == "OP_OR":
+            rhs_ = f"truth(({w[0]} != bcast(0.0)) | ({w[1]} != bcast(0.0)))"
+        elif op == "OP_IF_ELSE_ZERO":
+            rhs_ = f"(vd)((vl){w[1]} & (vl)({w[0]} != bcast(0.0)))"
+        elif op in _LANE_UNARY:
+            rhs_ = f"MAP1({_LANE_UNARY[op]}, {w[0]})"
+        elif op in _LANE_BINARY:
+            rhs_ = f"MAP2({_LANE_BINARY[op]}, {w[0]}, {w[1]})"
+        else:
+            raise CompiledEngineError(f"the CasADi operation {op} (in {f.name()}) is not supported by the kernel")
+        lines.append(f"    w[{o[0]}] = {rhs_};")
+    body = "\n".join(lines)
+    return (
+        "#define MAP1(f, x) ((vd){f((x)[0]), f((x)[1]), f((x)[2]), f((x)[3])})\n"
+        "#define MAP2(f, x, y) ((vd){f((x)[0], (y)[0]), f((x)[1], (y)[1]), f((x)[2], (y)[2]), f((x)[3], (y)[3])})\n"
+        "AI vd truth(vl c) { return (vd)(c & (vl)bcast(1.0)); } /* a comparison as CasADi's 1.0 or 0.0 */\n"
+        f"AI void prior_vec(const vd *a, vd *d, const int nv) {{\n    vd w[{max(f.sz_w(), 1)}];\n{body}\n}}\n"
+    )
+
+
+def generate_source(prior: str) -> str:
+    """C source of the rollout kernel for models with physics prior ``prior`` (a name of ``PRIORS``): the
+    prior's :func:`plant.physics.rhs` on SIMD vectors (:func:`vector_source`) and the kernel."""
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; must be one of {sorted(PRIORS)}")
+    params = PRIORS[prior]
+    if params is None:
+        return _PRELUDE + "#define HAS_PRIOR 0\n" + _KERNEL
+    x = ca.SX.sym("x", N_STATES)
+    u = ca.SX.sym("u", N_INPUTS)
+    f = ca.Function(f"prior_{prior}", [x, u], [rhs(x, u, params)])
+    return _PRELUDE + "#define HAS_PRIOR 1\n" + vector_source(f) + _KERNEL
+
+
+# --- the model as the kernel reads it -----------------------------------------------------------------------
+
+_VL = 4  # doubles per SIMD vector, and members per member quad (VL in the kernel)
+_TILES = {1: 4, 2: 4, 4: 2}  # vectors per activation row -> entries per tile (TILE(nv) in the kernel); 8
+# vectors (32 cells, one entry per tile) measured no faster than 4
+
+_Unit = tuple[int, Any, np.ndarray, np.ndarray]  # dst row, bias, src rows (n,) ascending, weights (n,) [member quads:
+# bias (4,) and weights (n, 4), one lane per member]
+
+
+@dataclass(frozen=True)
+class _Program:
+    """Groups (single members, or member quads) of layers of tiles of entries (output units); each tile is
+    a number of rounds, a round one weight per entry, padded with zero weights on a zero row."""
+
+    quad: bool
+    tile: int
+    n_groups: int
+    n_layers: int
+    n_members: int
+    n_rows: int  # activation rows: the 13 inputs, every hidden unit, a zero row and a trash row
+    grp_tiles: np.ndarray  # (G * L + 1,) int32: first tile of each group's layer
+    tile_dst: np.ndarray  # (n_tiles, tile) int32
+    tile_bias: np.ndarray  # (n_tiles, tile) float64; quads: (n_tiles, tile, 4)
+    tile_rounds: np.ndarray  # (n_tiles + 1,) int32: first round of each tile
+    tile_shared: np.ndarray  # (n_tiles,) uint8: 1 where all entries read the same rows (one load serves all)
+    nz_src: np.ndarray  # (rounds, tile) int32
+    nz_w: np.ndarray  # (rounds, tile) float64; quads: (rounds, tile, 4)
+
+
+def _row_units(arch: Architecture, layer: int) -> np.ndarray:
+    """Activation rows feeding weight matrix ``layer``: inputs are rows 0..12, then hidden units in order."""
+    starts = np.cumsum([arch.n_in, *arch.hidden])  # first row of hidden layer l is starts[l]
+    if layer == 0:
+        return np.arange(arch.n_in)
+    if layer < len(arch.hidden):
+        return np.arange(starts[layer - 1], starts[layer])
+    if arch.skip:
+        return np.arange(starts[-1])
+    return np.arange(starts[-2], starts[-1])
+
+
+def _member_units(arch: Architecture, ws: list[np.ndarray], bs: list[np.ndarray]) -> list[list[_Unit]]:
+    """One member's layers as units ``(dst, bias, src rows, weights)``, constants folded and dead units dropped.
+
+    A hidden unit without non-zero input weights is the constant ``relu(bias)``, added into the biases of the
+    units it feeds; a hidden unit that no live unit reads is dropped. The output layer keeps all its units.
+    """
+    starts = np.cumsum([arch.n_in, *arch.hidden])
+    n_rows = int(starts[-1])
+    is_const = np.zeros(n_rows, dtype=bool)  # rows whose unit has no non-zero input weight
+    value = np.zeros(n_rows)  # and its constant value
+    layers: list[list[_Unit]] = []
+    for layer, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        rows = _row_units(arch, layer)
+        last = layer == len(ws) - 1
+        folded = is_const[rows]
+        bias = b + value[rows[folded]] @ w[folded] if folded.any() else b.copy()  # (n_out,)
+        w = np.where(folded[:, None], 0.0, w)
+        units = []
+        for o in range(w.shape[1]):
+            nz = np.flatnonzero(w[:, o])
+            dst = o if last else int(starts[layer]) + o
+            if not last and nz.size == 0:
+                is_const[dst], value[dst] = True, max(float(bias[o]), 0.0)
+                continue
+            units.append((dst, float(bias[o]), rows[nz], w[nz, o]))
+        layers.append(units)
+    live = np.zeros(n_rows + 1, dtype=bool)
+    for unit in layers[-1]:
+        live[unit[2]] = True
+    for layer in range(len(layers) - 2, -1, -1):
+        layers[layer] = [unit for unit in layers[layer] if live[unit[0]]]
+        for unit in layers[layer]:
+            live[unit[2]] = True
+    return layers
+
+
+def _quad_units(members: list[list[list[_Unit]]]) -> list[list[_Unit]]:
+    """Four members' layers as one, with a bias and a weight per lane (member): the union of their units and
+    of each unit's sources, with a zero weight where a member lacks one (adding ``0 * a`` to a finite sum
+    leaves it unchanged, bit for bit, so a member's lane computes what it computes alone)."""
+    layers: list[list[_Unit]] = []
+    for per_member in zip(*members, strict=True):
+        by_dst: dict[int, dict[int, _Unit]] = {}
+        for j, units in enumerate(per_member):
+            for unit in units:
+                by_dst.setdefault(unit[0], {})[j] = unit
+        merged = []
+        for dst in sorted(by_dst):
+            parts = by_dst[dst]
+            src = np.unique(np.concatenate([unit[2] for unit in parts.values()]))
+            bias = np.zeros(_VL)
+            w = np.zeros((src.size, _VL))
+            for j, (_, b, s, v) in parts.items():
+                bias[j] = b
+                w[np.searchsorted(src, s), j] = v
+            merged.append((dst, bias, src, w))
+        layers.append(merged)
+    return layers
+
+
+def _flatten(groups: list[list[list[_Unit]]], quad: bool, tile: int, n_members: int, n_units: int) -> _Program:
+    """Tile each layer's units, longest first (which pads least), ``tile`` to a tile."""
+    zero_row, trash_row = n_units, n_units + 1
+    lanes = (_VL,) if quad else ()
+    tiles: list[tuple[int, list[_Unit]]] = []  # (padding destination, units)
+    grp_tiles = [0]
+    for layers in groups:
+        for li, units in enumerate(layers):
+            trash = N_STATES if li == len(layers) - 1 else trash_row  # where padding entries write
+            order = sorted(units, key=lambda e: (-e[2].size, e[0]))
+            tiles += [(trash, order[t0 : t0 + tile]) for t0 in range(0, len(order), tile)]
+            grp_tiles.append(len(tiles))
+    n_rounds = [max(unit[2].size for unit in part) for _, part in tiles]
+    tile_rounds = np.concatenate([[0], np.cumsum(n_rounds, dtype=np.int64)]).astype(np.int32)
+    tile_dst = np.empty((len(tiles), tile), dtype=np.int32)
+    tile_shared = np.zeros(len(tiles), dtype=np.uint8)
+    tile_bias = np.zeros((len(tiles), tile, *lanes))
+    nz_src = np.full((int(tile_rounds[-1]), tile), zero_row, dtype=np.int32)
+    nz_w = np.zeros((int(tile_rounds[-1]), tile, *lanes))
+    for t, (trash, part) in enumerate(tiles):
+        tile_dst[t] = trash
+        r0 = tile_rounds[t]
+        first = part[0][2]
+        tile_shared[t] = len(part) == tile and all(np.array_equal(unit[2], first) for unit in part[1:])
+        for p, (dst, bias, src, w) in enumerate(part):
+            tile_dst[t, p] = dst
+            tile_bias[t, p] = bias
+            nz_src[r0 : r0 + src.size, p] = src
+            nz_w[r0 : r0 + src.size, p] = w
+    return _Program(
+        quad=quad,
+        tile=tile,
+        n_groups=len(groups),
+        n_layers=len(groups[0]),
+        n_members=n_members,
+        n_rows=n_units + 2,
+        grp_tiles=np.asarray(grp_tiles, dtype=np.int32),
+        tile_dst=tile_dst,
+        tile_bias=tile_bias,
+        tile_rounds=tile_rounds,
+        tile_shared=tile_shared,
+        nz_src=nz_src,
+        nz_w=nz_w,
+    )
+
+
+@dataclass(frozen=True)
+class _Programs:
+    """A model prepared for the kernel: single-member programs per tile size and member quads."""
+
+    single: dict[int, _Program]  # tile -> program
+    quads: _Program
+    nonzeros: float  # multiply-adds per member, cell and step
+
+    @classmethod
+    def build(cls, surrogate: Surrogate, mean: bool) -> _Programs:
+        """Fold the normalisation (and ``1 / M`` for the ensemble mean) into the weights, compact and tile."""
+        weights, norm = surrogate.weights, surrogate.normalization
+        arch = weights.architecture
+        n = weights.n_members
+        scale = 1.0 / n if mean else 1.0
+        members = []
+        for m in range(n):
+            ws, bs = _member_layers(weights, m, norm.feature_mean, norm.feature_std, norm.target_std * scale)
+            bs[-1] = bs[-1] + norm.target_mean * scale
+            members.append(_member_units(arch, ws, bs))
+        n_units = arch.n_in + sum(arch.hidden)
+        quads = [_quad_units([members[min(g + j, n - 1)] for j in range(_VL)]) for g in range(0, n, _VL)]
+        return cls(
+            single={t: _flatten(members, False, t, n, n_units) for t in sorted(set(_TILES.values()))},
+            quads=_flatten(quads, True, _TILES[1], n, n_units),
+            nonzeros=sum(unit[2].size for layers in members for units in layers for unit in units) / n,
+        )
+
+
+# --- the compiled library -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Library:
+    path: Path
+    fn: Any  # the ctypes function alutwin_rollout
+    handle: ctypes.CDLL
+
+    def run(
+        self,
+        prog: _Program,
+        mean: bool,
+        x0: np.ndarray,
+        u: np.ndarray,
+        out: np.ndarray,
+        dt: float,
+        nv: int,
+        threads: int,
+    ) -> None:
+        """Roll out ``x0`` ``(B, 8)`` under ``u`` ``(B, H, 5)`` into ``out`` (C-contiguous arrays)."""
+        b, h, _ = u.shape
+        code = self.fn(
+            prog.n_groups,
+            prog.n_layers,
+            prog.n_members,
+            int(prog.quad),
+            int(mean),
+            prog.n_rows,
+            prog.grp_tiles.ctypes.data,
+            prog.tile_dst.ctypes.data,
+            prog.tile_bias.ctypes.data,
+            prog.tile_rounds.ctypes.data,
+            prog.tile_shared.ctypes.data,
+            prog.nz_src.ctypes.data,
+            prog.nz_w.ctypes.data,
+            b,
+            h,
+            dt,
+            x0.ctypes.data,
+            u.ctypes.data,
+            out.ctypes.data,
+            nv,
+            prog.tile,
+            threads,
+        )
+        if code != 0:
+            raise CompiledEngineError(f"the rollout kernel {self.path} failed (code {code})")
+
+
+def _load(prior: str) -> _Library:
+    try:
+        path, _ = build_shared_library(
+            generate_source(prior),
+            f"alutwin_rollout_{prior}",
+            (*_FLAGS, f"-DALUTWIN_HOST={_host_id()}"),
+            libs=("-lm",),
+        )
+    except BuildError as err:
+        raise CompiledEngineError(str(err)) from err
+    try:
+        handle = ctypes.CDLL(str(path))
+        fn = handle.alutwin_rollout
+        abi = handle.alutwin_rollout_abi
+    except (OSError, AttributeError) as err:
+        raise CompiledEngineError(f"cannot load the rollout kernel {path}: {err}") from err
+    abi.restype = ctypes.c_int
+    expected = 1000 * (PRIORS[prior] is not None) + _ABI
+    if abi() != expected:
+        raise CompiledEngineError(f"the rollout kernel {path} has ABI {abi()}, expected {expected}")
+    p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong
+    fn.restype = ctypes.c_int
+    fn.argtypes = [i32, i32, i32, i32, i32, i64, p, p, p, p, p, p, p, i64, i64, ctypes.c_double, p, p, p, i32, i32, i32]
+    return _Library(path, fn, handle)
+
+
+def _check_model(prior: str) -> Surrogate:
+    """A small InputSkip ensemble of 5 with masks (the library's self-check)."""
+    rng = np.random.default_rng(7)
+    arch = Architecture(hidden=(8, 8), skip=True)
+    ws = [rng.normal(0, 0.4, (5, a, b)) for a, b in arch.layer_shapes]
+    masks = tuple(rng.random(w.shape) < 0.6 for w in ws)
+    bs = [rng.normal(0, 0.1, (5, b)) for _, b in arch.layer_shapes]
+    low = np.array([s.low for s in (*STATES, *INPUTS)])
+    high = np.array([s.high for s in (*STATES, *INPUTS)])
+    norm = Normalization((low + high) / 2, (high - low) / 4, np.zeros(8), np.full(8, 1e-3), 10.0)
+    weights = EnsembleWeights(arch, tuple(w * mk for w, mk in zip(ws, masks, strict=True)), tuple(bs), masks)
+    return Surrogate(weights, norm, prior)
+
+
+def _self_check(lib: _Library, prior: str) -> None:
+    """Every layout against ``Surrogate.simulate`` on a small model: catches a broken compiler or library."""
+    model = _check_model(prior)
+    low = np.array([s.low for s in STATES])
+    high = np.array([s.high for s in STATES])
+    x0 = np.stack([low + f * (high - low) for f in (0.3, 0.5, 0.7)])  # (3, 8)
+    u = np.broadcast_to(np.array([5.0, 140_000.0, 2.0, 1.0, 0.05]), (3, 4, N_INPUTS)).copy()  # (3, 4, 5)
+    ref = model.simulate(x0, u)
+    programs = _Programs.build(model, mean=False)
+    runs = [(programs.quads, nv) for nv in (1, 2)] + [(programs.single[t], nv) for nv, t in _TILES.items()]
+    for prog, nv in runs:
+        out = np.empty((model.n_members, 3, 5, N_STATES))
+        lib.run(prog, False, x0, u, out, model.dt, nv, 2)
+        if not np.allclose(out, ref, rtol=1e-11, atol=0):
+            raise CompiledEngineError(f"the rollout kernel {lib.path} disagrees with Surrogate.simulate")
+
+
+@functools.lru_cache(maxsize=8)
+def _library(prior: str, compiler: str | None) -> _Library | CompiledEngineError:
+    """The kernel for ``prior``, loaded and self-checked once per process and compiler (or why it cannot be)."""
+    del compiler  # part of the cache key only: a changed PATH or CC is looked at again
+    try:
+        lib = _load(prior)
+        _self_check(lib, prior)
+    except CompiledEngineError as err:
+        return err
+    return lib
+
+
+def _get_library(prior: str) -> _Library:
+    lib = _library(prior, find_compiler())
+    if isinstance(lib, CompiledEngineError):
+        raise CompiledEngineError(str(lib))
+    return lib
+
+
+def compiled_rollout_available(prior: str = "none") -> bool:
+    """Whether the compiled kernel for ``prior`` builds and passes its self-check here (cached per compiler)."""
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; must be one of {sorted(PRIORS)}")
+    return not isinstance(_library(prior, find_compiler()), CompiledEngineError)
+
+
+# --- the engines --------------------------------------------------------------------------------------------
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _check_threads(threads: int | None) -> int | None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    return None if threads is None else int(threads)
+
+
+def _check_inputs(x0: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x0`` ``(B, 8)`` and ``u`` ``(B, T, 5)`` as C-contiguous float64, validated as ``Surrogate.simulate`` does."""
+    x0 = np.ascontiguousarray(x0, dtype=np.float64)
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    if x0.ndim != 2 or x0.shape[1] != N_STATES:
+        raise ValueError(f"x0 must be (B, {N_STATES}), got {x0.shape}")
+    if u.ndim != 3 or u.shape[0] != x0.shape[0] or u.shape[2] != N_INPUTS:
+        raise ValueError(f"u must be ({x0.shape[0]}, T, {N_INPUTS}), got {u.shape}")
+    if not (np.all(np.isfinite(x0)) and np.all(np.isfinite(u))):
+        raise ValueError("x0 and u must be finite")
+    return x0, u
+
+
+def _empty_aligned(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float64 array starting on a 64-byte boundary (the kernel then streams whole lines)."""
+    n = int(np.prod(shape))
+    buf = np.empty(n + 8)
+    start = (-buf.ctypes.data % 64) // 8
+    return buf[start : start + n].reshape(shape)
+
+
+class RolloutEngine:
+    """Free runs of a surrogate ensemble in compiled C: ``Surrogate.simulate``'s results, up to rounding.
+
+    Parameters
+    ----------
+    surrogate : the model (any architecture and prior of :mod:`identification.surrogate`).
+    threads : threads to spread the work over (None: the CPUs this process may use, fewer for small work).
+        Results do not depend on it, nor on which other cells are in the batch.
+
+    Raises
+    ------
+    plant.engine.CompiledEngineError
+        Where the kernel cannot be built (no C compiler) or fails its self-check.
+
+    Calls may come from several threads at once: the prepared weights are read-only and every call has its
+    own scratch memory and output.
+    """
+
+    def __init__(self, surrogate: Surrogate, threads: int | None = None) -> None:
+        if not isinstance(surrogate, Surrogate):
+            raise ValueError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}")
+        self.surrogate = surrogate
+        self.threads = _check_threads(threads)
+        self._lib = _get_library(surrogate.prior)
+        self._members = _Programs.build(surrogate, mean=False)
+        self._mean: _Programs | None = None  # built on first use
+        self._lock = threading.Lock()
+
+    @property
+    def n_members(self) -> int:
+        return self.surrogate.n_members
+
+    @property
+    def nonzeros_per_member(self) -> float:
+        """Multiply-adds per member, cell and step after folding constant units and dropping dead ones."""
+        return self._members.nonzeros
+
+    def _plan(self, programs: _Programs, b: int, h: int, mean: bool) -> tuple[_Program, int, int]:
+        """``(program, nv, threads)`` for ``b`` cells over ``h`` steps: the layout with the least work per step.
+
+        Single-member items hold ``4 nv`` cells, member-quad items ``nv`` cells; work is counted in vector
+        multiply-adds (weight slots, padding included, times vectors), a quad's vector weights costing more.
+        """
+        options = []
+        for nv in _TILES:
+            if nv > 1 and _VL * (nv // 2) >= b:
+                break
+            prog = programs.single[_TILES[nv]]
+            blocks = -(-b // (_VL * nv))
+            options.append((prog.nz_src.size * blocks * nv + _ITEM_STEP_COST * blocks * self.n_members, prog, nv))
+        for nv in (1, 2):
+            if nv > 1 and nv // 2 >= b:
+                break
+            prog = programs.quads
+            blocks = -(-b // nv)
+            cost = prog.nz_src.size * blocks * nv * _QUAD_COST + _ITEM_STEP_COST * blocks * prog.n_groups
+            options.append((cost, prog, nv))
+        work, prog, nv = min(options, key=lambda o: o[0])
+        n_items = -(-b // (nv if prog.quad else _VL * nv)) * (1 if mean else prog.n_groups)
+        if self.threads is not None:
+            return prog, nv, max(1, min(self.threads, n_items))
+        return prog, nv, max(1, min(_usable_cpus(), n_items, int(work * h // _MIN_WORK_PER_THREAD)))
+
+    def simulate(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Free run of every member from ``x0`` ``(B, 8)`` driven by ``u`` ``(B, T, 5)``: ``(M, B, T + 1, 8)``.
+
+        From the first step at which a cell's state is not finite, all its 8 states are NaN.
+        """
+        x0, u = _check_inputs(x0, u)
+        b, h, _ = u.shape
+        out = _empty_aligned((self.n_members, b, h + 1, N_STATES))  # (M, B, T + 1, 8)
+        if b == 0:
+            return out
+        prog, nv, threads = self._plan(self._members, b, h, mean=False)
+        self._lib.run(prog, False, x0, u, out, self.surrogate.dt, nv, threads)
+        return out
+
+    def simulate_mean(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Free run of the ensemble-mean model (``Surrogate.mean().simulate``): ``(B, T + 1, 8)``."""
+        x0, u = _check_inputs(x0, u)
+        b, h, _ = u.shape
+        out = _empty_aligned((b, h + 1, N_STATES))  # (B, T + 1, 8)
+        if b == 0:
+            return out
+        with self._lock:
+            if self._mean is None:
+                self._mean = _Programs.build(self.surrogate, mean=True)
+        prog, nv, threads = self._plan(self._mean, b, h, mean=True)
+        self._lib.run(prog, True, x0, u, out, self.surrogate.dt, nv, threads)
+        return out
+
+
+class NumpyRolloutEngine:
+    """The reference: :meth:`Surrogate.simulate` and ``Surrogate.mean().simulate`` behind the engine's API."""
+
+    def __init__(self, surrogate: Surrogate, threads: int | None = None) -> None:
+        if not isinstance(surrogate, Surrogate):
+            raise ValueError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}")
+        self.surrogate = surrogate
+        self.threads = _check_threads(threads)  # accepted for a uniform signature; numpy decides itself
+
+    @property
+    def n_members(self) -> int:
+        return self.surrogate.n_members
+
+    def simulate(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``Surrogate.simulate``: ``(M, B, T + 1, 8)``."""
+        return self.surrogate.simulate(x0, u)
+
+    def simulate_mean(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``Surrogate.mean().simulate``: ``(B, T + 1, 8)``."""
+        x0, u = _check_inputs(x0, u)
+        return self.surrogate.mean().simulate(x0, u)
+
+
+_warned: set[str] = set()
+
+
+def make_rollout_engine(
+    surrogate: Surrogate, engine: str = "auto", threads: int | None = None
+) -> RolloutEngine | NumpyRolloutEngine:
+    """A rollout engine for ``surrogate`` by name, one of :data:`ENGINES`.
+
+    ``"compiled"`` raises :class:`plant.engine.CompiledEngineError` where the kernel cannot be built;
+    ``"auto"`` then falls back to numpy, with a :class:`plant.engine.CompilerUnavailableWarning` the first time
+    per prior in this process.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; must be one of {list(ENGINES)}")
+    if not isinstance(surrogate, Surrogate):
+        raise ValueError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}")
+    if engine == "numpy":
+        return NumpyRolloutEngine(surrogate, threads)
+    if engine == "compiled":
+        return RolloutEngine(surrogate, threads)
+    lib = _library(surrogate.prior, find_compiler())
+    if isinstance(lib, CompiledEngineError):
+        if surrogate.prior not in _warned:
+            _warned.add(surrogate.prior)
+            warnings.warn(
+                f"compiled rollout engine unavailable, using numpy: {lib}", CompilerUnavailableWarning, stacklevel=2
+            )
+        return NumpyRolloutEngine(surrogate, threads)
+    return RolloutEngine(surrogate, threads)
