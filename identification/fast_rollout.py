@@ -45,9 +45,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
-import platform
 import threading
 import warnings
 from dataclasses import dataclass
@@ -61,7 +59,7 @@ from identification.data import Normalization
 from identification.export import _member_layers
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import PRIORS, Surrogate
-from plant.cbuild import BuildError, build_shared_library, find_compiler
+from plant.cbuild import BuildError, build_shared_library, find_compiler, host_id
 from plant.engine import CompiledEngineError, CompilerUnavailableWarning
 from plant.physics import rhs
 from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
@@ -445,16 +443,6 @@ int alutwin_rollout(int n_groups, int n_layers, int n_members, int quad, int mea
 """
 
 
-def _host_id() -> str:
-    """A fingerprint of this CPU's features: ``-march=native`` libraries are cached per host type."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        text = "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name", "vendor_id"))}))
-    except OSError:
-        text = platform.machine() + platform.processor()
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 _VEC_BINARY = {"OP_ADD": "+", "OP_SUB": "-", "OP_MUL": "*", "OP_DIV": "/"}
 _VEC_COMPARE = {"OP_LT": "<", "OP_LE": "<=", "OP_EQ": "==", "OP_NE": "!="}
 _LANE_UNARY = {
@@ -784,7 +772,7 @@ def _load(prior: str) -> _Library:
         path, _ = build_shared_library(
             generate_source(prior),
             f"alutwin_rollout_{prior}",
-            (*_FLAGS, f"-DALUTWIN_HOST={_host_id()}"),
+            (*_FLAGS, f"-DALUTWIN_HOST={host_id()}"),
             libs=("-lm",),
         )
     except BuildError as err:

@@ -12,13 +12,10 @@ of operations, so results are bit-identical whatever the thread count or the ens
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
 import time
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +24,7 @@ from tqdm.auto import tqdm
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import GroupInputPenalty, L1Penalty, NoPenalty, Regularizer
 from identification.training import TrainConfig, TrainResult, _init
-from plant.cbuild import BuildError, build_shared_library
+from plant.cbuild import BuildError, build_shared_library, host_id
 
 __all__ = ["MAX_LAYERS", "fast_training_available", "train_ensemble_fast"]
 
@@ -535,21 +532,10 @@ int real_size(void) { return (int)sizeof(REAL); }
 """
 
 
-def _host_id() -> str:
-    """A fingerprint of this CPU's features: ``-march=native`` libraries are cached per host type."""
-    text = ""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        text = "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name", "vendor_id"))}))
-    except OSError:
-        text = platform.machine() + platform.processor()
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 @lru_cache(maxsize=2)
 def _library(dtype: str) -> ctypes.CDLL:
     real, ireal = ("float", "int32_t") if dtype == "float32" else ("double", "int64_t")
-    flags = (*_FLAGS, f"-DREAL={real}", f"-DIREAL={ireal}", f"-DALUTWIN_HOST={_host_id()}")
+    flags = (*_FLAGS, f"-DREAL={real}", f"-DIREAL={ireal}", f"-DALUTWIN_HOST={host_id()}")
     built = build_shared_library(_SOURCE, f"train_mlp_{dtype}", flags, libs=("-lm",))
     path = built[0] if isinstance(built, tuple) else built  # newer cbuild returns (path, compiled_now)
     lib = ctypes.CDLL(str(path))

@@ -22,7 +22,6 @@ duplicate keys, size caps), and every field, tensor name, dtype, shape and value
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -30,7 +29,6 @@ import os
 import platform
 import re
 import stat
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +41,7 @@ from identification.data import Normalization, TrajectoryLike
 from identification.kinds import KINDS
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import PRIORS, Surrogate
+from plant.fileio import fsync_dir, write_atomic
 
 __all__ = [
     "FORMAT_NAME",
@@ -200,32 +199,6 @@ def _check_architecture_caps(arch: Architecture, n_members: int, where: str) -> 
         raise ValueError(f"{where}: layer sizes {sizes}; at most {MAX_UNITS} units per layer are allowed")
 
 
-def _fsync_dir(directory: Path) -> None:
-    if not hasattr(os, "O_DIRECTORY"):  # e.g. Windows: directories cannot be opened for fsync
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``target``, fsync it and move it over ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _nonzero_summary(weights: EnsembleWeights) -> dict[str, Any]:
     nz = weights.nonzero()  # (M, L)
     return {
@@ -323,9 +296,9 @@ def save_model(
     if len(text) > MAX_MANIFEST_BYTES:
         raise ValueError(f"save_model: the manifest takes {len(text)} bytes; at most {MAX_MANIFEST_BYTES} are allowed")
 
-    _write_atomic(directory / WEIGHTS_NAME, blob)
-    _write_atomic(directory / MANIFEST_NAME, text)
-    _fsync_dir(directory)
+    write_atomic(directory / WEIGHTS_NAME, blob)
+    write_atomic(directory / MANIFEST_NAME, text)
+    fsync_dir(directory)
     return directory
 
 

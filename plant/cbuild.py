@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["DEFAULT_FLAGS", "BuildError", "build_shared_library", "cache_dir", "find_compiler"]
+__all__ = ["DEFAULT_FLAGS", "BuildError", "build_shared_library", "cache_dir", "find_compiler", "host_id"]
 
 DEFAULT_FLAGS: tuple[str, ...] = ("-O2", "-fPIC", "-shared", "-ffp-contract=off")
 """No -ffast-math and no FMA contraction: results stay reproducible and equal to numpy's."""
@@ -43,6 +44,17 @@ def find_compiler() -> str | None:
         if path:
             return path
     return None
+
+
+@lru_cache(maxsize=1)
+def host_id() -> str:
+    """A fingerprint of this CPU's features: libraries built with ``-march=native`` are cached per host type."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        text = "\n".join(sorted({ln for ln in lines if ln.startswith(("flags", "model name", "vendor_id"))}))
+    except OSError:
+        text = platform.machine() + platform.processor()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=8)

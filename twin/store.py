@@ -18,7 +18,6 @@ Names of models and aliases are checked against a strict pattern before they tou
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import json
@@ -35,6 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from identification.modelfile import MANIFEST_NAME, MAX_MANIFEST_BYTES, WEIGHTS_NAME, LoadedModel, load_model
+from plant.fileio import fsync_dir, write_atomic
 
 __all__ = [
     "ALIAS_PATTERN",
@@ -225,30 +225,6 @@ def _version_key(key: str, name: str) -> int:
     return int(key)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(target: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``target``, fsync it and rename it over ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _read_capped(path: Path, cap: int) -> bytes:
     with open(path, "rb") as f:
         data = f.read(cap + 1)
@@ -317,9 +293,9 @@ class ModelStore:
         """Write an upload's two files into a new staging directory (each atomically); returns the directory."""
         staging = Path(tempfile.mkdtemp(dir=self.root / ".staging", prefix="upload-"))
         try:
-            _write_file(staging / WEIGHTS_NAME, weights)
-            _write_file(staging / MANIFEST_NAME, manifest)
-            _fsync_dir(staging)
+            write_atomic(staging / WEIGHTS_NAME, weights)
+            write_atomic(staging / MANIFEST_NAME, manifest)
+            fsync_dir(staging)
         except BaseException:
             self.discard(staging)
             raise
@@ -331,8 +307,8 @@ class ModelStore:
         parent.mkdir(exist_ok=True)
         target = self.version_dir(name, version)
         os.rename(staging, target)  # fails if the target exists: a version is never overwritten
-        _fsync_dir(parent)
-        _fsync_dir(parent.parent)
+        fsync_dir(parent)
+        fsync_dir(parent.parent)
         return target
 
     def discard(self, staging: Path) -> None:
@@ -397,8 +373,8 @@ class ModelStore:
     def write_state(self, state: StoreState) -> None:
         """Replace ``registry.json`` atomically."""
         text = json.dumps(state.as_dict(), indent=1, sort_keys=True).encode("utf-8") + b"\n"
-        _write_file(self.root / STATE_NAME, text)
-        _fsync_dir(self.root)
+        write_atomic(self.root / STATE_NAME, text)
+        fsync_dir(self.root)
 
 
 def load_model_bytes(manifest: bytes, weights: bytes) -> LoadedModel:
