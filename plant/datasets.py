@@ -14,6 +14,7 @@ with the same ``seed`` are therefore independent, and no ``(seed, split)`` pair 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,6 @@ import platform
 import re
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -38,6 +38,7 @@ from tqdm import tqdm
 from plant.cli import CliError
 from plant.domain import Fault
 from plant.excitation import EXCITATIONS, Exogenous, sample_initial_states
+from plant.fileio import fsync_dir, write_atomic
 from plant.params import SPEC_VERSION
 from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
 from plant.simulator import DT, ENGINES, MeasurementNoise, Trajectories, simulate
@@ -514,26 +515,9 @@ def save_dataset(path: str | os.PathLike[str], traj: Trajectories, meta: Dataset
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
     blob = safetensors.numpy.save(tensors, metadata={METADATA_KEY: meta.to_json()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename durable; not every platform can open a folder
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    write_atomic(path, blob)
+    with contextlib.suppress(OSError):  # make the rename durable; not every platform can open a folder
+        fsync_dir(path.parent)
     return path
 
 
