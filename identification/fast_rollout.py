@@ -58,7 +58,7 @@ import numpy as np
 from identification.data import Normalization
 from identification.export import _member_layers
 from identification.network import Architecture, EnsembleWeights
-from identification.surrogate import PRIORS, Surrogate
+from identification.surrogate import PRIORS, Surrogate, check_rollout_inputs
 from plant.cbuild import BuildError, build_shared_library, find_compiler, host_id
 from plant.engine import CompiledEngineError, CompilerUnavailableWarning
 from plant.physics import rhs
@@ -866,19 +866,6 @@ def _check_threads(threads: int | None) -> int | None:
     return None if threads is None else int(threads)
 
 
-def _check_inputs(x0: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``x0`` ``(B, 8)`` and ``u`` ``(B, T, 5)`` as C-contiguous float64, validated as ``Surrogate.simulate`` does."""
-    x0 = np.ascontiguousarray(x0, dtype=np.float64)
-    u = np.ascontiguousarray(u, dtype=np.float64)
-    if x0.ndim != 2 or x0.shape[1] != N_STATES:
-        raise ValueError(f"x0 must be (B, {N_STATES}), got {x0.shape}")
-    if u.ndim != 3 or u.shape[0] != x0.shape[0] or u.shape[2] != N_INPUTS:
-        raise ValueError(f"u must be ({x0.shape[0]}, T, {N_INPUTS}), got {u.shape}")
-    if not (np.all(np.isfinite(x0)) and np.all(np.isfinite(u))):
-        raise ValueError("x0 and u must be finite")
-    return x0, u
-
-
 def _empty_aligned(shape: tuple[int, ...]) -> np.ndarray:
     """An uninitialised float64 array starting on a 64-byte boundary (the kernel then streams whole lines)."""
     n = int(np.prod(shape))
@@ -955,7 +942,7 @@ class RolloutEngine:
 
         From the first step at which a cell's state is not finite, all its 8 states are NaN.
         """
-        x0, u = _check_inputs(x0, u)
+        x0, u = check_rollout_inputs(x0, u)
         b, h, _ = u.shape
         out = _empty_aligned((self.n_members, b, h + 1, N_STATES))  # (M, B, T + 1, 8)
         if b == 0:
@@ -966,7 +953,7 @@ class RolloutEngine:
 
     def simulate_mean(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Free run of the ensemble-mean model (``Surrogate.mean().simulate``): ``(B, T + 1, 8)``."""
-        x0, u = _check_inputs(x0, u)
+        x0, u = check_rollout_inputs(x0, u)
         b, h, _ = u.shape
         out = _empty_aligned((b, h + 1, N_STATES))  # (B, T + 1, 8)
         if b == 0:
@@ -998,7 +985,7 @@ class NumpyRolloutEngine:
 
     def simulate_mean(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
         """``Surrogate.mean().simulate``: ``(B, T + 1, 8)``."""
-        x0, u = _check_inputs(x0, u)
+        x0, u = check_rollout_inputs(x0, u)
         return self.surrogate.mean().simulate(x0, u)
 
 

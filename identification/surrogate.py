@@ -13,7 +13,7 @@ from plant.params import CellParams
 from plant.physics import rhs
 from plant.signals import N_INPUTS, N_STATES
 
-__all__ = ["PRIORS", "Surrogate", "prior_derivative"]
+__all__ = ["PRIORS", "Surrogate", "check_rollout_inputs", "prior_derivative"]
 
 PRIORS: dict[str, CellParams | None] = {
     "none": None,
@@ -32,6 +32,22 @@ def prior_derivative(prior: str, x: np.ndarray, u: np.ndarray) -> np.ndarray | N
         return None
     with np.errstate(all="ignore"):
         return rhs(x, u, params)
+
+
+def check_rollout_inputs(x0: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x0`` ``(B, 8)`` and ``u`` ``(B, T, 5)`` as C-contiguous float64, or a ValueError naming what is wrong.
+
+    The one validation of every rollout engine's inputs (this module's and :mod:`identification.fast_rollout`).
+    """
+    x0 = np.ascontiguousarray(x0, dtype=np.float64)
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    if x0.ndim != 2 or x0.shape[1] != N_STATES:
+        raise ValueError(f"x0 must be (B, {N_STATES}), got {x0.shape}")
+    if u.ndim != 3 or u.shape[0] != x0.shape[0] or u.shape[2] != N_INPUTS:
+        raise ValueError(f"u must be ({x0.shape[0]}, T, {N_INPUTS}), got {u.shape}")
+    if not (np.all(np.isfinite(x0)) and np.all(np.isfinite(u))):
+        raise ValueError("x0 and u must be finite")
+    return x0, u
 
 
 @dataclass(frozen=True)
@@ -90,14 +106,7 @@ class Surrogate:
         A member that blows up yields inf/NaN from that step on (the metric counts it as diverged); nothing
         is clipped or hidden.
         """
-        x0 = np.asarray(x0, dtype=np.float64)
-        u = np.asarray(u, dtype=np.float64)
-        if x0.ndim != 2 or x0.shape[1] != N_STATES:
-            raise ValueError(f"x0 must be (B, {N_STATES}), got {x0.shape}")
-        if u.ndim != 3 or u.shape[0] != x0.shape[0] or u.shape[2] != N_INPUTS:
-            raise ValueError(f"u must be ({x0.shape[0]}, T, {N_INPUTS}), got {u.shape}")
-        if not (np.all(np.isfinite(x0)) and np.all(np.isfinite(u))):
-            raise ValueError("x0 and u must be finite")
+        x0, u = check_rollout_inputs(x0, u)
         m, (b, t, _) = self.n_members, u.shape
         out = np.empty((m, b, t + 1, N_STATES))
         x = np.broadcast_to(x0, (m, b, N_STATES)).copy()
