@@ -7,18 +7,23 @@ sparse one made from it by pruning (about 300 non-zero weights per member):
     - ``torch-bmm``: a straightforward batched-torch rollout (float64, one ``baddbmm`` per layer per step, one
       torch thread: with more, the tiny products only wait on each other), the reference point of the issue;
     - ``numpy``: the reference :meth:`Surrogate.simulate`;
-    - ``engine``: the rollout engine the twin serves with (``identification.fast_rollout``, "auto");
-    - ``predict``: what one Predict computes, in process: the engine's rollout, ensemble mean and spread, and
-      the algebraic outputs of the mean (:func:`twin.service.predict`);
+    - ``engine``: the rollout engine the twin serves with (``identification.fast_rollout``, "auto"): every
+      member's trajectory;
+    - ``summary``: the same engine computing the ensemble mean, spread and algebraic outputs itself
+      (``simulate_summary``; for one or two cells it is ``engine`` plus numpy);
+    - ``predict``: what one Predict computes, in process (:func:`twin.service.predict`: ``summary`` plus the
+      choice of outputs);
     - ``grpc``: the same Predict through :class:`twin.client.TwinClient` over loopback to ``alutwin twin serve``
-      running in another process (raw float64 arrays both ways).
-(b) **a potline**: 300 cells x horizon 360 x ensemble 10, the same five ways: time per call (median) and
+      running in another process, raw float64 arrays both ways (exact);
+    - ``grpc-f32``: the same with ``precision="float32"`` (arrays rounded to float32 both ways: half the bytes).
+(b) **a potline**: 300 cells x horizon 360 x ensemble 10, the same ways: time per call (median) and
     throughput (cell-steps per second, each with all 10 members); the gRPC overhead is reported relative to
     the in-process ``predict``.
 
 The gRPC figures include encoding the request, the server's validation, the pool hop, the rollout,
-summaries, encoding the response, the transfer (about 4 MB up and 17 MB down for (b)) and decoding it.
-The results over gRPC are checked to equal the in-process ``predict`` bit for bit.
+summaries, encoding the response, the transfer (for (b) in float64 about 4 MB up and 10 MB down) and
+decoding it. The float64 results over gRPC are checked to equal the in-process ``predict`` bit for bit; the
+float32 ones are reported with their largest relative difference.
 
 Run from the repository root::
 
@@ -139,8 +144,10 @@ def _ways(
         "torch-bmm": lambda: torch_rollout(model, x0, u),
         "numpy": lambda: model.simulate(x0, u),
         "engine": lambda: engine.simulate(x0, u),
+        "summary": lambda: engine.simulate_summary(x0, u),
         "predict": lambda: predict(served, x0, u),
         "grpc": lambda: client.predict(served.name, x0, u),
+        "grpc-f32": lambda: client.predict(served.name, x0, u, precision="float32"),
     }
 
 
@@ -203,7 +210,12 @@ def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
                         row["grpc_equals_in_process"] = bool(
                             np.array_equal(local.mean, remote.mean) and np.array_equal(local.spread, remote.spread)
                         )
+                        compact = client.predict(name, x0, u, precision="float32")
+                        with np.errstate(all="ignore"):
+                            rel = np.abs(compact.mean - local.mean) / np.abs(local.mean)
+                        row["grpc_f32_max_relative_difference"] = float(np.nanmax(rel))
                         row["grpc_overhead_vs_predict"] = row["grpc"]["p50_ms"] / row["predict"]["p50_ms"] - 1.0
+                        row["grpc_f32_overhead_vs_predict"] = row["grpc-f32"]["p50_ms"] / row["predict"]["p50_ms"] - 1.0
                         row["grpc_overhead_vs_engine"] = row["grpc"]["p50_ms"] / row["engine"]["p50_ms"] - 1.0
                         results["workloads"].setdefault(wl, {})[name] = row
         finally:
@@ -236,12 +248,13 @@ def _print(result: dict[str, Any]) -> None:
         print(f"\n{titles[wl]}")
         print(f"{'model':8} {'way':10} {'p50 ms':>9} {'p99 ms':>9} {'Mcell-steps/s':>14}")
         for name, row in per_model.items():
-            for way in ("torch-bmm", "numpy", "engine", "predict", "grpc"):
+            for way in ("torch-bmm", "numpy", "engine", "summary", "predict", "grpc", "grpc-f32"):
                 s = row[way]
                 print(f"{name:8} {way:10} {s['p50_ms']:9.2f} {s['p99_ms']:9.2f} {s['cell_steps_per_s'] / 1e6:14.3f}")
             print(
-                f"{name:8} grpc vs predict: {100 * row['grpc_overhead_vs_predict']:+.1f} %, vs engine: "
-                f"{100 * row['grpc_overhead_vs_engine']:+.1f} %, equal: {row['grpc_equals_in_process']}"
+                f"{name:8} grpc vs predict: {100 * row['grpc_overhead_vs_predict']:+.1f} % (float64, equal: "
+                f"{row['grpc_equals_in_process']}), {100 * row['grpc_f32_overhead_vs_predict']:+.1f} % (float32, "
+                f"max relative difference {row['grpc_f32_max_relative_difference']:.1e})"
             )
     m = result["machine"]
     print(f"\nload average {m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f} on {m['cpus']} CPUs")

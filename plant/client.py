@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plant.domain import Fault
 from plant.potline import COMMANDS, OUTPUT_NAMES
+from plant.scenarios import ScenarioEvent, ScenarioStatus
 from proto.alutwin.v1 import plant_pb2, plant_pb2_grpc
 
 __all__ = ["AUTOMATIC", "Measurement", "MeasurementStream", "PlantClient", "PlantInfo"]
@@ -95,7 +96,8 @@ class PlantInfo:
     """What the plant is (``GetInfo``).
 
     ``states``, ``inputs`` and ``outputs`` are ``(name, unit)`` pairs in vector order; ``command_bounds``
-    maps a command field to ``(low, high, unit)``; ``noise_std`` is None for exact measurements.
+    maps a command field to ``(low, high, unit)``; ``noise_std`` is None for exact measurements; ``scenario``
+    lists the drift and sensor-fault events and whether each has fired.
     """
 
     spec_version: str
@@ -113,6 +115,7 @@ class PlantInfo:
     noise_std: tuple[float, ...] | None
     max_steps_per_call: int
     stream_queue_size: int
+    scenario: tuple[ScenarioStatus, ...] = ()
 
 
 class MeasurementStream:
@@ -137,6 +140,19 @@ class MeasurementStream:
 
     def __exit__(self, *exc: object) -> None:
         self.cancel()
+
+
+def _scenario_from_pb(msg: plant_pb2.ScenarioEventStatus) -> ScenarioStatus:
+    fields: dict[str, Any] = {"kind": msg.kind, "at_s": msg.at_s, "cells": tuple(msg.cells) or None}
+    if msg.kind == "drift":
+        fields.update(parameter=msg.parameter, factor=msg.factor)
+    else:
+        fields["state"] = msg.state
+        if msg.kind == "offset_sensor":
+            fields["offset"] = msg.offset
+        elif msg.HasField("value"):
+            fields["value"] = msg.value
+    return ScenarioStatus(ScenarioEvent(**fields), msg.at_step, msg.fired)
 
 
 def _command(value: float | _Automatic) -> plant_pb2.InputCommand:
@@ -184,6 +200,7 @@ class PlantClient:
             noise_std=tuple(r.noise_std) if len(r.noise_std) else None,
             max_steps_per_call=r.max_steps_per_call,
             stream_queue_size=r.stream_queue_size,
+            scenario=tuple(_scenario_from_pb(e) for e in r.scenario),
         )
 
     def state(self, cell: int, *, include_true: bool = False) -> Measurement:

@@ -8,6 +8,7 @@ and the oracle MPC share one set of equations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import casadi as ca
@@ -24,6 +25,7 @@ __all__ = [
     "liquidus",
     "cell_voltage",
     "feed_controllers",
+    "OUTPUT_FUNCTIONS",
 ]
 
 _CASADI_TYPES = (ca.SX, ca.MX, ca.DM)
@@ -124,6 +126,18 @@ def algebraic(x: Any, u: Any, params: CellParams = DEFAULT_PARAMS) -> Algebraic:
     g = _liquidus_of(ca_, cf, params, ops)
     kappa, coverage, thickness, u_bub, u_cell = _voltage_terms(us[1], us[4], ca_, xs[5], ops)
     return Algebraic(bath, ca_, cf, g, xs[5] - g, kappa, coverage, thickness, u_bub, u_cell, us[1] * u_cell)
+
+
+OUTPUT_FUNCTIONS: dict[str, Callable[[Algebraic], Any]] = {
+    "superheat": lambda a: a.superheat,
+    "alumina_pct": lambda a: 100.0 * a.c_alumina,
+    "alf3_pct": lambda a: 100.0 * a.c_alf3,
+    "liquidus": lambda a: a.liquidus,
+    "cell_voltage": lambda a: a.cell_voltage,
+    "power": lambda a: a.power,
+}
+"""The algebraic outputs a cell reports, by name, from :func:`algebraic` (names and units in the table
+``plant.potline.OUTPUTS``); numpy or CasADi alike."""
 
 
 def _liquidus_of(c_alumina: Any, c_alf3: Any, params: CellParams, ops: _Ops) -> Any:

@@ -23,6 +23,7 @@ from plant.domain import Fault, check_domain
 from plant.excitation import sample_initial_states
 from plant.params import DEFAULT_LIMITS, DEFAULT_PARAMS, CellParams, DomainLimits
 from plant.physics import algebraic
+from plant.scenarios import ScenarioEvent, ScenarioStatus, apply_drift, parse_scenario
 from plant.signals import INPUTS, N_STATES, Signal, U
 from plant.simulator import DT, MeasurementNoise, compose_inputs, step, validate_states
 
@@ -175,6 +176,8 @@ class PlantConfig:
         Largest ``n`` of one ``Step`` call.
     grace_s : float
         Seconds in-flight calls get to finish when the server stops.
+    scenario : tuple of ScenarioEvent
+        Drifts and sensor faults (:mod:`plant.scenarios`); in YAML a list of mappings.
     """
 
     n_cells: int
@@ -193,6 +196,7 @@ class PlantConfig:
     stream_queue_size: int = 1000
     max_steps_per_call: int = 8640
     grace_s: float = 2.0
+    scenario: tuple[ScenarioEvent, ...] = ()
 
     def __post_init__(self) -> None:
         owner = "PlantConfig"
@@ -233,6 +237,11 @@ class PlantConfig:
                 _check_number(owner, "noise_std", v)
             object.__setattr__(self, "noise_std", tuple(float(v) for v in self.noise_std))
             MeasurementNoise(self.noise_std)  # validates length and sign
+        try:
+            events = parse_scenario(self.scenario, self.n_cells)
+        except ValueError as exc:
+            raise ValueError(f"{owner}.{exc}") from None
+        object.__setattr__(self, "scenario", events)
 
     @property
     def stepped(self) -> bool:
@@ -290,6 +299,7 @@ class CellSnapshot:
     fault : the latched fault (``Fault.NONE`` while healthy).
     fault_step : step k whose result left the valid domain, or -1.
     fault_text : the fault in words.
+    params : the cell's model constants now (drift scenarios change them).
     """
 
     cell: int
@@ -303,6 +313,7 @@ class CellSnapshot:
     fault: Fault
     fault_step: int
     fault_text: str
+    params: CellParams = DEFAULT_PARAMS
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -334,6 +345,9 @@ class Potline:
         Initial states; drawn with :func:`plant.excitation.sample_initial_states` when absent.
     params, limits
         Model constants and valid domain.
+    scenario : sequence of ScenarioEvent
+        Drifts (a cell's constants change from a step on) and sensor faults (only the measured ``y`` changes),
+        see :mod:`plant.scenarios`.
 
     Notes
     -----
@@ -354,6 +368,7 @@ class Potline:
         x0: np.ndarray | None = None,
         params: CellParams = DEFAULT_PARAMS,
         limits: DomainLimits = DEFAULT_LIMITS,
+        scenario: Sequence[ScenarioEvent] = (),
     ) -> None:
         if isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)) or n_cells < 1:
             raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
@@ -370,6 +385,13 @@ class Potline:
         self.limits = limits
         self._profile = CurrentProfile(current_profile, rng_current, line_current)
         self._rng_noise = rng_noise
+        events = parse_scenario(scenario, int(n_cells))
+        self._events: tuple[tuple[ScenarioEvent, int], ...] = tuple((e, e.at_step(self.dt)) for e in events)
+        self._fired = [False] * len(events)
+        self._cell_params: list[CellParams] = [params] * int(n_cells)  # drifts replace entries
+        self._stuck = np.full((int(n_cells), N_STATES), np.nan)  # (N, 8) NaN = not stuck
+        self._stuck_pending = np.zeros((int(n_cells), N_STATES), dtype=bool)  # (N, 8) stuck at the next reading
+        self._offset = np.zeros((int(n_cells), N_STATES))  # (N, 8)
         if x0 is None:
             x = sample_initial_states(rng_x0, self.n_cells)
         else:
@@ -387,6 +409,7 @@ class Potline:
         self._fault = np.zeros(self.n_cells, dtype=np.int8)  # (N,) Fault codes
         self._fault_step = np.full(self.n_cells, -1, dtype=np.int64)  # (N,)
         self._current = self._profile.next()  # A, for the next step
+        self._fire_events()
         self._u = self._inputs(self._x)  # (N, 5): at step 0, what the cells would apply now
         self._y = self._measure(self._x)  # (N, 8)
 
@@ -406,6 +429,7 @@ class Potline:
             x0=x0,
             params=params,
             limits=config.limits,
+            scenario=config.scenario,
         )
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -427,6 +451,16 @@ class Potline:
         """(N,) fault codes (int8, see :class:`plant.domain.Fault`)."""
         with self._lock:
             return self._fault.copy()
+
+    def cell_params(self, cell: int) -> CellParams:
+        """The model constants of ``cell`` now (drift scenarios change them)."""
+        with self._lock:
+            return self._cell_params[self.check_cell(cell)]
+
+    def scenario_status(self) -> tuple[ScenarioStatus, ...]:
+        """The scenario events, the step each fires at, and whether it has fired."""
+        with self._lock:
+            return tuple(ScenarioStatus(e, k, f) for (e, k), f in zip(self._events, self._fired, strict=True))
 
     @property
     def manual(self) -> np.ndarray:
@@ -472,6 +506,7 @@ class Potline:
                         fault=fault,
                         fault_step=int(self._fault_step[c]),
                         fault_text=fault.describe(self.limits),
+                        params=self._cell_params[c],
                     )
                 )
             return snaps
@@ -542,7 +577,44 @@ class Potline:
         )
 
     def _measure(self, x: np.ndarray) -> np.ndarray:
-        return x.copy() if self.noise is None else self.noise.apply(self._rng_noise, x)
+        """The measurement of every cell: noise, then the sensor faults of the scenario."""
+        y = x.copy() if self.noise is None else self.noise.apply(self._rng_noise, x)
+        if self._stuck_pending.any():  # a sensor stuck "at its reading" holds this reading from now on
+            self._stuck[self._stuck_pending] = y[self._stuck_pending]
+            self._stuck_pending[:] = False
+        y = y + self._offset
+        return np.where(np.isnan(self._stuck), y, self._stuck)
+
+    def _fire_events(self) -> None:
+        """Apply the scenario events due at the present step (called once the potline reaches a step)."""
+        for i, (event, at) in enumerate(self._events):
+            if self._fired[i] or at > self._k:
+                continue
+            self._fired[i] = True
+            cells = range(self.n_cells) if event.cells is None else event.cells
+            for c in cells:
+                if event.kind == "drift":
+                    self._cell_params[c] = apply_drift(self._cell_params[c], event.parameter, event.factor)
+                elif event.kind == "offset_sensor":
+                    self._offset[c, event.state_index] += event.offset
+                elif event.value is None:
+                    self._stuck_pending[c, event.state_index] = True
+                else:
+                    self._stuck[c, event.state_index] = event.value
+
+    def _advance(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One step of every cell with its own constants (one batched call per distinct set of constants)."""
+        first = self._cell_params[0]
+        if all(p is first for p in self._cell_params):
+            return step(x, u, self.dt, first, self.limits)
+        x_next = np.empty_like(x)  # (N, 8)
+        fault = np.empty(self.n_cells, dtype=np.int8)  # (N,)
+        groups: dict[int, list[int]] = {}
+        for c, p in enumerate(self._cell_params):
+            groups.setdefault(id(p), []).append(c)
+        for idx in groups.values():
+            x_next[idx], fault[idx] = step(x[idx], u[idx], self.dt, self._cell_params[idx[0]], self.limits)
+        return x_next, fault
 
     def step(self, n: int = 1) -> int:
         """Advance every cell by ``n`` steps; faulted cells hold their last valid state.
@@ -558,15 +630,16 @@ class Potline:
             for _ in range(int(n)):
                 alive = self._fault == 0  # (N,)
                 u = self._inputs(self._x)  # (N, 5)
-                x_next, fault = step(self._x, u, self.dt, self.params, self.limits)
+                x_next, fault = self._advance(self._x, u)
                 new = alive & (fault != 0)
                 self._fault[new] = fault[new]
                 self._fault_step[new] = self._k
                 self._u = np.where(alive[:, None], u, self._u)
                 self._x = np.where(alive[:, None], x_next, self._x)
+                self._k += 1
+                self._fire_events()
                 y = self._measure(self._x)  # drawn for every cell, so faults do not shift the noise stream
                 self._y = np.where(alive[:, None], y, self._y)
-                self._k += 1
                 self._current = self._profile.next()
             return self._k
 

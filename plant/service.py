@@ -39,6 +39,7 @@ from plant.potline import (
     Potline,
     UnknownCell,
 )
+from plant.scenarios import ScenarioStatus
 from plant.signals import INPUTS, STATES, Signal
 from proto.alutwin.v1 import common_pb2, plant_pb2, plant_pb2_grpc
 
@@ -52,6 +53,7 @@ __all__ = [
     "Subscriber",
     "create_server",
     "register_cli",
+    "scenario_status_pb",
     "serve",
     "signal_pb",
     "snapshot_to_pb",
@@ -327,6 +329,26 @@ def signal_pb(s: Signal) -> common_pb2.Signal:
     )
 
 
+def scenario_status_pb(status: ScenarioStatus) -> plant_pb2.ScenarioEventStatus:
+    """The message of one scenario event of a running potline."""
+    e = status.event
+    msg = plant_pb2.ScenarioEventStatus(
+        kind=e.kind,
+        at_s=e.at_s,
+        at_step=status.at_step,
+        cells=list(e.cells or ()),
+        parameter=e.parameter or "",
+        factor=e.factor or 0.0,
+        state=e.state or "",
+        offset=e.offset or 0.0,
+        fired=status.fired,
+        description=e.describe(),
+    )
+    if e.value is not None:
+        msg.value = e.value
+    return msg
+
+
 def snapshot_to_pb(snap: CellSnapshot, include_true_state: bool) -> plant_pb2.CellSnapshot:
     """The message of a :class:`plant.potline.CellSnapshot`."""
     manual = {c.field: float(v) for c, v in zip(COMMANDS, snap.manual, strict=True) if not math.isnan(v)}
@@ -384,6 +406,7 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
             noise_std=() if noise is None else noise.std,
             max_steps_per_call=cfg.max_steps_per_call,
             stream_queue_size=cfg.stream_queue_size,
+            scenario=[scenario_status_pb(s) for s in self.potline.scenario_status()],
         )
 
     @_unary
@@ -581,7 +604,8 @@ def create_server(config: PlantConfig, *, potline: Potline | None = None) -> tup
 
 def _describe(config: PlantConfig) -> str:
     mode = "stepped mode" if config.stepped else f"real time x{config.real_time_factor:g}"
-    return f"{config.n_cells} cells, {mode}, current {config.current_profile}, seed {config.seed}"
+    events = f", {len(config.scenario)} scenario event(s)" if config.scenario else ""
+    return f"{config.n_cells} cells, {mode}, current {config.current_profile}, seed {config.seed}{events}"
 
 
 def serve(config: PlantConfig, *, out: TextIO | None = None) -> None:

@@ -18,10 +18,13 @@ import identification.fast_rollout as fr
 from identification.data import Normalization
 from identification.fast_rollout import (
     ENGINES,
+    OUTPUT_ORDER,
     NumpyRolloutEngine,
     RolloutEngine,
+    algebraic_outputs,
     compiled_rollout_available,
     make_rollout_engine,
+    summary_of,
     vector_source,
 )
 from identification.network import Architecture, EnsembleWeights
@@ -29,6 +32,7 @@ from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
 from plant.cbuild import build_shared_library
 from plant.engine import CompiledEngineError, CompilerUnavailableWarning
+from plant.physics import algebraic
 from plant.signals import INPUTS, STATES
 
 RTOL = 1e-9
@@ -115,6 +119,54 @@ def test_equals_surrogate_simulate(engines, data, name, b, h):
     assert got.shape == (s.n_members, b, h + 1, 8)
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=0)
     np.testing.assert_allclose(eng.simulate_mean(x0, u), s.mean().simulate(x0, u), rtol=RTOL, atol=0)
+
+
+OUTPUTS_RTOL = 1e-12  # the kernel's outputs against numpy's: the same operations, except that CasADi's graph of
+# the liquidus rounds one term differently from numpy's evaluation order (2 ulp at most, seen on 2 % of points)
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["dense", "sparse_skip", "hybrid", "ten_members", "single_member"])
+@pytest.mark.parametrize("b", [1, 2, 3, 16, 37])
+def test_summary_equals_numpy_summary_of_the_members(engines, data, name, b):
+    eng = engines[name]
+    x0, u = data[0][:b], data[1][:b, :30]
+    members = eng.simulate(x0, u)
+    ref = summary_of(members, u, members=True)
+    np.testing.assert_array_equal(ref.mean, members.mean(axis=0))  # the numpy summary is numpy's mean and std
+    np.testing.assert_array_equal(ref.spread, members.std(axis=0))
+    for threads in (1, 2):
+        got = RolloutEngine(eng.surrogate, threads=threads).simulate_summary(x0, u, members=True)
+        np.testing.assert_array_equal(got.members, members)  # bit for bit, whatever the layout and threads
+        np.testing.assert_array_equal(got.mean, ref.mean)
+        np.testing.assert_array_equal(got.spread, ref.spread)
+        assert got.outputs.shape == (b, 31, len(OUTPUT_ORDER))
+        np.testing.assert_allclose(got.outputs, ref.outputs, rtol=OUTPUTS_RTOL, atol=0)
+    lean = eng.simulate_summary(x0, u)
+    assert lean.members is None
+    np.testing.assert_array_equal(lean.mean, ref.mean)
+    np.testing.assert_array_equal(lean.outputs, got.outputs)
+
+
+def test_numpy_outputs_are_the_plant_outputs(data):
+    x0, u = data[0][:4], data[1][:4, :6]
+    states = NumpyRolloutEngine(MODELS["sparse_skip"]()).simulate(x0, u)
+    out = algebraic_outputs(states.mean(axis=0), u)  # (4, 7, 6)
+    last = states.mean(axis=0)[:, -1]
+    alg = algebraic(last[2], u[2, -1])  # the last state goes with the last input
+    assert out[2, -1, OUTPUT_ORDER.index("superheat")] == alg.superheat
+    assert out[2, -1, OUTPUT_ORDER.index("power")] == alg.power
+
+
+@needs_compiler
+def test_summary_of_divergent_members_is_nan_not_an_error(data):
+    s = _model(9, m=5, density=0.5, scale=np.array([1.0, 1.0, 50.0, 200.0, 1000.0]))
+    x0, u = data
+    got = RolloutEngine(s).simulate_summary(x0, u, members=True)
+    bad = ~np.isfinite(got.members).all(axis=0)  # (B, H + 1, 8): a member diverged there
+    assert bad.any()
+    assert np.isnan(got.mean[bad]).all() and np.isnan(got.spread[bad]).all()
+    assert np.isfinite(got.mean[~bad]).all()
 
 
 @needs_compiler
@@ -296,6 +348,7 @@ def test_vector_translation_of_casadi_graphs(tmp_path):
     f = ca.Function("many", [x, u], [ca.vertcat(*outs)])
     source = (
         fr._PRELUDE
+        + fr._VECTOR_HELPERS
         + vector_source(f)
         + "void eval(const double *a, double *d) { prior_vec((const vd *)a, (vd *)d, 1); }\n"
     )

@@ -37,7 +37,7 @@ from plant.physics import algebraic
 from plant.potline import OUTPUT_NAMES
 from proto.alutwin.v1 import twin_pb2, twin_pb2_grpc
 from twin import service as twin_service
-from twin.client import ModelId, TwinClient, encode_array
+from twin.client import ModelId, TwinClient, encode_array, parse_predict_request, serialize_predict_request
 from twin.config import TwinConfig
 from twin.registry import ModelRegistry
 from twin.service import PREDICTION_SERVICE, REGISTRY_SERVICE, TwinServer, create_server
@@ -157,9 +157,11 @@ def test_predictions_equal_the_in_process_rollout_exactly(serving, models):
     np.testing.assert_array_equal(p.spread, ref.std(axis=0))
     u_ext = np.concatenate([u, u[:, -1:]], axis=1)
     alg = algebraic(ref.mean(axis=0), u_ext)
-    np.testing.assert_array_equal(p.outputs["superheat"], alg.superheat)
-    np.testing.assert_array_equal(p.outputs["alumina_pct"], 100.0 * alg.c_alumina)
-    np.testing.assert_array_equal(p.outputs["power"], alg.power)
+    # The outputs come from the kernel's translation of the same formulas: equal to rounding (see
+    # tests/test_fast_rollout.py, OUTPUTS_RTOL).
+    np.testing.assert_allclose(p.outputs["superheat"], alg.superheat, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(p.outputs["alumina_pct"], 100.0 * alg.c_alumina, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(p.outputs["power"], alg.power, rtol=1e-12, atol=0)
     assert list(p.outputs) == ["superheat", "alumina_pct", "power"]
 
 
@@ -176,6 +178,45 @@ def test_default_outputs_no_members_and_packed_encoding(serving):
     assert len(r.mean.values) == 2 * 6 * 8 and not r.mean.raw and list(r.mean.shape) == [2, 6, 8]
     np.testing.assert_array_equal(np.array(r.mean.values).reshape(2, 6, 8), raw.mean)
     np.testing.assert_array_equal(np.array(r.outputs.values).reshape(2, 6, 4), np.stack(list(raw.outputs.values()), -1))
+
+
+def test_float32_precision_halves_the_bytes_and_predicts_from_the_rounded_inputs(serving, models):
+    _, client = serving
+    x0, u = _scenarios(b=4, h=9)
+    compact = client.predict("cell", x0, u, precision="float32", include_members=True)
+    # The server predicts, in float64, from exactly the float32 values sent ...
+    x0_32, u_32 = x0.astype(np.float32).astype(np.float64), u.astype(np.float32).astype(np.float64)
+    ref = _rollout(models["v1"][1], x0_32, u_32)  # (M, B, H + 1, 8)
+    assert compact.mean.dtype == np.float64
+    # ... and sends the results rounded to float32.
+    np.testing.assert_array_equal(compact.members, ref.astype(np.float32).astype(np.float64))
+    np.testing.assert_array_equal(compact.mean, ref.mean(axis=0).astype(np.float32).astype(np.float64))
+    exact = client.predict("cell", x0, u)
+    np.testing.assert_allclose(compact.mean, exact.mean, rtol=1e-5, atol=0)  # what the rounding costs
+    # Half the bytes on the wire, both ways.
+    req64 = client.predict_request("cell", x0, u).SerializeToString()
+    req32 = client.predict_request("cell", x0, u, precision="float32").SerializeToString()
+    assert len(req32) < 0.55 * len(req64)
+    with pytest.raises(ValueError, match="precision"):
+        client.predict("cell", x0, u, precision="float16")
+
+
+def test_predict_request_codec_round_trips_and_refuses_garbage():
+    x0, u = _scenarios(b=2, h=3)
+    header = twin_pb2.PredictRequest(outputs=["power"], include_members=True)
+    for encoding, item in ((twin_pb2.ARRAY_ENCODING_RAW, 8), (twin_pb2.ARRAY_ENCODING_RAW_F32, 4)):
+        data = serialize_predict_request(header, x0, u, encoding)
+        full = twin_pb2.PredictRequest.FromString(data)  # ordinary protobuf bytes
+        assert len(full.x0.raw or full.x0.raw_f32) == item * x0.size
+        got_header, got_x0, got_u = parse_predict_request(data)
+        assert list(got_header.outputs) == ["power"] and got_header.include_members
+        np.testing.assert_array_equal(got_u, u.astype(np.float32) if item == 4 else u)
+        assert got_x0.shape == (2, 8)
+    with pytest.raises(ValueError, match="axes"):
+        parse_predict_request(header.SerializeToString())  # no arrays at all
+    with pytest.raises(ValueError, match=r"u\.raw_f32 holds"):
+        bad = twin_pb2.PredictRequest(x0=encode_array(x0), u=twin_pb2.DoubleArray(shape=[2, 3, 5], raw_f32=b"\0" * 8))
+        parse_predict_request(bad.SerializeToString())
 
 
 def test_every_output_of_the_plant_can_be_asked_for():
@@ -220,7 +261,11 @@ def _req(**fields) -> twin_pb2.PredictRequest:
         (_req(u=_raw(U[:1])), "INVALID_ARGUMENT", ["u", "B = 2", "[1, 4, 5]"]),
         (_req(u=_raw(U[0])), "INVALID_ARGUMENT", ["u.shape", "3 axes"]),
         (_req(x0=_raw(X0, shape=[2, 9])), "INVALID_ARGUMENT", ["x0.raw", "bytes", "[2, 9]"]),
-        (_req(x0=twin_pb2.DoubleArray(shape=[2, 8], values=[1.0] * 16, raw=b"\0" * 128)), "INVALID_ARGUMENT", ["both"]),
+        (
+            _req(x0=twin_pb2.DoubleArray(shape=[2, 8], values=[1.0] * 16, raw=b"\0" * 128)),
+            "INVALID_ARGUMENT",
+            ["more than one", "raw"],
+        ),
         (_req(x0=_raw(_NAN_X0)), "INVALID_ARGUMENT", ["x0[1, 5] = nan", "finite"]),
         (_req(u=_raw(_INF_U)), "INVALID_ARGUMENT", ["u[0, 2, 1] = inf", "finite"]),
         (_req(u=_raw(np.zeros((2, 0, 5)))), "INVALID_ARGUMENT", ["H = 0", "1 to 50"]),

@@ -21,10 +21,13 @@ import yaml
 
 from identification.fast_rollout import ENGINES
 
-__all__ = ["DEFAULT_PORT", "TwinConfig"]
+__all__ = ["DEFAULT_PORT", "HISTORIAN_FILE", "HistorianConfig", "TwinConfig"]
 
 DEFAULT_PORT = 50061
 """Port of ``alutwin twin serve`` without a config (the plant service uses 50051)."""
+
+HISTORIAN_FILE = "historian.sqlite"
+"""Name of the historian's file in the model store directory when ``historian.path`` is not given."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATH_FIELDS = ("store", "tls_cert", "tls_key")
@@ -36,6 +39,73 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
     if value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"TwinConfig.{name} must be {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class HistorianConfig:
+    """The ``historian`` section of :class:`TwinConfig`: where measurements are kept and what Ingest accepts.
+
+    On by default: ingest needs the management token anyway, and a historian that is always there lets the online
+    re-fit and the operators' tools count on it; ``enabled: false`` turns the IngestService off.
+
+    Parameters
+    ----------
+    enabled : bool
+        Serve ``alutwin.v1.IngestService`` over a historian.
+    path : Path, optional
+        The SQLite file; default ``<store>/historian.sqlite``, so that the one server that holds the store's lock
+        is also the one writer of its historian.
+    max_batch_samples : int
+        Largest batch of one Ingest request.
+    max_ingest_streams : int
+        Ingest streams open at once (each holds a gRPC thread); more get RESOURCE_EXHAUSTED.
+    max_quarantine_list : int
+        Largest ``limit`` of ListQuarantine.
+    """
+
+    enabled: bool = True
+    path: Path | None = None
+    max_batch_samples: int = 10_000
+    max_ingest_streams: int = 4
+    max_quarantine_list: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"TwinConfig.historian.enabled must be true or false, got {self.enabled!r}")
+        if self.path is not None:
+            if not isinstance(self.path, (str, os.PathLike)) or not os.fspath(self.path):
+                raise ValueError(f"TwinConfig.historian.path must be a path, got {self.path!r}")
+            object.__setattr__(self, "path", Path(self.path))
+        for name, high in (
+            ("max_batch_samples", 1_000_000),
+            ("max_ingest_streams", None),
+            ("max_quarantine_list", None),
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 1
+                or (high is not None and value > high)
+            ):
+                bound = f"in [1, {high}]" if high is not None else ">= 1"
+                raise ValueError(f"TwinConfig.historian.{name} must be an integer {bound}, got {value!r}")
+
+    @classmethod
+    def from_mapping(cls, data: Any, base_dir: str | os.PathLike[str] | None = None) -> HistorianConfig:
+        """The section from a mapping (YAML); unknown keys raise a ValueError naming them."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"TwinConfig.historian must be a mapping of settings, got {type(data).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"unknown historian setting(s) {unknown}; valid settings are {sorted(fields)}")
+        values = dict(data)
+        path = values.get("path")
+        if base_dir is not None and isinstance(path, (str, os.PathLike)) and os.fspath(path):
+            if not Path(path).is_absolute():
+                values["path"] = Path(base_dir) / path
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -90,6 +160,8 @@ class TwinConfig:
         Address of the metrics endpoint (loopback by default).
     grace_s : float
         Seconds in-flight calls get to finish when the server drains.
+    historian : HistorianConfig
+        The measurement historian and its IngestService (a mapping in YAML); on by default.
     """
 
     store: Path
@@ -116,8 +188,13 @@ class TwinConfig:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     grace_s: float = 5.0
+    historian: HistorianConfig = HistorianConfig()
 
     def __post_init__(self) -> None:
+        if isinstance(self.historian, Mapping):
+            object.__setattr__(self, "historian", HistorianConfig.from_mapping(self.historian))
+        if not isinstance(self.historian, HistorianConfig):
+            raise ValueError(f"TwinConfig.historian must be a mapping of settings, got {self.historian!r}")
         for name in _PATH_FIELDS:
             value = getattr(self, name)
             if value is None and name != "store":
@@ -141,6 +218,13 @@ class TwinConfig:
             raise ValueError(
                 f"TwinConfig.max_watchers ({self.max_watchers}) must be less than max_workers ({self.max_workers}),"
                 " so that unary calls still find a thread while every Watch stream is open"
+            )
+        streams = self.historian.max_ingest_streams if self.historian.enabled else 0
+        if self.max_watchers + streams >= self.max_workers:
+            raise ValueError(
+                f"TwinConfig.max_watchers ({self.max_watchers}) plus historian.max_ingest_streams ({streams}) must be "
+                f"less than max_workers ({self.max_workers}), so that unary calls still find a thread while every "
+                "stream is open"
             )
         if self.max_upload_bytes + (2 << 20) > self.max_message_bytes:
             raise ValueError(
@@ -166,6 +250,13 @@ class TwinConfig:
             raise ValueError("TwinConfig: give token or token_env, not both")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TwinConfig: tls_cert and tls_key go together (give both for TLS, or neither)")
+
+    @property
+    def historian_path(self) -> Path | None:
+        """The historian's file (``historian.path``, else ``<store>/historian.sqlite``); None when it is off."""
+        if not self.historian.enabled:
+            return None
+        return self.historian.path if self.historian.path is not None else self.store / HISTORIAN_FILE
 
     @property
     def tls(self) -> bool:
@@ -226,6 +317,8 @@ class TwinConfig:
                 if isinstance(value, (str, os.PathLike)) and os.fspath(value) and not Path(value).is_absolute():
                     values[name] = Path(base_dir) / value
         try:
+            if "historian" in values and isinstance(values["historian"], Mapping):
+                values["historian"] = HistorianConfig.from_mapping(values["historian"], base_dir)
             return cls(**values)
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None

@@ -31,18 +31,22 @@ from typing import Any, TextIO
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from identification.fast_rollout import make_rollout_engine
+from identification.fast_rollout import OUTPUT_ORDER, algebraic_outputs, make_rollout_engine, summarise
 from plant.cli import CliError
-from plant.physics import Algebraic, algebraic
+from plant.physics import OUTPUT_FUNCTIONS
 from plant.potline import OUTPUTS
 from plant.service import signal_pb
 from plant.signals import INPUT_NAMES, INPUTS, N_INPUTS, N_STATES, STATE_NAMES, STATES
-from proto.alutwin.v1 import twin_pb2, twin_pb2_grpc
-from twin.client import TwinClient, decode_array, serialize_predict_response
+from proto.alutwin.v1 import ingest_pb2_grpc, twin_pb2, twin_pb2_grpc
+from twin.bridge import register_bridge_cli
+from twin.client import TwinClient, parse_predict_request, serialize_predict_response
 from twin.config import DEFAULT_PORT, TwinConfig
+from twin.historian import HistorianError, open_historian
+from twin.ingest import INGEST_SERVICE, IngestServicer
 from twin.metrics import Counter, Gauge, Histogram, MetricsRegistry, MetricsServer
 from twin.registry import (
     DEFAULT_ALIAS,
@@ -86,18 +90,12 @@ PREDICTION_SERVICE = twin_pb2.DESCRIPTOR.services_by_name["PredictionService"].f
 """``"alutwin.v1.PredictionService"``."""
 REGISTRY_SERVICE = twin_pb2.DESCRIPTOR.services_by_name["ModelRegistry"].full_name
 """``"alutwin.v1.ModelRegistry"``."""
-MANAGEMENT_METHODS = frozenset(f"/{REGISTRY_SERVICE}/{m}" for m in ("RegisterModel", "SetAlias", "Rollback"))
-"""Full names of the RPCs that need the bearer token."""
+MANAGEMENT_METHODS = frozenset(
+    {*(f"/{REGISTRY_SERVICE}/{m}" for m in ("RegisterModel", "SetAlias", "Rollback")), f"/{INGEST_SERVICE}/Ingest"}
+)
+"""Full names of the RPCs that need the bearer token (Ingest writes the data the online re-fit learns from)."""
 
-OUTPUT_FUNCTIONS: dict[str, Callable[[Algebraic], np.ndarray]] = {
-    "superheat": lambda a: a.superheat,
-    "alumina_pct": lambda a: 100.0 * a.c_alumina,
-    "alf3_pct": lambda a: 100.0 * a.c_alf3,
-    "liquidus": lambda a: a.liquidus,
-    "cell_voltage": lambda a: a.cell_voltage,
-    "power": lambda a: a.power,
-}
-"""The algebraic outputs Predict can return (names and units as :data:`plant.potline.OUTPUTS`)."""
+_OUTPUT_INDEX = {name: i for i, name in enumerate(OUTPUT_ORDER)}
 DEFAULT_OUTPUTS = ("superheat", "alumina_pct", "alf3_pct", "cell_voltage")
 
 _POLL_S = 0.25  # how often a waiting Watch stream checks that its client is still there
@@ -141,7 +139,13 @@ def _first_bad(a: np.ndarray) -> str:
 
 
 def check_prediction(
-    x0: np.ndarray, u: np.ndarray, n_members: int, n_outputs: int, include_members: bool, limits: Limits
+    x0: np.ndarray,
+    u: np.ndarray,
+    n_members: int,
+    n_outputs: int,
+    include_members: bool,
+    limits: Limits,
+    item_bytes: int = 8,
 ) -> None:
     """Refuse (InvalidRequest) a prediction of wrong shapes, non-finite values or beyond ``limits``."""
     if x0.ndim != 2 or x0.shape[1] != N_STATES:
@@ -165,50 +169,13 @@ def check_prediction(
     if not np.isfinite(u).all():
         raise InvalidRequest(f"u{_first_bad(u)} is not a finite number")
     per_step = 2 * N_STATES + n_outputs + (n_members * N_STATES if include_members else 0)
-    size = 8 * b * (h + 1) * per_step + _RESPONSE_OVERHEAD
+    size = item_bytes * b * (h + 1) * per_step + _RESPONSE_OVERHEAD
     if size > limits.max_message_bytes:
         raise InvalidRequest(
             f"the response would take about {size} bytes, more than this server's max_message_bytes "
             f"({limits.max_message_bytes}); ask for fewer scenarios, a shorter horizon"
             + (" or no member trajectories" if include_members else "")
         )
-
-
-def summarise(states: np.ndarray, chunk: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Ensemble mean and population standard deviation over axis 0 of ``states`` ``(M, B, ...)``.
-
-    Bit for bit what ``states.mean(0)`` and ``states.std(0)`` give (members are summed in the same order), a few
-    scenarios at a time so that each block stays in cache: about twice as fast on large batches.
-    """
-    m, b = states.shape[:2]
-    mean = np.empty(states.shape[1:])
-    spread = np.empty(states.shape[1:])
-    for i in range(0, b, chunk):
-        block = states[:, i : i + chunk]
-        mu = mean[i : i + chunk]
-        np.copyto(mu, block[0])
-        for k in range(1, m):
-            mu += block[k]
-        mu /= m
-        var = spread[i : i + chunk]
-        var.fill(0.0)
-        tmp = np.empty_like(mu)
-        for k in range(m):
-            np.subtract(block[k], mu, out=tmp)
-            np.multiply(tmp, tmp, out=tmp)
-            var += tmp
-        var /= m
-        np.sqrt(var, out=var)
-    return mean, spread
-
-
-def algebraic_outputs(mean: np.ndarray, u: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """Algebraic outputs ``names`` of states ``mean`` ``(B, H + 1, 8)`` with inputs ``u`` ``(B, H, 5)`` (state k
-    with input k, the last state with the last input): ``(B, H + 1, len(names))``."""
-    u_ext = np.concatenate([u, u[:, -1:]], axis=1)  # (B, H + 1, 5)
-    with np.errstate(all="ignore"):  # a diverged mean gives NaN outputs, not an error
-        alg = algebraic(mean, u_ext)
-        return np.stack([OUTPUT_FUNCTIONS[n](alg) for n in names], axis=-1)
 
 
 def predict(
@@ -219,11 +186,11 @@ def predict(
     include_members: bool = False,
 ) -> PredictionResult:
     """What Predict computes, in process: every member's rollout, their mean and spread, and the algebraic
-    outputs of the mean."""
-    states = served.rollout(x0, u)  # (M, B, H + 1, 8)
-    mean, spread = summarise(states)
-    outputs = algebraic_outputs(mean, u, output_names)
-    return PredictionResult(served, mean, spread, tuple(output_names), outputs, states if include_members else None)
+    outputs of the mean (:meth:`identification.fast_rollout.RolloutEngine.simulate_summary`)."""
+    s = served.engine.simulate_summary(x0, u, members=include_members)
+    idx = [_OUTPUT_INDEX[n] for n in output_names]
+    outputs = s.outputs[..., idx]  # (B, H + 1, n_outputs)
+    return PredictionResult(served, s.mean, s.spread, tuple(output_names), outputs, s.members)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,42 +395,44 @@ class PredictionServicer(twin_pb2_grpc.PredictionServiceServicer):
         )
 
     @_unary
-    def Predict(self, request: twin_pb2.PredictRequest, context: grpc.ServicerContext) -> bytes:
+    def Predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         rt = self.runtime
         try:
-            x0 = decode_array(request.x0, "x0", 2)
-            u = decode_array(request.u, "u", 3)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
-        names = rt.output_names(request.outputs)
-        served, alias = rt.resolve(request.model)
-        include = request.include_members
-        check_prediction(x0, u, served.n_members, len(names), include, rt.limits)
+            header, x0, u = parse_predict_request(request)
+        except (ValueError, DecodeError) as exc:
+            raise InvalidRequest(str(exc) if isinstance(exc, ValueError) else "not a PredictRequest") from None
+        names = rt.output_names(header.outputs)
+        served, alias = rt.resolve(header.model)
+        include = header.include_members
+        check_prediction(x0, u, served.n_members, len(names), include, rt.limits, _item_bytes(header.encoding))
         remaining = context.time_remaining()  # huge (not None) when the call has no deadline
         timeout = remaining if remaining < _NO_DEADLINE_S else None
         result = rt.run(lambda: predict(served, x0, u, names, include), timeout)
-        header = twin_pb2.PredictResponse(
+        response = twin_pb2.PredictResponse(
             model=_resolved(served, alias), output_names=names, n_members=served.n_members, dt_s=served.dt
         )
         arrays = {"mean": result.mean, "spread": result.spread, "outputs": result.outputs}
         if result.members is not None:
             arrays["members"] = result.members
-        return serialize_predict_response(header, arrays, request.encoding)  # see _add_prediction_service
+        return serialize_predict_response(response, arrays, header.encoding)  # see _add_prediction_service
+
+
+def _item_bytes(encoding: int) -> int:
+    return 4 if encoding == twin_pb2.ARRAY_ENCODING_RAW_F32 else 8
 
 
 def _add_prediction_service(servicer: PredictionServicer, server: grpc.Server) -> None:
-    """What the generated ``add_PredictionServiceServicer_to_server`` does, except that Predict returns its
-    response already serialised (:func:`twin.client.serialize_predict_response`: one copy of the arrays
-    instead of three), so its handler has no serialiser."""
+    """What the generated ``add_PredictionServiceServicer_to_server`` does, except that Predict takes its
+    request and returns its response as wire bytes (:func:`twin.client.parse_predict_request`,
+    :func:`twin.client.serialize_predict_response`: one copy of the arrays instead of three), so its handler
+    has neither deserialiser nor serialiser."""
     handlers = {
         "GetServingInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetServingInfo,
             request_deserializer=twin_pb2.GetServingInfoRequest.FromString,
             response_serializer=twin_pb2.ServingInfo.SerializeToString,
         ),
-        "Predict": grpc.unary_unary_rpc_method_handler(
-            servicer.Predict, request_deserializer=twin_pb2.PredictRequest.FromString
-        ),
+        "Predict": grpc.unary_unary_rpc_method_handler(servicer.Predict),
     }
     declared = {m.name for m in twin_pb2.DESCRIPTOR.services_by_name["PredictionService"].methods}
     if set(handlers) != declared:
@@ -683,7 +652,7 @@ class _Gate:
 
 
 _DRAINING = (grpc.StatusCode.UNAVAILABLE, "the twin is draining (shutting down); retry on another server")
-_GATED = (f"/{PREDICTION_SERVICE}/", f"/{REGISTRY_SERVICE}/")  # health checking and reflection stay open
+_GATED = (f"/{PREDICTION_SERVICE}/", f"/{REGISTRY_SERVICE}/", f"/{INGEST_SERVICE}/")  # health, reflection stay open
 
 
 class _Interceptor(grpc.ServerInterceptor):
@@ -767,7 +736,32 @@ class _Interceptor(grpc.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer
             )
-        return handler  # streaming requests (server reflection): passed through, not counted
+        if handler.stream_stream is not None and gate is not None:  # Ingest (server reflection passes through)
+            inner_bidi = handler.stream_stream
+
+            def bidi(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+                start = time.perf_counter()
+                code = grpc.StatusCode.OK
+                entered = gate.enter()
+                try:
+                    if not entered:
+                        context.abort(*_DRAINING)
+                    if denial is not None:
+                        context.abort(*denial)
+                    yield from inner_bidi(requests, context)
+                    code = context.code() or grpc.StatusCode.OK
+                except BaseException:
+                    code = context.code() or grpc.StatusCode.CANCELLED
+                    raise
+                finally:
+                    if entered:
+                        gate.exit()
+                    observe(method, code, time.perf_counter() - start)
+
+            return grpc.stream_stream_rpc_method_handler(
+                bidi, handler.request_deserializer, handler.response_serializer
+            )
+        return handler  # other streaming requests (server reflection): passed through, not counted
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -801,6 +795,7 @@ class TwinServer:
         self.address = _format_address(host, port)
         self._stopped = False
         self._lock = threading.Lock()
+        self.ingest: IngestServicer | None = None  # set by create_server when the historian is on
 
     @property
     def registry(self) -> ModelRegistry:
@@ -836,11 +831,15 @@ class TwinServer:
         deadline = time.monotonic() + grace
         self.begin_shutdown()
         self.registry.end_watches()
+        if self.ingest is not None:
+            self.ingest.drain()  # Ingest streams end after their batch in progress
         if not self._gate.close(grace):
             log.warning("calls still in flight after the grace period of %g s are cancelled", grace)
         self.grpc_server.stop(max(0.0, deadline - time.monotonic())).wait()
         self.runtime.close()
         self.registry.close()
+        if self.ingest is not None:
+            self.ingest.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
 
@@ -869,6 +868,8 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
         The address (or the metrics address) cannot be bound, or the TLS files cannot be read.
     twin.store.StoreError
         The store is in use by another server, or its state file is unreadable.
+    twin.historian.HistorianError
+        The historian's file cannot be opened (``config.historian``).
     ValueError
         The token in ``token_env`` is too short.
     """
@@ -907,7 +908,10 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
         store.close()
         raise
     metrics_server = None
+    ingest: IngestServicer | None = None
     try:
+        if config.historian_path is not None:
+            ingest = IngestServicer(open_historian(config.historian_path), config.historian)
         runtime = TwinRuntime(config, registry)
         holder.append(runtime)
         server = grpc.server(
@@ -926,6 +930,10 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         on_change()
         names = (PREDICTION_SERVICE, REGISTRY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        if ingest is not None:
+            ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
+            health_servicer.set(INGEST_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            names = (*names, INGEST_SERVICE)
         reflection.enable_server_reflection(names, server)
         address = _format_address(config.host, config.port)
         try:
@@ -940,8 +948,12 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
         if holder:
             holder[0].close()
         registry.close()
+        if ingest is not None:
+            ingest.close()
         raise
-    return TwinServer(server, runtime, health_servicer, gate, metrics_server, config.host, port), port
+    twin_server = TwinServer(server, runtime, health_servicer, gate, metrics_server, config.host, port)
+    twin_server.ingest = ingest
+    return twin_server, port
 
 
 def _describe(server: TwinServer, config: TwinConfig, token: bool) -> str:
@@ -951,6 +963,7 @@ def _describe(server: TwinServer, config: TwinConfig, token: bool) -> str:
         f"{len(state.models)} model(s), {len(server.registry.active())} alias(es) serving",
         "TLS" if config.tls else "no TLS",
         "management on" if token else "management off (no token)",
+        f"historian {config.historian_path}" if config.historian_path is not None else "no historian",
     ]
     if server.metrics_port:
         parts.append(f"metrics on http://{_format_address(config.metrics_host, server.metrics_port)}/metrics")
@@ -1001,7 +1014,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         serve(config)
-    except (OSError, StoreError) as exc:
+    except (OSError, StoreError, HistorianError) as exc:
         raise CliError(str(exc)) from None
     return 0
 
@@ -1039,7 +1052,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: Any) -> None:
-    """Add ``alutwin twin serve|register|models`` to the ``alutwin`` command (entry point ``alutwin.commands``)."""
+    """Add ``alutwin twin serve|register|models|ingest`` to the ``alutwin`` command (entry point
+    ``alutwin.commands``)."""
     parser = subparsers.add_parser("twin", help="the digital twin: model registry and predictions over gRPC")
     actions = parser.add_subparsers(dest="twin_command", metavar="ACTION", required=True)
     p = actions.add_parser(
@@ -1067,3 +1081,4 @@ def register_cli(subparsers: Any) -> None:
             q.add_argument("--alias", help="move this alias to the new version (e.g. champion)")
             q.add_argument("--description", default="", help="free text kept with the version")
         q.set_defaults(func=func)
+    register_bridge_cli(actions)

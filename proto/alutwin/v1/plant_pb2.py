@@ -25,51 +25,53 @@ _sym_db = _symbol_database.Default()
 from proto.alutwin.v1 import common_pb2 as proto_dot_alutwin_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cproto/alutwin/v1/plant.proto\x12\nalutwin.v1\x1a\x1dproto/alutwin/v1/common.proto\"d\n\rCommandBounds\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0binput_index\x18\x02 \x01(\r\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12!\n\x06\x62ounds\x18\x04 \x01(\x0b\x32\x11.alutwin.v1.Range\"\x10\n\x0eGetInfoRequest\"\xb9\x03\n\x0fGetInfoResponse\x12\x1a\n\x12plant_spec_version\x18\x01 \x01(\t\x12\x0f\n\x07n_cells\x18\x02 \x01(\r\x12\x0c\n\x04\x64t_s\x18\x03 \x01(\x01\x12)\n\nclock_mode\x18\x04 \x01(\x0e\x32\x15.alutwin.v1.ClockMode\x12\x18\n\x10real_time_factor\x18\x05 \x01(\x01\x12\x0c\n\x04step\x18\x06 \x01(\x04\x12\"\n\x06states\x18\x07 \x03(\x0b\x32\x12.alutwin.v1.Signal\x12\"\n\x06inputs\x18\x08 \x03(\x0b\x32\x12.alutwin.v1.Signal\x12#\n\x07outputs\x18\t \x03(\x0b\x32\x12.alutwin.v1.Signal\x12\x31\n\x0e\x63ommand_bounds\x18\n \x03(\x0b\x32\x19.alutwin.v1.CommandBounds\x12\x17\n\x0f\x63urrent_profile\x18\x0b \x01(\t\x12\x15\n\rdefault_acd_m\x18\x0c \x01(\x01\x12\x11\n\tnoise_std\x18\r \x03(\x01\x12\x1a\n\x12max_steps_per_call\x18\x0e \x01(\x04\x12\x19\n\x11stream_queue_size\x18\x0f \x01(\r\";\n\x0fGetStateRequest\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\x1a\n\x12include_true_state\x18\x02 \x01(\x08\"]\n\x19StreamMeasurementsRequest\x12\r\n\x05\x63\x65lls\x18\x01 \x03(\r\x12\x15\n\revery_n_steps\x18\x02 \x01(\r\x12\x1a\n\x12include_true_state\x18\x03 \x01(\x08\"Y\n\x1aStreamMeasurementsResponse\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.alutwin.v1.CellSnapshot\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\"~\n\x0b\x43\x65llOutputs\x12\x11\n\tsuperheat\x18\x01 \x01(\x01\x12\x13\n\x0b\x61lumina_pct\x18\x02 \x01(\x01\x12\x10\n\x08\x61lf3_pct\x18\x03 \x01(\x01\x12\x10\n\x08liquidus\x18\x04 \x01(\x01\x12\x14\n\x0c\x63\x65ll_voltage\x18\x05 \x01(\x01\x12\r\n\x05power\x18\x06 \x01(\x01\"\\\n\x0b\x46\x61ultStatus\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.alutwin.v1.FaultCode\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\x04step\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_step\"z\n\x0cManualInputs\x12\x19\n\x0c\x61lumina_feed\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\talf3_feed\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03\x61\x63\x64\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x0f\n\r_alumina_feedB\x0c\n\n_alf3_feedB\x06\n\x04_acd\"\xdc\x01\n\x0c\x43\x65llSnapshot\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0e\n\x06time_s\x18\x03 \x01(\x01\x12\t\n\x01x\x18\x04 \x03(\x01\x12\x0e\n\x06x_true\x18\x05 \x03(\x01\x12\t\n\x01u\x18\x06 \x03(\x01\x12(\n\x07outputs\x18\x07 \x01(\x0b\x32\x17.alutwin.v1.CellOutputs\x12&\n\x05\x66\x61ult\x18\x08 \x01(\x0b\x32\x17.alutwin.v1.FaultStatus\x12(\n\x06manual\x18\t \x01(\x0b\x32\x18.alutwin.v1.ManualInputs\"\x0b\n\tAutomatic\"W\n\x0cInputCommand\x12\x10\n\x06manual\x18\x01 \x01(\x01H\x00\x12*\n\tautomatic\x18\x02 \x01(\x0b\x32\x15.alutwin.v1.AutomaticH\x00\x42\t\n\x07\x63ommand\"\x9f\x01\n\x0b\x43\x65llCommand\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12.\n\x0c\x61lumina_feed\x18\x02 \x01(\x0b\x32\x18.alutwin.v1.InputCommand\x12+\n\talf3_feed\x18\x03 \x01(\x0b\x32\x18.alutwin.v1.InputCommand\x12%\n\x03\x61\x63\x64\x18\x04 \x01(\x0b\x32\x18.alutwin.v1.InputCommand\"=\n\x10SetInputsRequest\x12)\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x17.alutwin.v1.CellCommand\"!\n\x11SetInputsResponse\x12\x0c\n\x04step\x18\x01 \x01(\x04\"\x18\n\x0bStepRequest\x12\t\n\x01n\x18\x01 \x01(\x04\"\x1c\n\x0cStepResponse\x12\x0c\n\x04step\x18\x01 \x01(\x04*Y\n\tClockMode\x12\x1a\n\x16\x43LOCK_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43LOCK_MODE_STEPPED\x10\x01\x12\x18\n\x14\x43LOCK_MODE_REAL_TIME\x10\x02*\x9f\x01\n\tFaultCode\x12\x13\n\x0f\x46\x41ULT_CODE_NONE\x10\x00\x12\x19\n\x15\x46\x41ULT_CODE_NON_FINITE\x10\x01\x12\x1b\n\x17\x46\x41ULT_CODE_LEDGE_MELTED\x10\x02\x12#\n\x1f\x46\x41ULT_CODE_ALUMINA_OUT_OF_RANGE\x10\x03\x12 \n\x1c\x46\x41ULT_CODE_ALF3_OUT_OF_RANGE\x10\x04\x32\x81\x03\n\x0cPlantService\x12\x42\n\x07GetInfo\x12\x1a.alutwin.v1.GetInfoRequest\x1a\x1b.alutwin.v1.GetInfoResponse\x12\x41\n\x08GetState\x12\x1b.alutwin.v1.GetStateRequest\x1a\x18.alutwin.v1.CellSnapshot\x12\x65\n\x12StreamMeasurements\x12%.alutwin.v1.StreamMeasurementsRequest\x1a&.alutwin.v1.StreamMeasurementsResponse0\x01\x12H\n\tSetInputs\x12\x1c.alutwin.v1.SetInputsRequest\x1a\x1d.alutwin.v1.SetInputsResponse\x12\x39\n\x04Step\x12\x17.alutwin.v1.StepRequest\x1a\x18.alutwin.v1.StepResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cproto/alutwin/v1/plant.proto\x12\nalutwin.v1\x1a\x1dproto/alutwin/v1/common.proto\"d\n\rCommandBounds\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0binput_index\x18\x02 \x01(\r\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12!\n\x06\x62ounds\x18\x04 \x01(\x0b\x32\x11.alutwin.v1.Range\"\x10\n\x0eGetInfoRequest\"\xec\x03\n\x0fGetInfoResponse\x12\x1a\n\x12plant_spec_version\x18\x01 \x01(\t\x12\x0f\n\x07n_cells\x18\x02 \x01(\r\x12\x0c\n\x04\x64t_s\x18\x03 \x01(\x01\x12)\n\nclock_mode\x18\x04 \x01(\x0e\x32\x15.alutwin.v1.ClockMode\x12\x18\n\x10real_time_factor\x18\x05 \x01(\x01\x12\x0c\n\x04step\x18\x06 \x01(\x04\x12\"\n\x06states\x18\x07 \x03(\x0b\x32\x12.alutwin.v1.Signal\x12\"\n\x06inputs\x18\x08 \x03(\x0b\x32\x12.alutwin.v1.Signal\x12#\n\x07outputs\x18\t \x03(\x0b\x32\x12.alutwin.v1.Signal\x12\x31\n\x0e\x63ommand_bounds\x18\n \x03(\x0b\x32\x19.alutwin.v1.CommandBounds\x12\x17\n\x0f\x63urrent_profile\x18\x0b \x01(\t\x12\x15\n\rdefault_acd_m\x18\x0c \x01(\x01\x12\x11\n\tnoise_std\x18\r \x03(\x01\x12\x1a\n\x12max_steps_per_call\x18\x0e \x01(\x04\x12\x19\n\x11stream_queue_size\x18\x0f \x01(\r\x12\x31\n\x08scenario\x18\x10 \x03(\x0b\x32\x1f.alutwin.v1.ScenarioEventStatus\"\xd5\x01\n\x13ScenarioEventStatus\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04\x61t_s\x18\x02 \x01(\x01\x12\x0f\n\x07\x61t_step\x18\x03 \x01(\x04\x12\r\n\x05\x63\x65lls\x18\x04 \x03(\r\x12\x11\n\tparameter\x18\x05 \x01(\t\x12\x0e\n\x06\x66\x61\x63tor\x18\x06 \x01(\x01\x12\r\n\x05state\x18\x07 \x01(\t\x12\x12\n\x05value\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\t \x01(\x01\x12\r\n\x05\x66ired\x18\n \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\tB\x08\n\x06_value\";\n\x0fGetStateRequest\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\x1a\n\x12include_true_state\x18\x02 \x01(\x08\"]\n\x19StreamMeasurementsRequest\x12\r\n\x05\x63\x65lls\x18\x01 \x03(\r\x12\x15\n\revery_n_steps\x18\x02 \x01(\r\x12\x1a\n\x12include_true_state\x18\x03 \x01(\x08\"Y\n\x1aStreamMeasurementsResponse\x12*\n\x08snapshot\x18\x01 \x01(\x0b\x32\x18.alutwin.v1.CellSnapshot\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\"~\n\x0b\x43\x65llOutputs\x12\x11\n\tsuperheat\x18\x01 \x01(\x01\x12\x13\n\x0b\x61lumina_pct\x18\x02 \x01(\x01\x12\x10\n\x08\x61lf3_pct\x18\x03 \x01(\x01\x12\x10\n\x08liquidus\x18\x04 \x01(\x01\x12\x14\n\x0c\x63\x65ll_voltage\x18\x05 \x01(\x01\x12\r\n\x05power\x18\x06 \x01(\x01\"\\\n\x0b\x46\x61ultStatus\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.alutwin.v1.FaultCode\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\x04step\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_step\"z\n\x0cManualInputs\x12\x19\n\x0c\x61lumina_feed\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\talf3_feed\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03\x61\x63\x64\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x0f\n\r_alumina_feedB\x0c\n\n_alf3_feedB\x06\n\x04_acd\"\xdc\x01\n\x0c\x43\x65llSnapshot\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0e\n\x06time_s\x18\x03 \x01(\x01\x12\t\n\x01x\x18\x04 \x03(\x01\x12\x0e\n\x06x_true\x18\x05 \x03(\x01\x12\t\n\x01u\x18\x06 \x03(\x01\x12(\n\x07outputs\x18\x07 \x01(\x0b\x32\x17.alutwin.v1.CellOutputs\x12&\n\x05\x66\x61ult\x18\x08 \x01(\x0b\x32\x17.alutwin.v1.FaultStatus\x12(\n\x06manual\x18\t \x01(\x0b\x32\x18.alutwin.v1.ManualInputs\"\x0b\n\tAutomatic\"W\n\x0cInputCommand\x12\x10\n\x06manual\x18\x01 \x01(\x01H\x00\x12*\n\tautomatic\x18\x02 \x01(\x0b\x32\x15.alutwin.v1.AutomaticH\x00\x42\t\n\x07\x63ommand\"\x9f\x01\n\x0b\x43\x65llCommand\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12.\n\x0c\x61lumina_feed\x18\x02 \x01(\x0b\x32\x18.alutwin.v1.InputCommand\x12+\n\talf3_feed\x18\x03 \x01(\x0b\x32\x18.alutwin.v1.InputCommand\x12%\n\x03\x61\x63\x64\x18\x04 \x01(\x0b\x32\x18.alutwin.v1.InputCommand\"=\n\x10SetInputsRequest\x12)\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x17.alutwin.v1.CellCommand\"!\n\x11SetInputsResponse\x12\x0c\n\x04step\x18\x01 \x01(\x04\"\x18\n\x0bStepRequest\x12\t\n\x01n\x18\x01 \x01(\x04\"\x1c\n\x0cStepResponse\x12\x0c\n\x04step\x18\x01 \x01(\x04*Y\n\tClockMode\x12\x1a\n\x16\x43LOCK_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43LOCK_MODE_STEPPED\x10\x01\x12\x18\n\x14\x43LOCK_MODE_REAL_TIME\x10\x02*\x9f\x01\n\tFaultCode\x12\x13\n\x0f\x46\x41ULT_CODE_NONE\x10\x00\x12\x19\n\x15\x46\x41ULT_CODE_NON_FINITE\x10\x01\x12\x1b\n\x17\x46\x41ULT_CODE_LEDGE_MELTED\x10\x02\x12#\n\x1f\x46\x41ULT_CODE_ALUMINA_OUT_OF_RANGE\x10\x03\x12 \n\x1c\x46\x41ULT_CODE_ALF3_OUT_OF_RANGE\x10\x04\x32\x81\x03\n\x0cPlantService\x12\x42\n\x07GetInfo\x12\x1a.alutwin.v1.GetInfoRequest\x1a\x1b.alutwin.v1.GetInfoResponse\x12\x41\n\x08GetState\x12\x1b.alutwin.v1.GetStateRequest\x1a\x18.alutwin.v1.CellSnapshot\x12\x65\n\x12StreamMeasurements\x12%.alutwin.v1.StreamMeasurementsRequest\x1a&.alutwin.v1.StreamMeasurementsResponse0\x01\x12H\n\tSetInputs\x12\x1c.alutwin.v1.SetInputsRequest\x1a\x1d.alutwin.v1.SetInputsResponse\x12\x39\n\x04Step\x12\x17.alutwin.v1.StepRequest\x1a\x18.alutwin.v1.StepResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.alutwin.v1.plant_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLOCKMODE']._serialized_start=1873
-  _globals['_CLOCKMODE']._serialized_end=1962
-  _globals['_FAULTCODE']._serialized_start=1965
-  _globals['_FAULTCODE']._serialized_end=2124
+  _globals['_CLOCKMODE']._serialized_start=2140
+  _globals['_CLOCKMODE']._serialized_end=2229
+  _globals['_FAULTCODE']._serialized_start=2232
+  _globals['_FAULTCODE']._serialized_end=2391
   _globals['_COMMANDBOUNDS']._serialized_start=75
   _globals['_COMMANDBOUNDS']._serialized_end=175
   _globals['_GETINFOREQUEST']._serialized_start=177
   _globals['_GETINFOREQUEST']._serialized_end=193
   _globals['_GETINFORESPONSE']._serialized_start=196
-  _globals['_GETINFORESPONSE']._serialized_end=637
-  _globals['_GETSTATEREQUEST']._serialized_start=639
-  _globals['_GETSTATEREQUEST']._serialized_end=698
-  _globals['_STREAMMEASUREMENTSREQUEST']._serialized_start=700
-  _globals['_STREAMMEASUREMENTSREQUEST']._serialized_end=793
-  _globals['_STREAMMEASUREMENTSRESPONSE']._serialized_start=795
-  _globals['_STREAMMEASUREMENTSRESPONSE']._serialized_end=884
-  _globals['_CELLOUTPUTS']._serialized_start=886
-  _globals['_CELLOUTPUTS']._serialized_end=1012
-  _globals['_FAULTSTATUS']._serialized_start=1014
-  _globals['_FAULTSTATUS']._serialized_end=1106
-  _globals['_MANUALINPUTS']._serialized_start=1108
-  _globals['_MANUALINPUTS']._serialized_end=1230
-  _globals['_CELLSNAPSHOT']._serialized_start=1233
-  _globals['_CELLSNAPSHOT']._serialized_end=1453
-  _globals['_AUTOMATIC']._serialized_start=1455
-  _globals['_AUTOMATIC']._serialized_end=1466
-  _globals['_INPUTCOMMAND']._serialized_start=1468
-  _globals['_INPUTCOMMAND']._serialized_end=1555
-  _globals['_CELLCOMMAND']._serialized_start=1558
-  _globals['_CELLCOMMAND']._serialized_end=1717
-  _globals['_SETINPUTSREQUEST']._serialized_start=1719
-  _globals['_SETINPUTSREQUEST']._serialized_end=1780
-  _globals['_SETINPUTSRESPONSE']._serialized_start=1782
-  _globals['_SETINPUTSRESPONSE']._serialized_end=1815
-  _globals['_STEPREQUEST']._serialized_start=1817
-  _globals['_STEPREQUEST']._serialized_end=1841
-  _globals['_STEPRESPONSE']._serialized_start=1843
-  _globals['_STEPRESPONSE']._serialized_end=1871
-  _globals['_PLANTSERVICE']._serialized_start=2127
-  _globals['_PLANTSERVICE']._serialized_end=2512
+  _globals['_GETINFORESPONSE']._serialized_end=688
+  _globals['_SCENARIOEVENTSTATUS']._serialized_start=691
+  _globals['_SCENARIOEVENTSTATUS']._serialized_end=904
+  _globals['_GETSTATEREQUEST']._serialized_start=906
+  _globals['_GETSTATEREQUEST']._serialized_end=965
+  _globals['_STREAMMEASUREMENTSREQUEST']._serialized_start=967
+  _globals['_STREAMMEASUREMENTSREQUEST']._serialized_end=1060
+  _globals['_STREAMMEASUREMENTSRESPONSE']._serialized_start=1062
+  _globals['_STREAMMEASUREMENTSRESPONSE']._serialized_end=1151
+  _globals['_CELLOUTPUTS']._serialized_start=1153
+  _globals['_CELLOUTPUTS']._serialized_end=1279
+  _globals['_FAULTSTATUS']._serialized_start=1281
+  _globals['_FAULTSTATUS']._serialized_end=1373
+  _globals['_MANUALINPUTS']._serialized_start=1375
+  _globals['_MANUALINPUTS']._serialized_end=1497
+  _globals['_CELLSNAPSHOT']._serialized_start=1500
+  _globals['_CELLSNAPSHOT']._serialized_end=1720
+  _globals['_AUTOMATIC']._serialized_start=1722
+  _globals['_AUTOMATIC']._serialized_end=1733
+  _globals['_INPUTCOMMAND']._serialized_start=1735
+  _globals['_INPUTCOMMAND']._serialized_end=1822
+  _globals['_CELLCOMMAND']._serialized_start=1825
+  _globals['_CELLCOMMAND']._serialized_end=1984
+  _globals['_SETINPUTSREQUEST']._serialized_start=1986
+  _globals['_SETINPUTSREQUEST']._serialized_end=2047
+  _globals['_SETINPUTSRESPONSE']._serialized_start=2049
+  _globals['_SETINPUTSRESPONSE']._serialized_end=2082
+  _globals['_STEPREQUEST']._serialized_start=2084
+  _globals['_STEPREQUEST']._serialized_end=2108
+  _globals['_STEPRESPONSE']._serialized_start=2110
+  _globals['_STEPRESPONSE']._serialized_end=2138
+  _globals['_PLANTSERVICE']._serialized_start=2394
+  _globals['_PLANTSERVICE']._serialized_end=2779
 # @@protoc_insertion_point(module_scope)

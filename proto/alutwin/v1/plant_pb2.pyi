@@ -47,7 +47,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("plant_spec_version", "n_cells", "dt_s", "clock_mode", "real_time_factor", "step", "states", "inputs", "outputs", "command_bounds", "current_profile", "default_acd_m", "noise_std", "max_steps_per_call", "stream_queue_size")
+    __slots__ = ("plant_spec_version", "n_cells", "dt_s", "clock_mode", "real_time_factor", "step", "states", "inputs", "outputs", "command_bounds", "current_profile", "default_acd_m", "noise_std", "max_steps_per_call", "stream_queue_size", "scenario")
     PLANT_SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
     N_CELLS_FIELD_NUMBER: _ClassVar[int]
     DT_S_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class GetInfoResponse(_message.Message):
     NOISE_STD_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_PER_CALL_FIELD_NUMBER: _ClassVar[int]
     STREAM_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
     plant_spec_version: str
     n_cells: int
     dt_s: float
@@ -78,7 +79,34 @@ class GetInfoResponse(_message.Message):
     noise_std: _containers.RepeatedScalarFieldContainer[float]
     max_steps_per_call: int
     stream_queue_size: int
-    def __init__(self, plant_spec_version: _Optional[str] = ..., n_cells: _Optional[int] = ..., dt_s: _Optional[float] = ..., clock_mode: _Optional[_Union[ClockMode, str]] = ..., real_time_factor: _Optional[float] = ..., step: _Optional[int] = ..., states: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., command_bounds: _Optional[_Iterable[_Union[CommandBounds, _Mapping]]] = ..., current_profile: _Optional[str] = ..., default_acd_m: _Optional[float] = ..., noise_std: _Optional[_Iterable[float]] = ..., max_steps_per_call: _Optional[int] = ..., stream_queue_size: _Optional[int] = ...) -> None: ...
+    scenario: _containers.RepeatedCompositeFieldContainer[ScenarioEventStatus]
+    def __init__(self, plant_spec_version: _Optional[str] = ..., n_cells: _Optional[int] = ..., dt_s: _Optional[float] = ..., clock_mode: _Optional[_Union[ClockMode, str]] = ..., real_time_factor: _Optional[float] = ..., step: _Optional[int] = ..., states: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., command_bounds: _Optional[_Iterable[_Union[CommandBounds, _Mapping]]] = ..., current_profile: _Optional[str] = ..., default_acd_m: _Optional[float] = ..., noise_std: _Optional[_Iterable[float]] = ..., max_steps_per_call: _Optional[int] = ..., stream_queue_size: _Optional[int] = ..., scenario: _Optional[_Iterable[_Union[ScenarioEventStatus, _Mapping]]] = ...) -> None: ...
+
+class ScenarioEventStatus(_message.Message):
+    __slots__ = ("kind", "at_s", "at_step", "cells", "parameter", "factor", "state", "value", "offset", "fired", "description")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_S_FIELD_NUMBER: _ClassVar[int]
+    AT_STEP_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    FACTOR_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    FIRED_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    at_s: float
+    at_step: int
+    cells: _containers.RepeatedScalarFieldContainer[int]
+    parameter: str
+    factor: float
+    state: str
+    value: float
+    offset: float
+    fired: bool
+    description: str
+    def __init__(self, kind: _Optional[str] = ..., at_s: _Optional[float] = ..., at_step: _Optional[int] = ..., cells: _Optional[_Iterable[int]] = ..., parameter: _Optional[str] = ..., factor: _Optional[float] = ..., state: _Optional[str] = ..., value: _Optional[float] = ..., offset: _Optional[float] = ..., fired: _Optional[bool] = ..., description: _Optional[str] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
     __slots__ = ("cell", "include_true_state")

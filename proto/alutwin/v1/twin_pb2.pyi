@@ -13,6 +13,7 @@ class ArrayEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ARRAY_ENCODING_UNSPECIFIED: _ClassVar[ArrayEncoding]
     ARRAY_ENCODING_PACKED: _ClassVar[ArrayEncoding]
     ARRAY_ENCODING_RAW: _ClassVar[ArrayEncoding]
+    ARRAY_ENCODING_RAW_F32: _ClassVar[ArrayEncoding]
 
 class RegistryEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,6 +25,7 @@ class RegistryEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ARRAY_ENCODING_UNSPECIFIED: ArrayEncoding
 ARRAY_ENCODING_PACKED: ArrayEncoding
 ARRAY_ENCODING_RAW: ArrayEncoding
+ARRAY_ENCODING_RAW_F32: ArrayEncoding
 REGISTRY_EVENT_TYPE_UNSPECIFIED: RegistryEventType
 REGISTRY_EVENT_TYPE_SNAPSHOT: RegistryEventType
 REGISTRY_EVENT_TYPE_VERSION_REGISTERED: RegistryEventType
@@ -31,14 +33,16 @@ REGISTRY_EVENT_TYPE_ALIAS_MOVED: RegistryEventType
 REGISTRY_EVENT_TYPE_ROLLED_BACK: RegistryEventType
 
 class DoubleArray(_message.Message):
-    __slots__ = ("shape", "values", "raw")
+    __slots__ = ("shape", "values", "raw", "raw_f32")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    RAW_F32_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     raw: bytes
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., raw: _Optional[bytes] = ...) -> None: ...
+    raw_f32: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., raw: _Optional[bytes] = ..., raw_f32: _Optional[bytes] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "version", "alias")
