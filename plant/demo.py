@@ -1,4 +1,4 @@
-"""``alutwin demo``: one cell for a day under its own feed controllers, plotted and summarised.
+"""``alutwin plant-demo``: one cell for a day under its own feed controllers, plotted and summarised.
 
 The scenario of ``control.md`` with the baseline controller: a seeded random initial state, the line current
 stepping at random (the levels and hold times of the "aprbs" excitation), ACD fixed at 0.05 m, and the cell's
@@ -131,7 +131,7 @@ def summarise(sc: Scenario) -> list[str]:
     metal_kg = float(np.sum(DEFAULT_PARAMS.k6 * sc.u[:, U.CURRENT]) * dt)
     tapped_kg = float(np.sum(sc.u[:, U.TAPPING]) * dt)
     lines = [
-        f"alutwin demo: one cell, {sc.hours:.1f} h ({sc.u.shape[0]} steps of {dt:g} s), seed {sc.seed}; "
+        f"alutwin plant-demo: one cell, {sc.hours:.1f} h ({sc.u.shape[0]} steps of {dt:g} s), seed {sc.seed}; "
         f"baseline: the cell's feed controllers, ACD {BASELINE_ACD:.3f} m, line current in random steps",
         f"energy: {energy_kwh:.1f} kWh",
         f"metal produced: {metal_kg:.1f} kg (tapped {tapped_kg:.1f} kg)",
@@ -267,9 +267,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``alutwin demo``."""
+    """Add ``alutwin plant-demo``."""
     p = subparsers.add_parser(
-        "demo",
+        "plant-demo",
         help="simulate one cell for a day and write a plot and a summary",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
@@ -278,8 +278,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo as ``alutwin demo`` would; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="alutwin demo", description=__doc__.splitlines()[0] if __doc__ else None)
+    """Run the demo as ``alutwin plant-demo`` would; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="alutwin plant-demo", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     _add_arguments(parser)
     return _run(parser.parse_args(argv))
 

@@ -15,7 +15,7 @@ from plant.physics import algebraic
 from plant.signals import U, X
 
 EXPECTED_LINES = (
-    "alutwin demo: one cell, 0.5 h (180 steps of 10 s), seed 2",
+    "alutwin plant-demo: one cell, 0.5 h (180 steps of 10 s), seed 2",
     "energy: ",
     "metal produced: ",
     "specific energy: ",
@@ -87,12 +87,14 @@ def test_current_steps_follow_the_aprbs_levels() -> None:
 def cli(monkeypatch: pytest.MonkeyPatch):
     """``plant.cli.main`` with only the ``demo`` entry point, so other packages' commands cannot interfere."""
     real = plant.cli.entry_points
-    monkeypatch.setattr(plant.cli, "entry_points", lambda group: [e for e in real(group=group) if e.name == "demo"])
+    monkeypatch.setattr(
+        plant.cli, "entry_points", lambda group: [e for e in real(group=group) if e.name == "plant-demo"]
+    )
     return plant.cli.main
 
 
 def test_cli_demo(tmp_path: Path, cli) -> None:
-    assert cli(["demo", "--out", str(tmp_path), "--hours", "0.1", "--seed", "1"]) == 0
+    assert cli(["plant-demo", "--out", str(tmp_path), "--hours", "0.1", "--seed", "1"]) == 0
     assert (tmp_path / "baseline.png").stat().st_size > 0
     assert "seed 1" in (tmp_path / "summary.txt").read_text()
 
@@ -100,7 +102,7 @@ def test_cli_demo(tmp_path: Path, cli) -> None:
 @pytest.mark.parametrize(("flags", "message"), [(["--hours", "0"], "argument --hours"), (["--seed", "-1"], "--seed")])
 def test_cli_demo_bad_flags(tmp_path: Path, cli, capsys, flags: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli(["demo", "--out", str(tmp_path / "d"), *flags])
+        cli(["plant-demo", "--out", str(tmp_path / "d"), *flags])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
