@@ -72,7 +72,7 @@ class DemoConfig:
     Parameters
     ----------
     hours : float
-        Plant time of the scenario (default 3 h: 18 control intervals of 10 min).
+        Plant time of the scenario (default 4 h: 24 control intervals of 10 min).
     seed : int
         Seeds the scenario (initial state, current steps).
     refit_hours : float
@@ -88,7 +88,7 @@ class DemoConfig:
 
     def __init__(
         self,
-        hours: float = 3.0,
+        hours: float = 4.0,
         seed: int = 0,
         refit_hours: float = 1.0,
         models_dir: Path = DEFAULT_MODELS,
@@ -195,8 +195,8 @@ def run_demo(config: DemoConfig, out: str | Path) -> dict[str, Any]:
                 state=work / "worker.json",
                 token=token,
                 every_plant_s=config.refit_hours * _HOUR,
-                replay_s=max(1.0, config.hours - 1.0) * _HOUR,
-                holdout_s=1.0 * _HOUR,
+                replay_s=config.hours * _HOUR,
+                holdout_s=1.5 * _HOUR,  # six 1-h rollouts 30 min apart to score champion and challenger
                 min_train_steps=180,
                 poll_s=1.0,
             ),
@@ -257,7 +257,7 @@ def run_demo(config: DemoConfig, out: str | Path) -> dict[str, Any]:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="report folder (default demo-output)")
-    p.add_argument("--hours", type=float, default=3.0, help="plant time of the scenario (default 3 h)")
+    p.add_argument("--hours", type=float, default=4.0, help="plant time of the scenario (default 4 h)")
     p.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
     p.add_argument("--refit-hours", type=float, default=1.0, help="online re-fit cadence in plant time (default 1)")
     p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="folder of the committed surrogates")
