@@ -59,9 +59,14 @@ class MPCConfig:
     backoff : tuple of 4 float
         Margins inside the windows (``controller.problem.WINDOWS`` order and units: %, %, degC, kg) the MPC's
         soft constraints use, so that model error and the current's steps leave the true windows held.
-    violation_factor : float
+    backoff_high : tuple of 4 float, optional
+        Margins inside the windows' upper ends, where they differ from ``backoff`` (None: ``backoff`` on both
+        sides). A wider upper margin on the ledge keeps room for its growth when the line current drops.
+    violation_factor : float or tuple of 4 float
         The MPC's penalties on leaving its (backed-off) windows are the cost's violation weights times this
         factor (the closed-loop cost keeps the stated weights): nearly hard constraints that stay feasible.
+        One factor per window (``WINDOWS`` order) ranks the windows: the slow alumina and AlF3 take hours to
+        come back from an excursion, a ledge excursion inside its margin is temporary.
     tol : float
         IPOPT's convergence tolerance.
     jit : bool
@@ -87,12 +92,24 @@ class MPCConfig:
     feasibility_tol: float = 1e-6
     warm_multipliers: bool = True
     backoff: tuple[float, float, float, float] = (0.3, 0.2, 1.0, 400.0)
-    violation_factor: float = 10.0
+    backoff_high: tuple[float, float, float, float] | None = (0.3, 0.9, 1.0, 1125.0)
+    violation_factor: float | tuple[float, float, float, float] = (1000.0, 1000.0, 10.0, 1.0)
     tol: float = 1e-6
     jit: bool = True
     jit_flags: tuple[str, ...] = ("-O1",)
     bias_gain: float = 0.5
     acd_rate: float = ACD_RATE
+
+    @property
+    def violation_factors(self) -> tuple[float, ...]:
+        """The violation factor of each window (``WINDOWS`` order)."""
+        f = self.violation_factor
+        return tuple(f) if isinstance(f, tuple) else (float(f),) * len(WINDOWS)
+
+    @property
+    def backoffs_high(self) -> tuple[float, ...]:
+        """The margins inside the windows' upper ends."""
+        return self.backoff if self.backoff_high is None else self.backoff_high
 
     def __post_init__(self) -> None:
         owner = "MPCConfig"
@@ -107,7 +124,14 @@ class MPCConfig:
         _num(owner, "tol", self.tol, 0.0, strict=True)
         _num(owner, "bias_gain", self.bias_gain, 0.0, 1.0)
         _num(owner, "feasibility_tol", self.feasibility_tol, 0.0, strict=True)
-        _num(owner, "violation_factor", self.violation_factor, 0.0)
+        if isinstance(self.violation_factor, (tuple, list)):
+            if len(self.violation_factor) != len(WINDOWS):
+                raise ValueError(f"{owner}.violation_factor must be a number or {len(WINDOWS)} numbers")
+            for v in self.violation_factor:
+                _num(owner, "violation_factor", v, 0.0)
+            object.__setattr__(self, "violation_factor", tuple(float(v) for v in self.violation_factor))
+        else:
+            _num(owner, "violation_factor", self.violation_factor, 0.0)
         for name in ("accept_capped", "warm_multipliers"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{owner}.{name} must be true or false, got {getattr(self, name)!r}")
@@ -118,6 +142,14 @@ class MPCConfig:
             if not 2 * m < w.high - w.low:
                 raise ValueError(f"{owner}.backoff: {m} leaves nothing of the window {w.name} [{w.low}, {w.high}]")
         object.__setattr__(self, "backoff", tuple(float(m) for m in self.backoff))
+        if self.backoff_high is not None:
+            if not isinstance(self.backoff_high, (tuple, list)) or len(self.backoff_high) != len(WINDOWS):
+                raise ValueError(f"{owner}.backoff_high must be {len(WINDOWS)} margins, got {self.backoff_high!r}")
+            for lo, hi, w in zip(self.backoff, self.backoff_high, WINDOWS, strict=True):
+                _num(owner, "backoff_high", hi, 0.0)
+                if not lo + hi < w.high - w.low:
+                    raise ValueError(f"{owner}.backoff_high: {hi} leaves nothing of the window {w.name}")
+            object.__setattr__(self, "backoff_high", tuple(float(m) for m in self.backoff_high))
         _num(owner, "acd_rate", self.acd_rate, 0.0, strict=True)
         if not isinstance(self.jit, bool):
             raise ValueError(f"{owner}.jit must be true or false, got {self.jit!r}")

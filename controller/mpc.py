@@ -5,8 +5,9 @@ Decision variables (all scaled to about unit size): the states at the ends of th
 ``w_k = (v_k - low) / span`` in ``[0, 1]`` (``controller.problem.MANIPULATED``) and one slack per window and
 interval end (in the window's violation unit). Parameters: the measured state ``x0``, the line current (held
 over the horizon), the inputs applied last (for the ACD rate limit and the move penalty), the model's
-derivative bias (offset-free correction), the cost weights and the windows the soft constraints use (the
-spec's windows narrowed by ``MPCConfig.backoff``). Each interval's dynamics is the model's own step (10 s)
+derivative bias (offset-free correction), the cost weights (violation weights per window:
+``MPCConfig.violation_factor``) and the windows the soft constraints use (the spec's windows narrowed by
+``MPCConfig.backoff`` and ``backoff_high``). Each interval's dynamics is the model's own step (10 s)
 chained ``interval_steps`` times (``casadi.Function.fold``).
 
 The problem is rebuilt only when the model source reports a new revision (a swap in the twin), between
@@ -62,8 +63,10 @@ def _shift(flat: np.ndarray, rows: int, n: int) -> np.ndarray:
 
 
 def _weight_vector(w: CostWeights) -> np.ndarray:
-    """(10,) energy, the four target weights (WINDOWS order), violation linear and quadratic, three moves."""
-    return np.array([w.energy, *w.targets, w.violation_linear, w.violation_quadratic, *w.move], dtype=np.float64)
+    """(16,) energy, the four target weights, the violation weights linear and quadratic of each window (both in
+    WINDOWS order), three moves."""
+    lin, quad = [w.violation_linear] * _NW, [w.violation_quadratic] * _NW
+    return np.array([w.energy, *w.targets, *lin, *quad, *w.move], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,8 @@ class NMPC:
         p_d = ca.MX.sym("bias", N_STATES)
         p_w = ca.MX.sym("weights", len(_weight_vector(cfg.weights)))  # parameters: one compiled library per model
         p_lo, p_hi = ca.MX.sym("win_low", _NW), ca.MX.sym("win_high", _NW)  # the windows the soft constraints use
-        wt_energy, wt_targets, wt_lin, wt_quad, wt_move = p_w[0], p_w[1:5], p_w[5], p_w[6], p_w[7:10]
+        wt_energy, wt_targets, wt_move = p_w[0], p_w[1:5], p_w[13:16]
+        wt_lin, wt_quad = p_w[5:9], p_w[9:13]  # per window
 
         centre, half = ca.DM(_X_CENTRE), ca.DM(_X_HALF)
         span, ref = ca.DM(self.v_span), ca.DM(self.v_ref)
@@ -198,7 +202,7 @@ class NMPC:
                     stage += wt_targets[i] * (value - window.target) ** 2
                 g_win.append((value - p_lo[i]) / window.scale + s[i, k])
                 g_win.append((p_hi[i] - value) / window.scale + s[i, k])
-                stage += wt_lin * s[i, k] + wt_quad * s[i, k] ** 2
+                stage += wt_lin[i] * s[i, k] + wt_quad[i] * s[i, k] ** 2
             cost += h * stage
             for j in range(_NV):
                 cost += wt_move[j] * ((v_k[j] - v_prev[j]) / self.v_span[j]) ** 2
@@ -247,10 +251,12 @@ class NMPC:
         self._lbg = np.concatenate([np.zeros(self._n_dyn), np.full(n, -rate), np.zeros(self._n_win)])
         self._ubg = np.concatenate([np.zeros(self._n_dyn), np.full(n, rate), np.full(self._n_win, np.inf)])
         self._weights = _weight_vector(cfg.weights)
-        self._weights[5:7] *= cfg.violation_factor  # the MPC's own penalty on leaving its (backed-off) windows
-        backoff = np.asarray(cfg.backoff)  # (4,)
+        self._weights[5:13] *= np.tile(cfg.violation_factors, 2)  # the MPC's own penalties on leaving its windows
         self._windows = np.concatenate(
-            [np.array([w.low for w in WINDOWS]) + backoff, np.array([w.high for w in WINDOWS]) - backoff]
+            [
+                np.array([w.low for w in WINDOWS]) + np.asarray(cfg.backoff),
+                np.array([w.high for w in WINDOWS]) - np.asarray(cfg.backoffs_high),
+            ]
         )
         self._guess = None
         self._lam: tuple[np.ndarray, np.ndarray] | None = None  # shifted multipliers (bounds, constraints)

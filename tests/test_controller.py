@@ -358,6 +358,14 @@ def test_configs_validate_their_fields():
         MPCConfig(backoff=(1.0, 0.2, 1.0, 400.0))
     with pytest.raises(ValueError, match=re.escape("MPCConfig.backoff must be 4 margins")):
         MPCConfig(backoff=(0.1,))
+    with pytest.raises(
+        ValueError, match=re.escape("MPCConfig.backoff_high: 1.9 leaves nothing of the window alf3_pct")
+    ):
+        MPCConfig(backoff_high=(0.3, 1.9, 1.0, 400.0))
+    with pytest.raises(ValueError, match=re.escape("MPCConfig.violation_factor must be a number or 4 numbers")):
+        MPCConfig(violation_factor=(1.0, 2.0))
+    assert MPCConfig(violation_factor=3.0, backoff_high=None).violation_factors == (3.0,) * 4
+    assert MPCConfig(backoff_high=None).backoffs_high == MPCConfig().backoff
     with pytest.raises(ValueError, match=re.escape("Scenario.hours")):
         Scenario(hours=0.0, seed=1)
     with pytest.raises(ValueError, match=re.escape("model must be a controller.models.ModelSource")):
