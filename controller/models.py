@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import threading
@@ -72,7 +73,7 @@ def known_ranges(surrogate: Surrogate) -> dict[str, tuple[float, float]]:
     return out
 
 
-class ModelSource:
+class ModelSource(abc.ABC):
     """A prediction model for the MPC.
 
     Subclasses implement :meth:`dynamics`; the rest has defaults. ``revision`` counts changes of the model (the
@@ -83,9 +84,9 @@ class ModelSource:
     name: str = "model"
     dt: float = DT
 
+    @abc.abstractmethod
     def dynamics(self) -> ca.Function:
         """One step of the model: a CasADi ``Function`` ``(x (8, 1), u (5, 1)) -> x_next (8, 1)`` over ``dt``."""
-        raise NotImplementedError
 
     def input_bounds(self) -> dict[str, tuple[float, float]]:
         """Bounds of the manipulated inputs (by :data:`controller.problem.MANIPULATED` name) for this model."""
@@ -105,6 +106,7 @@ class ModelSource:
 
     def close(self) -> None:
         """Stop any background work."""
+        return None  # nothing to release by default
 
 
 class OracleModel(ModelSource):

@@ -7,6 +7,7 @@ and steps.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 
@@ -40,27 +41,30 @@ class Observation:
     fault_text: str
 
 
-class PlantLink:
+class PlantLink(abc.ABC):
     """A cell the loop can measure, command and advance."""
 
     dt: float = 10.0
 
+    @abc.abstractmethod
     def measure(self) -> Observation:
-        raise NotImplementedError
+        """The cell's present measurement."""
 
+    @abc.abstractmethod
     def command(self, v: np.ndarray) -> None:
         """Hold the manipulated inputs ``v`` (3,); NaN hands that input to the cell's own control."""
-        raise NotImplementedError
 
     def automatic(self) -> None:
         """Hand every manipulated input back to the cell's own control."""
         self.command(np.full(len(MANIPULATED), np.nan))
 
+    @abc.abstractmethod
     def advance(self, n: int = 1) -> None:
-        raise NotImplementedError
+        """Let the plant run ``n`` steps of ``dt``."""
 
     def close(self) -> None:
         """Release the connection (not the plant)."""
+        return None  # nothing to release by default
 
 
 class GrpcPlant(PlantLink):
