@@ -22,7 +22,7 @@ import yaml
 from plant.domain import Fault, check_domain
 from plant.excitation import sample_initial_states
 from plant.params import DEFAULT_LIMITS, DEFAULT_PARAMS, CellParams, DomainLimits
-from plant.physics import algebraic
+from plant.physics import OUTPUT_FUNCTIONS, algebraic
 from plant.scenarios import ScenarioEvent, ScenarioStatus, apply_drift, parse_scenario
 from plant.signals import INPUTS, N_STATES, Signal, U
 from plant.simulator import DT, MeasurementNoise, compose_inputs, step, validate_states
@@ -482,14 +482,7 @@ class Potline:
                 return []
             with np.errstate(all="ignore"):
                 alg = algebraic(self._y[idx], self._u[idx], self.params)
-            out = {
-                "superheat": alg.superheat,
-                "alumina_pct": 100.0 * alg.c_alumina,
-                "alf3_pct": 100.0 * alg.c_alf3,
-                "liquidus": alg.liquidus,
-                "cell_voltage": alg.cell_voltage,
-                "power": alg.power,
-            }
+                out = {name: OUTPUT_FUNCTIONS[name](alg) for name in OUTPUT_NAMES}
             snaps = []
             for j, c in enumerate(idx):
                 fault = Fault(int(self._fault[c]))

@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from identification.fast_rollout import OUTPUT_ORDER, algebraic_outputs, make_rollout_engine, summarise
+from identification.fast_rollout import OUTPUT_ORDER, make_rollout_engine
 from plant.cli import CliError
 from plant.physics import OUTPUT_FUNCTIONS
 from plant.potline import OUTPUTS
@@ -75,13 +75,11 @@ __all__ = [
     "PredictionResult",
     "TwinRuntime",
     "TwinServer",
-    "algebraic_outputs",
     "check_prediction",
     "create_server",
     "predict",
     "register_cli",
     "serve",
-    "summarise",
 ]
 
 log = logging.getLogger(__name__)
