@@ -22,6 +22,13 @@ model once and runs whole rollouts in C:
 - **Hybrid prior.** ``plant.physics.rhs`` with the prior's parameters is built as a CasADi ``SX`` graph and
   translated instruction by instruction into C on SIMD vectors (``exp`` and ``pow`` lane by lane with the C
   library), one library per prior name; the prior is evaluated for all cells of a block at once.
+- **Generated code.** For large summaries of a sparse model (the twin's potline Predicts) the kernel can also
+  run the model itself compiled in: :func:`specialised_source` writes each member's units as straight-line
+  multiply-adds with the weights as constants (no index loads, loops or branches around a unit's handful of
+  weights), compiled once per model (a few seconds, on a thread, then from the disk cache) and checked to
+  give the interpreted kernel's results bit for bit before it is used (:meth:`RolloutEngine.specialise`).
+  300 cells x 360 steps x 10 members: 54 -> 40 ms on 2 cores. A dense member's 1620 weights make too much
+  code to run faster, so only models with at most ``_SPECIALISE_MAX_NONZEROS`` weights per member get it.
 - **Threads.** Work items are taken from a shared counter by the caller and ``threads - 1`` detached
   helpers; the call returns when every item is done, so a helper that a busy machine schedules late costs
   nothing. Every item is computed by one thread in a fixed order of operations: results are bit-identical
@@ -48,6 +55,7 @@ import functools
 import os
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +74,7 @@ from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
 
 __all__ = [
     "ENGINES",
+    "GENERATED",
     "NumpyRolloutEngine",
     "OUTPUT_ORDER",
     "RolloutEngine",
@@ -74,6 +83,7 @@ __all__ = [
     "compiled_rollout_available",
     "make_rollout_engine",
     "summarise",
+    "specialised_source",
     "summary_of",
     "vector_source",
 ]
@@ -87,9 +97,16 @@ OUTPUT_ORDER = tuple(OUTPUT_FUNCTIONS)
 _ABI = 9  # bumped with the kernel's signature
 _QUAD_COST = 1.3  # a member quad's weights are vectors, not broadcast scalars: more loads per multiply-add
 _ITEM_STEP_COST = 60.0  # inputs, Euler update and output of one work item and step, in vector multiply-adds
+_SPECIALISE_WORK = 200_000  # member-cell-steps of a summary from which the model's generated kernel is built
+_SPECIALISE_MAX_NONZEROS = 600  # weights per member above which it is not: a dense 13-20-20-20-20-8 member's
+# 1620 weights make ~700 kB of code, which ran no faster than the generic kernel (bench/twin_predict_engine.py)
+GENERATED = ("auto", "never")
+"""Values of ``RolloutEngine(generated=...)``."""
 _MIN_WORK_PER_THREAD = 100_000  # vector multiply-adds below which another thread costs more than it saves
 
 _FLAGS = ("-O3", "-fPIC", "-shared", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-pthread")
+
+_SPEC_FLAGS = ("-O1", *_FLAGS[1:])  # a model's generated code: straight-line, -O3 compiles slower for nothing
 
 _PRELUDE = r"""
 /* alutwin rollout kernel: types and helpers (also all a translated prior needs) */
@@ -397,7 +414,12 @@ AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, const int nv
         for (int g = 0; g < M; ++g) {
             vd *xg = xs + (long long)g * NX * nv;
             memcpy(act, xg, sizeof(vd) * NX * nv);
-            eval_group(J, g, act, d, NULL, nv, 0);
+#if SPECIALISED
+            if (nv == SPEC_NV)
+                spec_member(g, act, d);
+            else
+#endif
+                eval_group(J, g, act, d, NULL, nv, 0);
 #if HAS_PRIOR
             for (int v = 0; v < nv; ++v) prior_vec(act + v, d + v, nv);
 #endif
@@ -676,10 +698,11 @@ def _outputs_function() -> ca.Function:
     return ca.Function("outputs", [x, u], [ca.vertcat(*(OUTPUT_FUNCTIONS[n](alg) for n in OUTPUT_ORDER))])
 
 
-def generate_source(prior: str) -> str:
+def generate_source(prior: str, specialised: str = "") -> str:
     """C source of the rollout kernel for models with physics prior ``prior`` (a name of ``PRIORS``): the
     prior's :func:`plant.physics.rhs` and the algebraic outputs on SIMD vectors (:func:`vector_source`), and
-    the kernel."""
+    the kernel; with ``specialised`` (:func:`specialised_source`), summaries in blocks of 16 cells run one
+    model's generated code instead of interpreting its weight tables."""
     if prior not in PRIORS:
         raise ValueError(f"unknown prior {prior!r}; must be one of {sorted(PRIORS)}")
     params = PRIORS[prior]
@@ -696,7 +719,56 @@ def generate_source(prior: str) -> str:
         u = ca.SX.sym("u", N_INPUTS)
         f = ca.Function(f"prior_{prior}", [x, u], [rhs(x, u, params)])
         parts += ["#define HAS_PRIOR 1\n", vector_source(f)]
+    parts.append(specialised or "#define SPECIALISED 0\n")
     return "".join(parts) + _KERNEL
+
+
+_SPEC_NV = 4  # vectors per activation row of the generated code (blocks of 16 cells: large batches)
+
+
+def specialised_source(units: Sequence[list[list[_Unit]]], n_in: int) -> str:
+    """C of ``spec_member(g, act, d)``: member ``g``'s layers, ``units`` (per member, as
+    :meth:`_Programs.build` prepares them), as straight-line code on blocks of ``4 * _SPEC_NV`` cells.
+
+    Interpreting the weight tables costs index loads, short loops and branches around every few multiply-adds
+    (a sparse unit has a handful of inputs); generated code has the weights as constants and nothing else.
+    Each unit's sum runs from its bias over its weights in the order stored, as the interpreted kernel's does,
+    so the results are the same bit for bit (checked when the library is loaded). Hidden activations live in a
+    local array, so the compiler knows they alias nothing else.
+    """
+    nv = _SPEC_NV
+    lanes = range(nv)
+    lines = [
+        "#define SPECIALISED 1",
+        f"#define SPEC_NV {nv}",
+        "#define MAC(w, p) { const vd w_ = bcast(w); const vd *p_ = (p); "
+        + " ".join(f"s{v} += w_ * p_[{v}];" for v in lanes)
+        + " }",
+    ]
+    n_hidden = max((u[0] for layers in units for layer in layers[:-1] for u in layer), default=n_in - 1) - n_in + 1
+
+    def row(r: int) -> str:
+        return f"a + {r * nv}" if r < n_in else f"h + {(r - n_in) * nv}"
+
+    for g, layers in enumerate(units):
+        lines.append(f"static void spec_m{g}(const vd *restrict a, vd *restrict d) {{")
+        lines.append(f"    vd h[{max(n_hidden, 1) * nv}];")
+        for li, layer in enumerate(layers):
+            last = li == len(layers) - 1
+            for dst, bias, src, w in layer:
+                body = " ".join(f"MAC({_c_double(float(wk))}, {row(int(sk))})" for sk, wk in zip(src, w, strict=True))
+                init = " ".join(f"vd s{v} = b_;" for v in lanes)
+                if last:
+                    store = " ".join(f"d[{dst * nv + v}] = s{v};" for v in lanes)
+                else:
+                    store = " ".join(f"h[{(dst - n_in) * nv + v}] = relu(s{v});" for v in lanes)
+                lines.append(f"    {{ const vd b_ = bcast({_c_double(float(bias))}); {init} {body} {store} }}")
+        lines.append("}")
+    lines.append("static void spec_member(int g, const vd *act, vd *d) {")
+    lines.append("    switch (g) {")
+    lines += [f"        case {g}: spec_m{g}(act, d); break;" for g in range(len(units))]
+    lines += ["        default: break;", "    }", "}", ""]
+    return "\n".join(lines)
 
 
 # --- the model as the kernel reads it -----------------------------------------------------------------------
@@ -854,6 +926,8 @@ class _Programs:
     single: dict[int, _Program]  # tile -> program
     quads: _Program
     nonzeros: float  # multiply-adds per member, cell and step
+    units: tuple[list[list[_Unit]], ...]  # per member, its layers of units (what the programs tile)
+    n_in: int  # input rows (states and inputs)
 
     @classmethod
     def build(cls, surrogate: Surrogate, mean: bool) -> _Programs:
@@ -873,6 +947,8 @@ class _Programs:
             single={t: _flatten(members, False, t, n, n_units) for t in sorted(set(_TILES.values()))},
             quads=_flatten(quads, True, _TILES[1], n, n_units),
             nonzeros=sum(unit[2].size for layers in members for units in layers for unit in units) / n,
+            units=tuple(members),
+            n_in=arch.n_in,
         )
 
 
@@ -933,12 +1009,13 @@ class _Library:
             raise CompiledEngineError(f"the rollout kernel {self.path} failed (code {code})")
 
 
-def _load(prior: str) -> _Library:
+def _load(prior: str, specialised: str = "") -> _Library:
+    name = f"alutwin_rollout_{prior}" + ("_model" if specialised else "")
     try:
         path, _ = build_shared_library(
-            generate_source(prior),
-            f"alutwin_rollout_{prior}",
-            (*_FLAGS, f"-DALUTWIN_HOST={host_id()}"),
+            generate_source(prior, specialised),
+            name,
+            (*(_SPEC_FLAGS if specialised else _FLAGS), f"-DALUTWIN_HOST={host_id()}"),
             libs=("-lm",),
         )
     except BuildError as err:
@@ -1000,6 +1077,29 @@ def _library(prior: str, compiler: str | None) -> _Library | CompiledEngineError
         _self_check(lib, prior)
     except CompiledEngineError as err:
         return err
+    return lib
+
+
+def _specialised_library(surrogate: Surrogate, programs: _Programs, generic: _Library) -> _Library:
+    """The kernel with ``surrogate``'s generated code (:func:`specialised_source`), built or found in the cache,
+    checked to give exactly the generic kernel's summary on a small batch of this model."""
+    lib = _load(surrogate.prior, specialised_source(programs.units, programs.n_in))
+    rng = np.random.default_rng(3)
+    low, high = np.array([s.low for s in STATES]), np.array([s.high for s in STATES])
+    b, h = 4 * _SPEC_NV + 3, 6  # a full block and a partial one
+    x0 = low + rng.uniform(0.3, 0.7, (b, N_STATES)) * (high - low)
+    u = np.broadcast_to(np.array([[[0.024, 140_000.0, 0.0, 0.0, 0.05]]]), (b, h, N_INPUTS)).copy()
+    u[..., 1] += rng.normal(0.0, 2000.0, (b, h))
+    results = []
+    for library in (generic, lib):
+        mean, spread = np.empty((b, h + 1, N_STATES)), np.empty((b, h + 1, N_STATES))
+        outputs = np.empty((b, h + 1, len(OUTPUT_ORDER)))
+        prog = programs.single[_TILES[_SPEC_NV]]
+        library.run(prog, False, x0, u, mean, surrogate.dt, _SPEC_NV, 1, (spread, outputs, None))
+        results.append((mean, spread, outputs))
+    same = all(np.array_equal(a, c, equal_nan=True) for a, c in zip(*results, strict=True))
+    if not same:
+        raise CompiledEngineError(f"the model's generated kernel {lib.path} disagrees with the generic kernel")
     return lib
 
 
@@ -1105,6 +1205,10 @@ class RolloutEngine:
     surrogate : the model (any architecture and prior of :mod:`identification.surrogate`).
     threads : threads to spread the work over (None: the CPUs this process may use, fewer for small work).
         Results do not depend on it, nor on which other cells are in the batch.
+    generated : ``"auto"``: the first large summary of a sparse model (at least ``_SPECIALISE_WORK``
+        member-cell-steps in blocks of 16 cells, at most ``_SPECIALISE_MAX_NONZEROS`` weights per member) starts
+        building the model's generated kernel on a thread (:meth:`specialise`), and later summaries use it
+        once it is ready; ``"never"``: only the generic kernel. Results are the same bit for bit either way.
 
     Raises
     ------
@@ -1115,15 +1219,21 @@ class RolloutEngine:
     own scratch memory and output.
     """
 
-    def __init__(self, surrogate: Surrogate, threads: int | None = None) -> None:
+    def __init__(self, surrogate: Surrogate, threads: int | None = None, generated: str = "auto") -> None:
         if not isinstance(surrogate, Surrogate):
             raise ValueError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}")
+        if generated not in GENERATED:
+            raise ValueError(f"generated must be one of {list(GENERATED)}, got {generated!r}")
         self.surrogate = surrogate
         self.threads = _check_threads(threads)
+        self.generated = generated
         self._lib = _get_library(surrogate.prior)
         self._members = _Programs.build(surrogate, mean=False)
         self._mean: _Programs | None = None  # built on first use
         self._lock = threading.Lock()
+        self._summary_lib = self._lib  # the model's generated kernel once built (see specialise)
+        self._spec_state = "none"  # "none", "building", "ready" or "failed"
+        self._spec_error: str | None = None
 
     @property
     def n_members(self) -> int:
@@ -1133,6 +1243,51 @@ class RolloutEngine:
     def nonzeros_per_member(self) -> float:
         """Multiply-adds per member, cell and step after folding constant units and dropping dead ones."""
         return self._members.nonzeros
+
+    @property
+    def specialised(self) -> str:
+        """The model's generated summary kernel: ``"none"`` (not asked for yet), ``"building"``, ``"ready"``
+        (large summaries use it) or ``"failed"`` (they keep the generic kernel; :attr:`specialise_error` says
+        why)."""
+        return self._spec_state
+
+    @property
+    def specialise_error(self) -> str | None:
+        """Why the generated kernel could not be built or used (None unless :attr:`specialised` is "failed")."""
+        return self._spec_error
+
+    @property
+    def sparse_enough_to_specialise(self) -> bool:
+        """Whether ``generated="auto"`` builds this model's generated kernel for large summaries (at most
+        ``_SPECIALISE_MAX_NONZEROS`` weights per member: more made code too large to run faster)."""
+        return self._members.nonzeros <= _SPECIALISE_MAX_NONZEROS
+
+    def specialise(self, background: bool = False) -> bool:
+        """Build this model's generated summary kernel (:func:`specialised_source`: its weights compiled in as
+        constants; a few seconds, then cached on disk per model) and use it for summaries in blocks of 16
+        cells. Results stay the same bit for bit (checked before it is used). ``background``: build on a
+        thread and return at once (summaries use the generic kernel until it is ready). Returns whether the
+        generated kernel is in use now."""
+        with self._lock:
+            if self._spec_state != "none":
+                return self._spec_state == "ready"
+            self._spec_state = "building"
+        if background:
+            threading.Thread(target=self._build_specialised, name="rollout-specialise", daemon=True).start()
+            return False
+        self._build_specialised()
+        return self._spec_state == "ready"
+
+    def _build_specialised(self) -> None:
+        try:
+            lib = _specialised_library(self.surrogate, self._members, self._lib)
+        except CompiledEngineError as err:
+            self._spec_error = str(err)
+            self._spec_state = "failed"
+            warnings.warn(f"the model's generated rollout kernel is not used: {err}", RuntimeWarning, stacklevel=2)
+            return
+        self._summary_lib = lib
+        self._spec_state = "ready"
 
     def _plan(self, programs: _Programs, b: int, h: int, mean: bool) -> tuple[_Program, int, int]:
         """``(program, nv, threads)`` for ``b`` cells over ``h`` steps: the layout with the least work per step.
@@ -1191,7 +1346,16 @@ class RolloutEngine:
         outputs = np.empty((b, h + 1, len(OUTPUT_ORDER)))  # (B, T + 1, 6)
         states = _empty_aligned((self.n_members, b, h + 1, N_STATES)) if members else None  # (M, B, T + 1, 8)
         prog, nv, threads = self._plan_summary(b, h)
-        self._lib.run(prog, False, x0, u, mean, self.surrogate.dt, nv, threads, (spread, outputs, states))
+        if (
+            nv == _SPEC_NV
+            and self._spec_state == "none"
+            and self.generated == "auto"
+            and b * h * self.n_members >= _SPECIALISE_WORK
+            and self.sparse_enough_to_specialise
+        ):
+            self.specialise(background=True)
+        lib = self._summary_lib
+        lib.run(prog, False, x0, u, mean, self.surrogate.dt, nv, threads, (spread, outputs, states))
         return Summary(mean, spread, outputs, states)
 
     def _plan_summary(self, b: int, h: int) -> tuple[_Program, int, int]:
@@ -1227,11 +1391,14 @@ class RolloutEngine:
 class NumpyRolloutEngine:
     """The reference: :meth:`Surrogate.simulate` and ``Surrogate.mean().simulate`` behind the engine's API."""
 
-    def __init__(self, surrogate: Surrogate, threads: int | None = None) -> None:
+    def __init__(self, surrogate: Surrogate, threads: int | None = None, generated: str = "auto") -> None:
         if not isinstance(surrogate, Surrogate):
             raise ValueError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}")
+        if generated not in GENERATED:
+            raise ValueError(f"generated must be one of {list(GENERATED)}, got {generated!r}")
         self.surrogate = surrogate
-        self.threads = _check_threads(threads)  # accepted for a uniform signature; numpy decides itself
+        self.threads = _check_threads(threads)
+        self.generated = generated  # accepted for a uniform signature; numpy decides itself
 
     @property
     def n_members(self) -> int:

@@ -170,6 +170,82 @@ def test_summary_of_divergent_members_is_nan_not_an_error(data):
 
 
 @needs_compiler
+@pytest.mark.parametrize("name", ["sparse_dead", "sparse_skip", "hybrid", "ten_members", "blocks8", "divergent"])
+def test_generated_kernel_gives_the_generic_summary_bit_for_bit(data, name):
+    """A model's generated code (weights as constants, straight-line) against the generic kernel interpreting
+    its weight tables: every array equal bit for bit, over full and partial blocks of 16 cells and threads
+    (NaN where a member diverged, too)."""
+    if name == "divergent":
+        s = _model(9, m=5, density=0.5, scale=np.array([1.0, 1.0, 50.0, 200.0, 1000.0]))
+    else:
+        s = MODELS[name]()
+    x0, u = data  # 37 cells: two full blocks and a partial one
+    generic = RolloutEngine(s, generated="never")
+    eng = RolloutEngine(s)
+    assert eng.specialised == "none" and eng.specialise() and eng.specialised == "ready"
+    assert eng.specialise_error is None
+    with np.errstate(all="ignore"):
+        ref = generic.simulate_summary(x0, u, members=True)
+    assert (name == "divergent") == bool(np.isnan(ref.mean).any())
+    for threads in (1, 2):
+        fast = RolloutEngine(s, threads=threads)
+        assert fast.specialise()  # found in the disk cache
+        got = fast.simulate_summary(x0, u, members=True)
+        for field in ("mean", "spread", "outputs", "members"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(ref, field))
+    assert "spec_m0" in fr.specialised_source(eng._members.units, eng._members.n_in)
+
+
+@needs_compiler
+def test_a_large_summary_builds_the_generated_kernel_in_the_background(data, monkeypatch):
+    s = MODELS["sparse_dead"]()
+    x0 = np.repeat(data[0], 2, axis=0)[:64]
+    u = np.repeat(data[1], 2, axis=0)[:64, :40]  # 64 cells x 40 steps x 3 members = 7680 member-cell-steps
+    monkeypatch.setattr(fr, "_SPECIALISE_WORK", 5000)
+    assert RolloutEngine(s).sparse_enough_to_specialise
+    small, large = RolloutEngine(s), RolloutEngine(s)
+    never = RolloutEngine(s, generated="never")
+    ref = never.simulate_summary(x0, u)
+    small.simulate_summary(x0[:16], u[:16, :10])
+    assert small.specialised == "none"  # too little work to be worth a compile
+    first = large.simulate_summary(x0, u)
+    assert large.specialised in ("building", "ready")
+    for _ in range(600):
+        if large.specialised != "building":
+            break
+        threading.Event().wait(0.1)
+    assert large.specialised == "ready", large.specialise_error
+    np.testing.assert_array_equal(first.mean, ref.mean)
+    np.testing.assert_array_equal(large.simulate_summary(x0, u).mean, ref.mean)
+    never.simulate_summary(x0, u)
+    assert never.specialised == "none"
+    dense = RolloutEngine(MODELS["dense"]())  # too many weights per member for generated code to pay off
+    assert not dense.sparse_enough_to_specialise
+    dense.simulate_summary(x0, u)
+    assert dense.specialised == "none"
+
+
+@needs_compiler
+def test_a_generated_kernel_that_fails_leaves_the_generic_one(data, monkeypatch):
+    def broken(*args):
+        raise CompiledEngineError("the compiler ran out of memory")
+
+    monkeypatch.setattr(fr, "_specialised_library", broken)
+    eng = RolloutEngine(MODELS["sparse_skip"]())
+    x0, u = data
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        assert not eng.specialise()
+    assert eng.specialised == "failed" and "out of memory" in eng.specialise_error
+    assert not eng.specialise()  # not tried again
+    got = eng.simulate_summary(x0, u)
+    np.testing.assert_array_equal(
+        got.mean, RolloutEngine(eng.surrogate, generated="never").simulate_summary(x0, u).mean
+    )
+    with pytest.raises(ValueError, match="generated must be one of"):
+        RolloutEngine(eng.surrogate, generated="always")
+
+
+@needs_compiler
 def test_sparse_models_do_less_work(engines):
     dense, sparse = engines["dense"], engines["sparse_dead"]
     assert dense.nonzeros_per_member == dense.surrogate.weights.architecture.n_weights

@@ -258,6 +258,8 @@ def test_config_from_yaml_resolves_paths_against_the_file(tmp_path):
         ({"store": "s", "port": 0, "tls_cert": "c.pem"}, "go together"),
         ({"store": "s", "port": 0, "engine": "gpu"}, "engine must be one of"),
         ({"store": "s", "port": 0, "grace_s": -1}, "grace_s"),
+        ({"store": "s", "port": 0, "heap_keep_mib": -1}, "heap_keep_mib must be"),
+        ({"store": "s", "port": 0, "heap_keep_mib": 4096}, "heap_keep_mib must be"),
         ({"store": "s", "port": 0, "max_upload_bytes": 63 << 20}, "max_message_bytes"),
     ],
 )

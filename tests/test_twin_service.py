@@ -699,3 +699,41 @@ def test_sigterm_drains_in_flight_calls(tmp_path, models):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+_HEAP_PROBE = """
+import ctypes, platform, sys
+from twin.service import keep_freed_memory
+applied = keep_freed_memory(int(sys.argv[1]))
+if platform.libc_ver()[0] != "glibc":
+    print(applied, -1)
+    raise SystemExit
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Info
+block = bytes(8 << 20)  # the size of a potline Predict's arrays
+del block
+print(applied, mallinfo2().fordblks)
+"""
+
+
+@pytest.mark.parametrize("mib", [0, 64])
+def test_keep_freed_memory_keeps_a_large_freed_block_for_reuse(mib):
+    """With heap_keep_mib the twin's process keeps a freed 8 MiB block in its heap (glibc: free bytes of the
+    heap); by default glibc maps such a block fresh and unmaps it when freed."""
+    run = subprocess.run(
+        [sys.executable, "-c", _HEAP_PROBE, str(mib)], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    applied, free_bytes = run.stdout.split()
+    if free_bytes == "-1":  # not glibc: nothing to tune, and nothing claimed
+        assert applied == "False"
+        return
+    assert applied == str(mib > 0)
+    if mib:
+        assert int(free_bytes) >= 8 << 20
+    else:
+        assert int(free_bytes) < 8 << 20

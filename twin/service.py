@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import ctypes
 import dataclasses
 import functools
 import hmac
@@ -968,6 +969,29 @@ def _describe(server: TwinServer, config: TwinConfig, token: bool) -> str:
     return ", ".join(parts)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_MMAP_THRESHOLD_MAX = 32 << 20  # the largest mmap threshold glibc accepts on 64-bit machines
+
+
+def keep_freed_memory(mib: int) -> bool:
+    """Let this process keep up to ``mib`` MiB of freed heap memory mapped for reuse; True where applied.
+
+    glibc's allocator serves large blocks with fresh ``mmap`` and hands freed heap tops back to the system, so a
+    Predict's arrays (tens of MB for a potline) are faulted in page by page on every call; with the mmap
+    threshold at its maximum (32 MiB) and the trim threshold at ``mib``, such blocks come from the heap and
+    their pages are reused. Memory of the process then stays up to ``mib`` MiB above what it uses. A no-op
+    (False) for ``mib <= 0`` and where the C library has no ``mallopt`` (not glibc).
+    """
+    if mib <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, mib << 20))
+
+
 def serve(config: TwinConfig, *, out: TextIO | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain (NOT_SERVING, in-flight calls get ``config.grace_s``).
 
@@ -975,6 +999,8 @@ def serve(config: TwinConfig, *, out: TextIO | None = None) -> None:
     called from the main thread (and restored afterwards).
     """
     out = sys.stdout if out is None else out
+    if config.heap_keep_mib and not keep_freed_memory(config.heap_keep_mib):
+        log.info("heap_keep_mib: this C library has no mallopt; the allocator keeps its defaults")
     if not config.loopback and not config.tls:
         log.warning("serving on %s without TLS: anyone on the network can reach the twin", config.host)
     server, _ = create_server(config)
