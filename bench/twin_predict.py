@@ -10,18 +10,22 @@ sparse one made from it by pruning (about 300 non-zero weights per member):
     - ``engine``: the rollout engine the twin serves with (``identification.fast_rollout``, "auto"): every
       member's trajectory;
     - ``summary``: the same engine computing the ensemble mean, spread and algebraic outputs itself
-      (``simulate_summary``; for one or two cells it is ``engine`` plus numpy);
+      (``simulate_summary``; for one or two cells it is ``engine`` plus numpy; for a batch of a sparse model,
+      the model's generated kernel, ``RolloutEngine.specialise``, which the twin builds on its first large
+      Predict: the benchmark builds it first, so the twin finds it in the disk cache);
     - ``predict``: what one Predict computes, in process (:func:`twin.service.predict`: ``summary`` plus the
       choice of outputs);
     - ``grpc``: the same Predict through :class:`twin.client.TwinClient` over loopback to ``alutwin twin serve``
       running in another process, raw float64 arrays both ways (exact);
-    - ``grpc-f32``: the same with ``precision="float32"`` (arrays rounded to float32 both ways: half the bytes).
+    - ``grpc-f32``: the same with ``precision="float32"`` (arrays rounded to float32 both ways: half the bytes);
+    - ``grpc-echo``: a bare gRPC server in another process answering a request of the float64 Predict's size
+      with as many bytes as its response: the loopback transport's own cost, the floor under ``grpc``.
 (b) **a potline**: 300 cells x horizon 360 x ensemble 10, the same ways: time per call (median) and
     throughput (cell-steps per second, each with all 10 members); the gRPC overhead is reported relative to
     the in-process ``predict``.
 
 The gRPC figures include encoding the request, the server's validation, the pool hop, the rollout,
-summaries, encoding the response, the transfer (for (b) in float64 about 4 MB up and 10 MB down) and
+summaries, encoding the response, the transfer (for (b) in float64 about 4 MB up and 17 MB down) and
 decoding it. The float64 results over gRPC are checked to equal the in-process ``predict`` bit for bit; the
 float32 ones are reported with their largest relative difference.
 
@@ -49,6 +53,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import torch
 
@@ -59,7 +64,8 @@ from identification.modelfile import load_model, save_model
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
-from twin.client import TwinClient
+from proto.alutwin.v1 import twin_pb2
+from twin.client import TwinClient, serialize_predict_response
 from twin.registry import ServedModel, validate_model
 from twin.service import predict
 
@@ -151,6 +157,52 @@ def _ways(
     }
 
 
+_ECHO_SERVER = """
+import sys
+from concurrent import futures
+import grpc
+limit = 64 << 20
+replies = {}
+def echo(request, context):  # answers n zero bytes, n in the request's first 8 bytes
+    n = int.from_bytes(request[:8], "little")
+    return replies.setdefault(n, bytes(n))
+server = grpc.server(futures.ThreadPoolExecutor(4), options=[
+    ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
+handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+server.add_generic_rpc_handlers((handler,))
+print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+server.start()
+server.wait_for_termination()
+"""
+
+
+def _response_bytes(result: Any) -> int:
+    """Size of the float64 PredictResponse carrying ``result`` (its header of a few dozen bytes left out)."""
+    arrays = {"mean": result.mean, "spread": result.spread, "outputs": result.outputs}
+    return len(serialize_predict_response(twin_pb2.PredictResponse(), arrays))
+
+
+class _Echo:
+    """A bare gRPC server in a subprocess that answers a request with as many zero bytes as it asks for: what
+    moving a Predict's request and response costs over loopback, without a model or any parsing."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+        port = int(self.proc.stdout.readline())
+        limit = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=limit)
+        self.call = self.channel.unary_unary("/bench.Echo/Echo")
+
+    def caller(self, request_bytes: int, response_bytes: int) -> Callable[[], Any]:
+        request = response_bytes.to_bytes(8, "little") + bytes(max(request_bytes - 8, 0))
+        return lambda: self.call(request)
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
 class _Server:
     """``alutwin twin serve`` in a subprocess on a fresh store, with a random management token."""
 
@@ -188,6 +240,7 @@ def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
         root = Path(tmp)
         server = _Server(root)
+        echo = _Echo()
         try:
             with TwinClient(server.address, token=server.token, timeout=120) as client:
                 for name, model in models.items():
@@ -196,9 +249,14 @@ def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
                     loaded = load_model(d)
                     engine = validate_model(loaded, 60, make_rollout_engine)
                     served = ServedModel(name, 1, loaded, engine, b"", b"")
+                    generated = getattr(engine, "sparse_enough_to_specialise", False) and engine.specialise()
+                    if generated:  # the twin's engine builds the same code on its first large Predict: from the
+                        client.predict(name, *workloads["b"][:2])  # disk cache, so it is ready a moment later
+                        time.sleep(1.0)
                     results["models"][name] = {
                         "nonzero_weights_per_member": float(model.weights.nonzero().sum() / M),
                         "engine": type(engine).__name__,
+                        "generated_kernel": bool(generated),
                     }
                     for wl, (x0, u, repeats) in workloads.items():
                         cell_steps = x0.shape[0] * u.shape[1]
@@ -214,11 +272,17 @@ def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
                         with np.errstate(all="ignore"):
                             rel = np.abs(compact.mean - local.mean) / np.abs(local.mean)
                         row["grpc_f32_max_relative_difference"] = float(np.nanmax(rel))
+                        request = client.predict_request(name, x0, u).ByteSize()
+                        response = _response_bytes(predict(served, x0, u))
+                        row["grpc-echo"] = _stats(_times(echo.caller(request, response), repeats), cell_steps)
+                        row["message_bytes"] = {"request": request, "response": response}
+                        row["grpc_echo_vs_predict"] = row["grpc-echo"]["p50_ms"] / row["predict"]["p50_ms"]
                         row["grpc_overhead_vs_predict"] = row["grpc"]["p50_ms"] / row["predict"]["p50_ms"] - 1.0
                         row["grpc_f32_overhead_vs_predict"] = row["grpc-f32"]["p50_ms"] / row["predict"]["p50_ms"] - 1.0
                         row["grpc_overhead_vs_engine"] = row["grpc"]["p50_ms"] / row["engine"]["p50_ms"] - 1.0
                         results["workloads"].setdefault(wl, {})[name] = row
         finally:
+            echo.stop()
             server.stop()
     results["setup"] = {
         "members": M,
@@ -248,13 +312,16 @@ def _print(result: dict[str, Any]) -> None:
         print(f"\n{titles[wl]}")
         print(f"{'model':8} {'way':10} {'p50 ms':>9} {'p99 ms':>9} {'Mcell-steps/s':>14}")
         for name, row in per_model.items():
-            for way in ("torch-bmm", "numpy", "engine", "summary", "predict", "grpc", "grpc-f32"):
+            for way in ("torch-bmm", "numpy", "engine", "summary", "predict", "grpc", "grpc-f32", "grpc-echo"):
                 s = row[way]
                 print(f"{name:8} {way:10} {s['p50_ms']:9.2f} {s['p99_ms']:9.2f} {s['cell_steps_per_s'] / 1e6:14.3f}")
             print(
                 f"{name:8} grpc vs predict: {100 * row['grpc_overhead_vs_predict']:+.1f} % (float64, equal: "
                 f"{row['grpc_equals_in_process']}), {100 * row['grpc_f32_overhead_vs_predict']:+.1f} % (float32, "
-                f"max relative difference {row['grpc_f32_max_relative_difference']:.1e})"
+                f"max relative difference {row['grpc_f32_max_relative_difference']:.1e}); a bare echo of the "
+                f"same bytes ({row['message_bytes']['request'] / 1e6:.1f} MB up, "
+                f"{row['message_bytes']['response'] / 1e6:.1f} MB down) takes {100 * row['grpc_echo_vs_predict']:.1f} % "
+                "of the in-process predict"
             )
     m = result["machine"]
     print(f"\nload average {m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f} on {m['cpus']} CPUs")

@@ -38,6 +38,10 @@ def control(config: SystemConfig, out: str | Path) -> dict[str, Any]:
         "scenarios": [dataclasses.asdict(s) for s in config.scenarios],
         "controllers": list(config.controllers),
         "mpc": {**dataclasses.asdict(config.mpc), "weights": dataclasses.asdict(config.mpc.weights)},
+        "mpc_by_controller": {
+            name: {key: value for key, value in dataclasses.asdict(cfg).items() if value != getattr(config.mpc, key)}
+            for name, cfg in config.mpc_by_controller.items()
+        },
         "safety": dataclasses.asdict(config.safety),
         "plant": "in-process Potline" if config.in_process else "plant service (gRPC, loopback)",
         "models_dir": str(config.models_dir),

@@ -17,7 +17,7 @@ import math
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,7 +298,11 @@ class SystemConfig:
     controllers : tuple of str
         Names from :data:`CONTROLLERS`.
     mpc : MPCConfig
-        The NMPC settings (the same for every model).
+        The NMPC settings of every model not named in ``mpc_by_controller``.
+    mpc_by_controller : mapping of str to MPCConfig
+        Settings of particular controllers (e.g. a longer solver time limit for the dense surrogate's NMPC,
+        whose iterations cost several times more); the others use ``mpc``. Every config must have the same
+        ``interval_steps`` (the controllers run the same scenario in the same intervals).
     safety : SafetyConfig
         The safety layer's settings.
     models_dir : Path
@@ -313,6 +317,7 @@ class SystemConfig:
     scenarios: tuple[Scenario, ...]
     controllers: tuple[str, ...] = CONTROLLERS
     mpc: MPCConfig = field(default_factory=MPCConfig)
+    mpc_by_controller: Mapping[str, MPCConfig] = field(default_factory=dict)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     models_dir: Path = DEFAULT_MODELS
     in_process: bool = False
@@ -331,6 +336,18 @@ class SystemConfig:
         object.__setattr__(self, "controllers", names)
         if not isinstance(self.mpc, MPCConfig) or not isinstance(self.safety, SafetyConfig):
             raise ValueError("SystemConfig.mpc must be an MPCConfig and SystemConfig.safety a SafetyConfig")
+        by = dict(self.mpc_by_controller)
+        for c, cfg in by.items():
+            if c not in names or c == "baseline":
+                raise ValueError(f"SystemConfig.mpc_by_controller: {c!r} is not one of this run's NMPC controllers")
+            if not isinstance(cfg, MPCConfig):
+                raise ValueError(f"SystemConfig.mpc_by_controller[{c!r}] must be an MPCConfig")
+            if cfg.interval_steps != self.mpc.interval_steps:
+                raise ValueError(
+                    f"SystemConfig.mpc_by_controller[{c!r}].interval_steps ({cfg.interval_steps}) must equal "
+                    f"mpc.interval_steps ({self.mpc.interval_steps})"
+                )
+        object.__setattr__(self, "mpc_by_controller", by)
         models = Path(self.models_dir)
         object.__setattr__(self, "models_dir", models)
         for c in names:
@@ -339,6 +356,10 @@ class SystemConfig:
                     f"SystemConfig.models_dir: controller {c!r} needs the model directory "
                     f"{models / SURROGATE_DIRS[c]}, which does not exist"
                 )
+
+    def mpc_of(self, controller: str) -> MPCConfig:
+        """The NMPC settings of ``controller``."""
+        return self.mpc_by_controller.get(controller, self.mpc)
 
 
 @contextlib.contextmanager
@@ -408,7 +429,7 @@ def run_system(
             model = _model_source(name, twin)
             stack.callback(model.close)
             t0 = time.perf_counter()
-            mpcs[name] = NMPC(model, config.mpc)
+            mpcs[name] = NMPC(model, config.mpc_of(name))
             log.info("NMPC %s built in %.1f s", name, time.perf_counter() - t0)
         for scenario in config.scenarios:
             for name in config.controllers:

@@ -368,6 +368,18 @@ def test_configs_validate_their_fields():
     assert MPCConfig(backoff_high=None).backoffs_high == MPCConfig().backoff
     with pytest.raises(ValueError, match=re.escape("Scenario.hours")):
         Scenario(hours=0.0, seed=1)
+    scenarios = (Scenario(hours=1.0, seed=1),)
+    patient = MPCConfig(max_wall_s=10.0)
+    config = SystemConfig(scenarios, ("baseline", "sparse", "dense"), mpc_by_controller={"dense": patient})
+    assert config.mpc_of("dense") is patient and config.mpc_of("sparse") is config.mpc
+    with pytest.raises(ValueError, match=re.escape("mpc_by_controller: 'oracle' is not one of this run's NMPC")):
+        SystemConfig(scenarios, ("baseline", "sparse"), mpc_by_controller={"oracle": patient})
+    with pytest.raises(ValueError, match=re.escape("mpc_by_controller: 'baseline' is not one of")):
+        SystemConfig(scenarios, ("baseline", "sparse"), mpc_by_controller={"baseline": patient})
+    with pytest.raises(ValueError, match=re.escape("mpc_by_controller['sparse'].interval_steps (30) must equal")):
+        SystemConfig(scenarios, ("sparse",), mpc_by_controller={"sparse": MPCConfig(interval_steps=30)})
+    with pytest.raises(ValueError, match=re.escape("mpc_by_controller['sparse'] must be an MPCConfig")):
+        SystemConfig(scenarios, ("sparse",), mpc_by_controller={"sparse": {"max_wall_s": 10}})
     with pytest.raises(ValueError, match=re.escape("model must be a controller.models.ModelSource")):
         NMPC(object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must be one of"):
