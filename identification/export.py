@@ -23,7 +23,7 @@ from identification.surrogate import PRIORS, Surrogate
 from plant.physics import rhs
 from plant.signals import N_INPUTS, N_STATES
 
-__all__ = ["WHATS", "compare_sparse_dense", "operation_count", "to_casadi"]
+__all__ = ["WHATS", "compare_sparse_dense", "member_layers", "operation_count", "to_casadi"]
 
 WHATS = ("derivative", "step")
 """What an exported function returns: the derivative ``dx/dt`` or the explicit-Euler next state."""
@@ -34,7 +34,7 @@ _OP_NAMES: dict[int, str] = {
 _NOT_ARITHMETIC = {"const", "input", "output", "parameter", "assign"}
 
 
-def _member_layers(
+def member_layers(
     weights: EnsembleWeights, m: int, mean: np.ndarray, std: np.ndarray, out_scale: np.ndarray
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Member ``m``'s weights ``(n_in, n_out)`` and biases ``(n_out,)`` with the normalisation folded in.
@@ -101,7 +101,7 @@ def _member_output(
     weights: EnsembleWeights, m: int, inputs: ca.SX, mean: np.ndarray, std: np.ndarray, out_scale: np.ndarray
 ) -> tuple[ca.SX, np.ndarray]:
     """Member ``m``'s scaled output layer: the symbolic part ``(8, 1)`` and the constant part ``(8,)``."""
-    ws, bs = _member_layers(weights, m, mean, std, out_scale)
+    ws, bs = member_layers(weights, m, mean, std, out_scale)
     n_in = weights.architecture.n_in
     h = _Units(inputs, np.zeros(n_in, dtype=bool), np.zeros(n_in))
     seen = [h]

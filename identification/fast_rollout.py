@@ -64,7 +64,7 @@ import casadi as ca
 import numpy as np
 
 from identification.data import Normalization
-from identification.export import _member_layers
+from identification.export import member_layers
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import PRIORS, Surrogate, check_rollout_inputs
 from plant.cbuild import BuildError, build_shared_library, find_compiler, host_id
@@ -938,7 +938,7 @@ class _Programs:
         scale = 1.0 / n if mean else 1.0
         members = []
         for m in range(n):
-            ws, bs = _member_layers(weights, m, norm.feature_mean, norm.feature_std, norm.target_std * scale)
+            ws, bs = member_layers(weights, m, norm.feature_mean, norm.feature_std, norm.target_std * scale)
             bs[-1] = bs[-1] + norm.target_mean * scale
             members.append(_member_units(arch, ws, bs))
         n_units = arch.n_in + sum(arch.hidden)

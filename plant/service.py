@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import logging
 import math
 import signal
@@ -39,6 +38,7 @@ from plant.potline import (
     Potline,
     UnknownCell,
 )
+from plant.rpc import unary_errors
 from plant.scenarios import ScenarioStatus
 from plant.signals import INPUTS, STATES, Signal
 from proto.alutwin.v1 import common_pb2, plant_pb2, plant_pb2_grpc
@@ -302,20 +302,12 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error in the plant service"
 
 
-def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn exceptions of a unary handler into status codes; one bad request never takes the server down."""
+def _check_open(servicer: PlantServicer) -> None:
+    if servicer.runtime.closed:
+        raise _shutting_down()
 
-    @functools.wraps(method)
-    def handler(self: PlantServicer, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            if self.runtime.closed:
-                raise _shutting_down()
-            return method(self, request, context)
-        except Exception as exc:
-            code, message = _status_of(exc)
-        context.abort(code, message)
 
-    return handler
+_unary = unary_errors(_status_of, before=_check_open)
 
 
 def signal_pb(s: Signal) -> common_pb2.Signal:

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, LoadedModel
+from plant.rpc import open_channel
 from proto.alutwin.v1 import twin_pb2, twin_pb2_grpc
 from twin.store import load_model_bytes
 
@@ -627,11 +627,7 @@ class TwinClient:
             ("grpc.max_send_message_length", max_message_bytes),
             *options,
         ]
-        if root_certificates is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.secure_channel(address, creds, options=opts)
-        else:
-            self._channel = grpc.insecure_channel(address, options=opts)
+        self._channel = open_channel(address, root_certificates=root_certificates, options=opts)
         self._predict = twin_pb2_grpc.PredictionServiceStub(self._channel)
         self._predict_call = self._channel.unary_unary(
             f"/{twin_pb2.DESCRIPTOR.services_by_name['PredictionService'].full_name}/Predict",

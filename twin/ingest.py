@@ -12,15 +12,15 @@ The bearer token of ``Ingest`` is checked by the server's interceptor (``twin.se
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
+from plant.rpc import unary_errors
 from proto.alutwin.v1 import ingest_pb2, ingest_pb2_grpc
 from twin.config import HistorianConfig
 from twin.historian import Historian, HistorianClosed, QuarantineReason
@@ -59,18 +59,7 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error in the twin's ingest service"
 
 
-def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn exceptions of a unary handler into status codes."""
-
-    @functools.wraps(method)
-    def handler(self: IngestServicer, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except Exception as exc:
-            code, message = _status_of(exc)
-        context.abort(code, message)
-
-    return handler
+_unary = unary_errors(_status_of)
 
 
 class _RequestReader:

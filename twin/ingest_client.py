@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from plant.rpc import open_channel
 from proto.alutwin.v1 import ingest_pb2, ingest_pb2_grpc
 from twin.historian import AppendResult, Quarantined, QuarantineReason, Sample
 
@@ -314,11 +315,7 @@ class IngestClient:
         self.address = address
         self.timeout = float(timeout)
         opts = [*_KEEPALIVE, *options]
-        if root_certificates is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.secure_channel(address, creds, options=opts)
-        else:
-            self._channel = grpc.insecure_channel(address, options=opts)
+        self._channel = open_channel(address, root_certificates=root_certificates, options=opts)
         self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = [("authorization", f"Bearer {token}")] if token else []

@@ -40,6 +40,7 @@ from identification.fast_rollout import OUTPUT_ORDER, make_rollout_engine
 from plant.cli import CliError
 from plant.physics import OUTPUT_FUNCTIONS
 from plant.potline import OUTPUTS
+from plant.rpc import unary_errors
 from plant.service import signal_pb
 from plant.signals import INPUT_NAMES, INPUTS, N_INPUTS, N_STATES, STATE_NAMES, STATES
 from proto.alutwin.v1 import ingest_pb2_grpc, twin_pb2, twin_pb2_grpc
@@ -350,18 +351,7 @@ def _dependency_pb(dep: Dependency) -> twin_pb2.DependencyMatrix:
     )
 
 
-def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn exceptions of a unary handler into status codes; one bad request never takes the server down."""
-
-    @functools.wraps(method)
-    def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except Exception as exc:
-            code, message = _status_of(exc)
-        context.abort(code, message)
-
-    return handler
+_unary = unary_errors(_status_of)
 
 
 # ---------------------------------------------------------------------------------------------------------------
