@@ -99,7 +99,7 @@ _QUAD_COST = 1.3  # a member quad's weights are vectors, not broadcast scalars: 
 _ITEM_STEP_COST = 60.0  # inputs, Euler update and output of one work item and step, in vector multiply-adds
 _SPECIALISE_WORK = 200_000  # member-cell-steps of a summary from which the model's generated kernel is built
 _SPECIALISE_MAX_NONZEROS = 600  # weights per member above which it is not: a dense 13-20-20-20-20-8 member's
-# 1620 weights make ~700 kB of code, which ran no faster than the generic kernel (bench/twin_predict_engine.py)
+# 1620 weights make ~700 kB of code, which ran no faster than the generic kernel (300 cells: 168 vs 163 ms)
 GENERATED = ("auto", "never")
 """Values of ``RolloutEngine(generated=...)``."""
 _MIN_WORK_PER_THREAD = 100_000  # vector multiply-adds below which another thread costs more than it saves
@@ -1391,14 +1391,11 @@ class RolloutEngine:
 class NumpyRolloutEngine:
     """The reference: :meth:`Surrogate.simulate` and ``Surrogate.mean().simulate`` behind the engine's API."""
 
-    def __init__(self, surrogate: Surrogate, threads: int | None = None, generated: str = "auto") -> None:
+    def __init__(self, surrogate: Surrogate, threads: int | None = None) -> None:
         if not isinstance(surrogate, Surrogate):
             raise ValueError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}")
-        if generated not in GENERATED:
-            raise ValueError(f"generated must be one of {list(GENERATED)}, got {generated!r}")
         self.surrogate = surrogate
-        self.threads = _check_threads(threads)
-        self.generated = generated  # accepted for a uniform signature; numpy decides itself
+        self.threads = _check_threads(threads)  # accepted for a uniform signature; numpy decides itself
 
     @property
     def n_members(self) -> int:
