@@ -78,6 +78,10 @@ class MPCConfig:
         faster to solve. Without a compiler the MPC falls back to CasADi's virtual machine, with a warning.
     jit_flags : tuple of str
         Flags of the C compiler.
+    compile_in_background : bool
+        When the model changes (a new champion in the twin), compile the new problem on a thread and keep
+        solving the current one until it is ready, instead of compiling between two solves (about a minute, a
+        gap the safety layer would have to cover).
     bias_gain : float
         Gain in [0, 1] of the offset-free correction: after each interval the difference between the measured
         state and the model's one-interval prediction updates a constant derivative bias added to the model
@@ -101,6 +105,7 @@ class MPCConfig:
     tol: float = 1e-6
     jit: bool = True
     jit_flags: tuple[str, ...] = ("-O1",)
+    compile_in_background: bool = True
     bias_gain: float = 0.5
     acd_rate: float = ACD_RATE
 
@@ -136,7 +141,7 @@ class MPCConfig:
             object.__setattr__(self, "violation_factor", tuple(float(v) for v in self.violation_factor))
         else:
             _num(owner, "violation_factor", self.violation_factor, 0.0)
-        for name in ("accept_capped", "warm_multipliers"):
+        for name in ("accept_capped", "warm_multipliers", "compile_in_background"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{owner}.{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.backoff, (tuple, list)) or len(self.backoff) != len(WINDOWS):

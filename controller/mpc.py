@@ -11,7 +11,9 @@ derivative bias (offset-free correction), the cost weights (violation weights pe
 chained ``interval_steps`` times (``casadi.Function.fold``).
 
 The problem is rebuilt only when the model source reports a new revision (a swap in the twin), between
-solves. Each solve is warm-started from the previous solution shifted by one interval (primal, and with
+solves. Compiling a new problem to C takes about a minute: with ``MPCConfig.compile_in_background`` the
+compiler runs on a thread (it touches no CasADi object) while the problem in use keeps solving, and the new
+one takes over at the first solve after it is ready. Each solve is warm-started from the previous solution shifted by one interval (primal, and with
 ``MPCConfig.warm_multipliers`` the multipliers too). A solve stopped by the iteration or wall-time cap is used
 only when its last iterate is feasible and no worse than its first (``MPCConfig.accept_capped``); its status
 then reads ``"<IPOPT status> (feasible iterate)"``.
@@ -19,10 +21,12 @@ then reads ``"<IPOPT status> (feasible iterate)"``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import casadi as ca
@@ -125,48 +129,79 @@ class NMPC:
         self.builds: list[float] = []  # build times, s
         self._revision = -1
         self._guess: np.ndarray | None = None
+        self._lam: tuple[np.ndarray, np.ndarray] | None = None
+        self._pending: tuple[dict[str, Any], float, concurrent.futures.Future[Any]] | None = None
+        self._rebuilds: concurrent.futures.ThreadPoolExecutor | None = None
         self._build()
 
     # -- building ------------------------------------------------------------------------------------------
 
-    def _compiled(self, solver: ca.Function, opts: dict[str, Any]) -> ca.Function:
-        """The same solver with its functions compiled to C, from the cache when it was built before."""
+    def _source(self, solver: ca.Function) -> str | None:
+        """C source of ``solver``'s functions (None when the MPC runs in CasADi's virtual machine)."""
         if not self.config.jit:
-            return solver
+            return None
         if find_compiler() is None:
-            warnings.warn("no C compiler found: the MPC runs in CasADi's virtual machine (slower)", stacklevel=3)
-            return solver
+            warnings.warn("no C compiler found: the MPC runs in CasADi's virtual machine (slower)", stacklevel=4)
+            return None
         gen = ca.CodeGenerator("nmpc.c", {"with_header": False})
         gen.add(solver.oracle())  # "nlp": the loader looks it up first
         for name in solver.get_function():
             gen.add(solver.get_function(name))
+        return gen.dump()
+
+    def _library(self, source: str) -> Path | BuildError:
+        """The compiled library of ``source`` (``plant.cbuild`` cache), or why it could not be built. Touches no
+        CasADi object, so it may run on the rebuild thread."""
         flags = (*self.config.jit_flags, "-fPIC", "-shared")
         try:
-            lib, fresh = build_shared_library(gen.dump(), "nmpc", flags=flags, key_extra=f"casadi {ca.__version__}")
+            lib, fresh = build_shared_library(source, "nmpc", flags=flags, key_extra=f"casadi {ca.__version__}")
         except BuildError as exc:
-            warnings.warn(f"compiling the MPC failed, it runs in CasADi's virtual machine: {exc}", stacklevel=3)
-            return solver
+            return exc
         log.info("NMPC library %s (%s)", lib, "compiled now" if fresh else "from the cache")
-        return ca.nlpsol("nmpc", "ipopt", str(lib), opts)
+        return lib
+
+    def _load(self, problem: dict[str, Any], lib: Path | BuildError) -> dict[str, Any]:
+        """``problem`` with its solver loaded from ``lib`` (or left in CasADi's virtual machine, with a warning,
+        when the build failed)."""
+        if isinstance(lib, BuildError):
+            warnings.warn(f"compiling the MPC failed, it runs in CasADi's virtual machine: {lib}", stacklevel=4)
+            return problem
+        return {**problem, "_solver": ca.nlpsol("nmpc", "ipopt", str(lib), problem["_opts"])}
 
     def _build(self) -> None:
+        """Build the problem on the model's current revision and use it (compiling it here if needed)."""
         t0 = time.perf_counter()
+        problem, source = self._construct()
+        if source is not None:
+            problem = self._load(problem, self._library(source))
+        self._install(problem, time.perf_counter() - t0)
+
+    def _install(self, problem: dict[str, Any], build_s: float) -> None:
+        for key, value in problem.items():
+            if key != "_opts":
+                setattr(self, key, value)
+        self._guess = None
+        self._lam = None  # shifted multipliers (bounds, constraints)
+        self.builds.append(build_s)
+        log.info("NMPC on %s revision %d in use (built in %.1f s)", self.model.name, self._revision, build_s)
+
+    def _construct(self) -> tuple[dict[str, Any], str | None]:
+        """The problem on the model's current revision: the attributes :meth:`solve` uses (the solver in
+        CasADi's virtual machine) and the C source to compile (None without JIT)."""
         cfg, model = self.config, self.model
         n, steps = cfg.horizon, cfg.interval_steps
-        self._revision = model.revision
-        self.dt = model.dt
-        self.interval_s = steps * model.dt
+        interval_s = steps * model.dt
         f = model.dynamics()
 
         bounds = model.input_bounds()
-        self.v_low = np.array([bounds[m.name][0] for m in MANIPULATED])  # (3,)
-        self.v_high = np.array([bounds[m.name][1] for m in MANIPULATED])  # (3,)
-        self.v_span = np.array([m.span for m in MANIPULATED])  # (3,) spec spans, for scaling and move weights
-        self.v_ref = np.array([m.low for m in MANIPULATED])  # (3,)
+        v_low = np.array([bounds[m.name][0] for m in MANIPULATED])  # (3,)
+        v_high = np.array([bounds[m.name][1] for m in MANIPULATED])  # (3,)
+        v_span = np.array([m.span for m in MANIPULATED])  # (3,) spec spans, for scaling and move weights
+        v_ref = np.array([m.low for m in MANIPULATED])  # (3,)
 
         xs, us, ds = ca.SX.sym("x", N_STATES), ca.SX.sym("u", 5), ca.SX.sym("d", N_STATES)
         g = ca.Function("step_biased", [xs, us, ds], [f(xs, us) + model.dt * ds])
-        self._interval = g.fold(steps)  # (x, u (5, steps), d (8, steps)) -> x after the interval
+        interval = g.fold(steps)  # (x, u (5, steps), d (8, steps)) -> x after the interval
 
         z = ca.MX.sym("z", N_STATES, n)  # scaled states at the interval ends 1..N
         w = ca.MX.sym("w", _NV, n)  # scaled inputs of intervals 0..N-1
@@ -181,8 +216,8 @@ class NMPC:
         wt_lin, wt_quad = p_w[5:9], p_w[9:13]  # per window
 
         centre, half = ca.DM(_X_CENTRE), ca.DM(_X_HALF)
-        span, ref = ca.DM(self.v_span), ca.DM(self.v_ref)
-        h = self.interval_s / 3600.0
+        span, ref = ca.DM(v_span), ca.DM(v_ref)
+        h = interval_s / 3600.0
         d_rep = ca.repmat(p_d, 1, steps)
         cost = 0
         g_dyn, g_rate, g_win = [], [], []
@@ -191,7 +226,7 @@ class NMPC:
             v_k = ref + span * w[:, k]
             u_k = full_input(v_k, p_cur)
             x_next = centre + half * z[:, k]
-            x_pred = self._interval(x_prev, ca.repmat(u_k, 1, steps), d_rep)
+            x_pred = interval(x_prev, ca.repmat(u_k, 1, steps), d_rep)
             g_dyn.append((x_pred - x_next) / half)
             g_rate.append((v_k[2] - v_prev[2]) / _RATE_SCALE)
             values, _ = controlled(x_next, u_k)
@@ -205,13 +240,13 @@ class NMPC:
                 stage += wt_lin[i] * s[i, k] + wt_quad[i] * s[i, k] ** 2
             cost += h * stage
             for j in range(_NV):
-                cost += wt_move[j] * ((v_k[j] - v_prev[j]) / self.v_span[j]) ** 2
+                cost += wt_move[j] * ((v_k[j] - v_prev[j]) / v_span[j]) ** 2
             x_prev, v_prev = x_next, v_k
 
         dec = ca.veccat(z, w, s)
         par = ca.vertcat(p_x0, p_cur, p_prev, p_d, p_w, p_lo, p_hi)
         cons = ca.vertcat(*g_dyn, *g_rate, *g_win)
-        self._n_dyn, self._n_rate, self._n_win = N_STATES * n, n, 2 * _NW * n
+        n_dyn, n_win = N_STATES * n, 2 * _NW * n
         opts = {
             "print_time": False,
             "ipopt": {
@@ -238,30 +273,81 @@ class NMPC:
                 }
             )
         solver = ca.nlpsol("nmpc", "ipopt", {"x": dec, "p": par, "f": cost, "g": cons}, opts)
-        self._solver = self._compiled(solver, opts)
         nz, nw = N_STATES * n, _NV * n
-        self._slices = (slice(0, nz), slice(nz, nz + nw), slice(nz + nw, nz + nw + _NW * n))
-        w_lo = np.clip((self.v_low - self.v_ref) / self.v_span, 0.0, 1.0)  # (3,)
-        w_hi = np.clip((self.v_high - self.v_ref) / self.v_span, 0.0, 1.0)
+        w_lo = np.clip((v_low - v_ref) / v_span, 0.0, 1.0)  # (3,)
+        w_hi = np.clip((v_high - v_ref) / v_span, 0.0, 1.0)
         z_lo = np.full(N_STATES, -np.inf)  # (8,) keep the predicted ledge inside the equations' valid domain
         z_lo[0] = (_MIN_LEDGE - _X_CENTRE[0]) / _X_HALF[0]
-        self._lbx = np.concatenate([np.tile(z_lo, n), np.tile(w_lo, n), np.zeros(_NW * n)])
-        self._ubx = np.concatenate([np.full(nz, np.inf), np.tile(w_hi, n), np.full(_NW * n, np.inf)])
         rate = cfg.acd_rate / _RATE_SCALE
-        self._lbg = np.concatenate([np.zeros(self._n_dyn), np.full(n, -rate), np.zeros(self._n_win)])
-        self._ubg = np.concatenate([np.zeros(self._n_dyn), np.full(n, rate), np.full(self._n_win, np.inf)])
-        self._weights = _weight_vector(cfg.weights)
-        self._weights[5:13] *= np.tile(cfg.violation_factors, 2)  # the MPC's own penalties on leaving its windows
-        self._windows = np.concatenate(
-            [
-                np.array([w.low for w in WINDOWS]) + np.asarray(cfg.backoff),
-                np.array([w.high for w in WINDOWS]) - np.asarray(cfg.backoffs_high),
-            ]
+        weights = _weight_vector(cfg.weights)
+        weights[5:13] *= np.tile(cfg.violation_factors, 2)  # the MPC's own penalties on leaving its windows
+        problem = {
+            "_revision": model.revision,
+            "dt": model.dt,
+            "interval_s": interval_s,
+            "v_low": v_low,
+            "v_high": v_high,
+            "v_span": v_span,
+            "v_ref": v_ref,
+            "_interval": interval,
+            "_n_dyn": n_dyn,
+            "_n_rate": n,
+            "_n_win": n_win,
+            "_solver": solver,
+            "_opts": opts,
+            "_slices": (slice(0, nz), slice(nz, nz + nw), slice(nz + nw, nz + nw + _NW * n)),
+            "_lbx": np.concatenate([np.tile(z_lo, n), np.tile(w_lo, n), np.zeros(_NW * n)]),
+            "_ubx": np.concatenate([np.full(nz, np.inf), np.tile(w_hi, n), np.full(_NW * n, np.inf)]),
+            "_lbg": np.concatenate([np.zeros(n_dyn), np.full(n, -rate), np.zeros(n_win)]),
+            "_ubg": np.concatenate([np.zeros(n_dyn), np.full(n, rate), np.full(n_win, np.inf)]),
+            "_weights": weights,
+            "_windows": np.concatenate(
+                [
+                    np.array([w.low for w in WINDOWS]) + np.asarray(cfg.backoff),
+                    np.array([w.high for w in WINDOWS]) - np.asarray(cfg.backoffs_high),
+                ]
+            ),
+        }
+        log.info(
+            "constructed the NMPC on %s revision %d (%d intervals x %d steps)", model.name, model.revision, n, steps
         )
-        self._guess = None
-        self._lam: tuple[np.ndarray, np.ndarray] | None = None  # shifted multipliers (bounds, constraints)
-        self.builds.append(time.perf_counter() - t0)
-        log.info("built the NMPC on %s (%d intervals x %d steps)", model.name, n, steps)
+        return problem, self._source(solver)
+
+    def _follow_model(self) -> None:
+        """Before a solve: apply the model source's pending change, put a finished background build in use, and
+        start building the problem for a new revision (on the rebuild thread when it needs compiling and
+        ``config.compile_in_background``; the current problem keeps solving meanwhile)."""
+        self.model.refresh()
+        pending = self._pending
+        if pending is not None and pending[2].done():
+            self._pending = None
+            problem, t0, future = pending
+            self._install(self._load(problem, future.result()), time.perf_counter() - t0)
+        target = self.model.revision
+        if target == self._revision or self._pending is not None:
+            return  # current, or a build is under way (a newer revision is taken up after it)
+        t0 = time.perf_counter()
+        problem, source = self._construct()
+        if source is None:
+            self._install(problem, time.perf_counter() - t0)
+        elif not self.config.compile_in_background:
+            self._install(self._load(problem, self._library(source)), time.perf_counter() - t0)
+        else:
+            if self._rebuilds is None:
+                self._rebuilds = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nmpc-rebuild")
+            self._pending = (problem, t0, self._rebuilds.submit(self._library, source))
+            log.info("compiling the NMPC for %s revision %d in the background", self.model.name, target)
+
+    @property
+    def rebuilding(self) -> bool:
+        """True while a problem for a newer model revision compiles in the background."""
+        return self._pending is not None
+
+    @property
+    def problem_revision(self) -> int:
+        """The model revision the problem in use was built on (behind ``model.revision`` while a new one
+        compiles in the background)."""
+        return self._revision
 
     @property
     def n_variables(self) -> int:
@@ -352,8 +438,7 @@ class NMPC:
         -------
         Plan
         """
-        if self.model.refresh() or self.model.revision != self._revision:
-            self._build()
+        self._follow_model()
         x0 = np.asarray(x0, dtype=np.float64)
         v_prev = np.asarray(v_prev, dtype=np.float64)
         n = self.config.horizon
@@ -417,8 +502,12 @@ class NMPC:
         return Plan(np.full((n, _NV), np.nan), np.full((n + 1, N_STATES), np.nan), False, why, 0, elapsed, np.nan)
 
     def close(self) -> None:
-        """Release the solver."""
+        """Release the solver (and leave a background build to finish on its own)."""
         self._solver = None
+        self._pending = None
+        if self._rebuilds is not None:
+            self._rebuilds.shutdown(wait=False, cancel_futures=True)
+            self._rebuilds = None
 
     def __enter__(self) -> NMPC:
         return self

@@ -7,15 +7,18 @@ Everything runs with CasADi's virtual machine (no JIT) on shrunken horizons, so 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from controller import mpc as mpc_module
 from controller.cli import main as control_main
 from controller.closed_loop import (
     DEFAULT_MODELS,
@@ -35,6 +38,7 @@ from controller.report import write_report
 from controller.safety import SafeController, Watchdog, clip_inputs
 from identification.export import to_casadi
 from identification.modelfile import load_model
+from plant.cbuild import BuildError
 from plant.physics import algebraic
 from plant.potline import Potline
 from twin.client import TwinClient
@@ -266,6 +270,50 @@ def test_a_model_swap_in_the_twin_is_picked_up_by_the_running_mpc(twin, tmp_path
         assert model.describe()["kind"] == "inputskip"
         assert model.events[-1] == {"event": "swapped", "from": 1, "to": new.version}
     finally:
+        model.close()
+        twin.set_alias("cell", "champion", 1)
+
+
+def test_a_new_model_compiles_in_the_background_while_the_current_problem_solves(twin, tmp_path, monkeypatch):
+    """With JIT, the swap's compile runs on a thread (here a stub compiler that waits, then fails) while the
+    problem of the old model keeps solving; the new problem takes over at the first solve after it is done."""
+    release, calls = threading.Event(), []
+
+    def stub_build(source, name, flags=(), libs=(), *, key_extra=""):
+        calls.append(threading.current_thread().name)
+        if len(calls) > 1:
+            release.wait(30.0)
+        raise BuildError("the compiler is stubbed out in this test")
+
+    monkeypatch.setattr(mpc_module, "build_shared_library", stub_build)
+    monkeypatch.setattr(mpc_module, "find_compiler", lambda: "cc")
+    model = TwinModel(twin, "cell")
+    try:
+        with pytest.warns(UserWarning, match="compiling the MPC failed"):
+            mpc = NMPC(model, dataclasses.replace(SMALL, jit=True))
+        x0, v = _state(3.0), np.array([0.024, 0.0005, 0.05])
+        assert mpc.solve(x0, 140_000.0, v).success and mpc.problem_revision == 0
+        v2 = tmp_path / "v2"
+        shutil.copytree(DEFAULT_MODELS / "inputskip", v2)
+        new, _ = twin.register("cell", v2, description="background compile test")
+        twin.set_alias("cell", "champion", new.version)
+        deadline = time.monotonic() + 15.0
+        while not model.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(2):  # the source swapped; the compile waits: the old problem solves
+            plan = mpc.solve(x0, 140_000.0, v)
+            assert plan.success and model.version == new.version and model.revision == 1
+            assert mpc.rebuilding and mpc.problem_revision == 0 and len(mpc.builds) == 1
+        assert calls[0] == threading.main_thread().name and calls[1].startswith("nmpc-rebuild")
+        release.set()
+        while mpc._pending is not None and not mpc._pending[2].done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.warns(UserWarning, match="compiling the MPC failed"):  # taken over in the virtual machine
+            plan = mpc.solve(x0, 140_000.0, v)
+        assert plan.success and not mpc.rebuilding and mpc.problem_revision == 1 and len(mpc.builds) == 2
+        mpc.close()
+    finally:
+        release.set()
         model.close()
         twin.set_alias("cell", "champion", 1)
 
