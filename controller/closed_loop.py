@@ -450,7 +450,7 @@ def run_system(
                     )
                 trace.controller = name
                 if name in mpcs:
-                    trace.model = {**mpcs[name].model.describe(), "build_s": list(mpcs[name].builds)}
+                    trace.model = {**mpcs[name].model.describe(), **mpcs[name].describe_problem()}
                 traces.append(trace)
                 if on_trace is not None:
                     on_trace(trace)

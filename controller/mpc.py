@@ -338,6 +338,16 @@ class NMPC:
             self._pending = (problem, t0, self._rebuilds.submit(self._library, source))
             log.info("compiling the NMPC for %s revision %d in the background", self.model.name, target)
 
+    def describe_problem(self) -> dict[str, Any]:
+        """For reports: the build times (s), and the model revision of the problem in use next to the model
+        source's (they differ while a new problem compiles in the background)."""
+        return {
+            "build_s": list(self.builds),
+            "problem_revision": self._revision,
+            "model_revision": self.model.revision,
+            "rebuilding": self.rebuilding,
+        }
+
     @property
     def rebuilding(self) -> bool:
         """True while a problem for a newer model revision compiles in the background."""
@@ -502,7 +512,8 @@ class NMPC:
         return Plan(np.full((n, _NV), np.nan), np.full((n + 1, N_STATES), np.nan), False, why, 0, elapsed, np.nan)
 
     def close(self) -> None:
-        """Release the solver (and leave a background build to finish on its own)."""
+        """Release the solver. A compile already running on the rebuild thread still finishes (into the cache;
+        the interpreter waits for it at exit), queued ones are cancelled."""
         self._solver = None
         self._pending = None
         if self._rebuilds is not None:

@@ -305,6 +305,8 @@ def test_a_new_model_compiles_in_the_background_while_the_current_problem_solves
             assert plan.success and model.version == new.version and model.revision == 1
             assert mpc.rebuilding and mpc.problem_revision == 0 and len(mpc.builds) == 1
         assert calls[0] == threading.main_thread().name and calls[1].startswith("nmpc-rebuild")
+        described = mpc.describe_problem()  # what the report says: the problem still on the old model
+        assert described["problem_revision"] == 0 and described["model_revision"] == 1 and described["rebuilding"]
         release.set()
         while mpc._pending is not None and not mpc._pending[2].done() and time.monotonic() < deadline:
             time.sleep(0.05)
