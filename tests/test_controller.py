@@ -14,6 +14,8 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -248,6 +250,19 @@ def test_watchdog_hands_the_cell_back_when_measurements_stop():
 # Model swap
 
 
+def _promote_inputskip(twin: TwinClient, model: TwinModel, tmp_path: Path, description: str) -> Any:
+    """Register the committed InputSkip model as a new version of "cell", make it champion and wait until
+    ``model``'s watcher has fetched it (up to 15 s); returns the new version's info."""
+    v2 = tmp_path / "v2"
+    shutil.copytree(DEFAULT_MODELS / "inputskip", v2)
+    new, _ = twin.register("cell", v2, description=description)
+    twin.set_alias("cell", "champion", new.version)
+    deadline = time.monotonic() + 15.0
+    while not model.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return new
+
+
 def test_a_model_swap_in_the_twin_is_picked_up_by_the_running_mpc(twin, tmp_path):
     model = TwinModel(twin, "cell")
     try:
@@ -255,13 +270,7 @@ def test_a_model_swap_in_the_twin_is_picked_up_by_the_running_mpc(twin, tmp_path
         x0 = _state(3.0)
         first = mpc.solve(x0, 140_000.0, np.array([0.024, 0.0005, 0.05]))
         assert first.success and model.version == 1
-        v2 = tmp_path / "v2"
-        shutil.copytree(DEFAULT_MODELS / "inputskip", v2)
-        new, _ = twin.register("cell", v2, description="swap test")
-        twin.set_alias("cell", "champion", new.version)
-        deadline = time.monotonic() + 15.0
-        while not model.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        new = _promote_inputskip(twin, model, tmp_path, "swap test")
         assert model.pending()
         assert model.version == 1  # nothing changes until the next solve
         second = mpc.solve(x0, 140_000.0, first.v[0])
@@ -293,13 +302,8 @@ def test_a_new_model_compiles_in_the_background_while_the_current_problem_solves
             mpc = NMPC(model, dataclasses.replace(SMALL, jit=True))
         x0, v = _state(3.0), np.array([0.024, 0.0005, 0.05])
         assert mpc.solve(x0, 140_000.0, v).success and mpc.problem_revision == 0
-        v2 = tmp_path / "v2"
-        shutil.copytree(DEFAULT_MODELS / "inputskip", v2)
-        new, _ = twin.register("cell", v2, description="background compile test")
-        twin.set_alias("cell", "champion", new.version)
+        new = _promote_inputskip(twin, model, tmp_path, "background compile test")
         deadline = time.monotonic() + 15.0
-        while not model.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
         for _ in range(2):  # the source swapped; the compile waits: the old problem solves
             plan = mpc.solve(x0, 140_000.0, v)
             assert plan.success and model.version == new.version and model.revision == 1
