@@ -257,6 +257,21 @@ AI void eval_group(Job *J, const int g, vd *act, vd *d, double *dsc, const int n
     }
 }
 
+/* Explicit Euler: states x (rows 0..7 of act) plus dt times derivatives d, into dst (may be act). A cell whose
+   new state is inf or NaN anywhere gets NaN in all 8 states (poisoned). */
+AI void euler_step(const vd *x, const vd *d, vd *dst, const double dt, const int nv) {
+    vd poison[MAXV];
+    for (int v = 0; v < nv; ++v) poison[v] = bcast(0.0);
+    for (int i = 0; i < NX; ++i)
+        for (int v = 0; v < nv; ++v) {
+            vd xi = x[i * nv + v] + dt * d[i * nv + v];
+            dst[i * nv + v] = xi;
+            poison[v] += xi - xi; /* 0 where finite, NaN once a state is inf or NaN */
+        }
+    for (int i = 0; i < NX; ++i)
+        for (int v = 0; v < nv; ++v) dst[i * nv + v] += poison[v];
+}
+
 /* One work item: a block of cells for one group of members (all groups for the ensemble mean), all steps.
    Lane c of an activation row is cell b0 + c of the group's member (quad = 0), or, for a member quad
    (quad = 1), member 4 g + c % 4 of cell b0 + c / 4. Each entry's sum runs over its weights in the order
@@ -304,18 +319,7 @@ AI void run_item(Job *J, long long item, vd *act, vd *d, double *dsc, const int 
 #if HAS_PRIOR
         for (int v = 0; v < nv; ++v) prior_vec(act + v, d + v, nv);
 #endif
-        {
-            vd poison[MAXV];
-            for (int v = 0; v < nv; ++v) poison[v] = bcast(0.0);
-            for (int i = 0; i < NX; ++i)
-                for (int v = 0; v < nv; ++v) {
-                    vd xi = act[i * nv + v] + dt * d[i * nv + v];
-                    act[i * nv + v] = xi;
-                    poison[v] += xi - xi; /* 0 where finite, NaN once a state is inf or NaN */
-                }
-            for (int i = 0; i < NX; ++i)
-                for (int v = 0; v < nv; ++v) act[i * nv + v] += poison[v];
-        }
+        euler_step(act, d, act, dt, nv);
         for (int c = 0; c < C; ++c)
             if (mirror[c] != c)
                 for (int i = 0; i < NX; ++i) a[i * C + c] = a[i * C + mirror[c]];
@@ -423,16 +427,7 @@ AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, const int nv
 #if HAS_PRIOR
             for (int v = 0; v < nv; ++v) prior_vec(act + v, d + v, nv);
 #endif
-            vd poison[MAXV];
-            for (int v = 0; v < nv; ++v) poison[v] = bcast(0.0);
-            for (int i = 0; i < NX; ++i)
-                for (int v = 0; v < nv; ++v) {
-                    vd xi = act[i * nv + v] + dt * d[i * nv + v];
-                    xg[i * nv + v] = xi;
-                    poison[v] += xi - xi;
-                }
-            for (int i = 0; i < NX; ++i)
-                for (int v = 0; v < nv; ++v) xg[i * nv + v] += poison[v];
+            euler_step(act, d, xg, dt, nv);
             double *xd = (double *)xg;
             for (int c = 0; c < C; ++c)
                 if (mirror[c] != c)

@@ -8,7 +8,17 @@ from typing import Any
 
 import grpc
 
-__all__ = ["StatusOf", "open_channel", "unary_errors"]
+__all__ = ["Abort", "StatusOf", "open_channel", "unary_errors"]
+
+
+class Abort(Exception):
+    """A request a servicer refuses: a status code and a client-facing message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
 
 StatusOf = Callable[[BaseException], tuple[grpc.StatusCode, str]]
 """A service's mapping of an exception to its status code and client-facing message."""

@@ -38,7 +38,7 @@ from plant.potline import (
     Potline,
     UnknownCell,
 )
-from plant.rpc import unary_errors
+from plant.rpc import Abort, unary_errors
 from plant.scenarios import ScenarioStatus
 from plant.signals import INPUTS, STATES, Signal
 from proto.alutwin.v1 import common_pb2, plant_pb2, plant_pb2_grpc
@@ -271,22 +271,13 @@ class PlantRuntime:
                 self._on_clock_failure()
 
 
-class _Abort(Exception):
-    """A request the servicer refuses: a status code and a client-facing message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _shutting_down() -> _Abort:
-    return _Abort(grpc.StatusCode.UNAVAILABLE, "the plant is shutting down")
+def _shutting_down() -> Abort:
+    return Abort(grpc.StatusCode.UNAVAILABLE, "the plant is shutting down")
 
 
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-facing message of an exception (no traces, no paths)."""
-    if isinstance(exc, _Abort):
+    if isinstance(exc, Abort):
         return exc.code, exc.message
     if isinstance(exc, UnknownCell):
         return grpc.StatusCode.NOT_FOUND, str(exc)
@@ -410,25 +401,25 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
         self, request: plant_pb2.SetInputsRequest, context: grpc.ServicerContext
     ) -> plant_pb2.SetInputsResponse:
         if not request.commands:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "SetInputsRequest.commands is empty")
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "SetInputsRequest.commands is empty")
         seen: set[int] = set()
         commands: list[tuple[int, str, float]] = []
         for i, cmd in enumerate(request.commands):
             if cmd.cell in seen:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"commands[{i}]: cell {cmd.cell} appears twice")
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"commands[{i}]: cell {cmd.cell} appears twice")
             seen.add(cmd.cell)
             for spec in COMMANDS:
                 if not cmd.HasField(spec.field):
                     continue
                 which = getattr(cmd, spec.field).WhichOneof("command")
                 if which is None:
-                    raise _Abort(
+                    raise Abort(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"commands[{i}].{spec.field} holds neither 'manual' nor 'automatic'",
                     )
                 value = getattr(cmd, spec.field).manual if which == "manual" else math.nan
                 if which == "manual" and math.isnan(value):
-                    raise _Abort(
+                    raise Abort(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"{spec.field} = nan for cell {cmd.cell} is not a finite number "
                         "(use 'automatic' to hand the input back)",
@@ -440,13 +431,13 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
     def Step(self, request: plant_pb2.StepRequest, context: grpc.ServicerContext) -> plant_pb2.StepResponse:
         cfg = self.runtime.config
         if not self.runtime.stepped:
-            raise _Abort(
+            raise Abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"Step is only available in stepped mode; this plant runs in real time "
                 f"(real_time_factor = {cfg.real_time_factor:g})",
             )
         if not 1 <= request.n <= cfg.max_steps_per_call:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"n = {request.n} must be in [1, {cfg.max_steps_per_call}]")
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"n = {request.n} must be in [1, {cfg.max_steps_per_call}]")
         return plant_pb2.StepResponse(step=self.runtime.advance(request.n))
 
     def _open_stream(self, request: plant_pb2.StreamMeasurementsRequest) -> Subscriber:

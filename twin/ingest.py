@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from plant.rpc import unary_errors
+from plant.rpc import Abort, unary_errors
 from proto.alutwin.v1 import ingest_pb2, ingest_pb2_grpc
 from twin.config import HistorianConfig
 from twin.historian import Historian, HistorianClosed, QuarantineReason
@@ -38,18 +38,9 @@ _NOTHING = object()
 _END = object()
 
 
-class _Abort(Exception):
-    """A request the servicer refuses: a status code and a client-facing message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-facing message of an exception (no traces, no paths)."""
-    if isinstance(exc, _Abort):
+    if isinstance(exc, Abort):
         return exc.code, exc.message
     if isinstance(exc, HistorianClosed):
         return grpc.StatusCode.UNAVAILABLE, "the twin's historian is closed (the twin is shutting down)"
@@ -141,9 +132,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def _check_batch(self, request: ingest_pb2.IngestRequest) -> None:
         n = len(request.samples)
         if n == 0:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {request.batch_id}: samples is empty")
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {request.batch_id}: samples is empty")
         if n > self.config.max_batch_samples:
-            raise _Abort(
+            raise Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"batch {request.batch_id}: {n} samples is more than this server's max_batch_samples "
                 f"({self.config.max_batch_samples}); split the batch",
@@ -189,7 +180,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 item = reader.get(_POLL_S)
                 if item is _NOTHING:
                     if self._draining.is_set():
-                        raise _Abort(grpc.StatusCode.UNAVAILABLE, "the twin is draining (shutting down); reconnect")
+                        raise Abort(grpc.StatusCode.UNAVAILABLE, "the twin is draining (shutting down); reconnect")
                     if not context.is_active():
                         return
                     continue
@@ -198,7 +189,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 ack = self._ack(item)
                 yield ack
                 if self._draining.is_set():
-                    raise _Abort(grpc.StatusCode.UNAVAILABLE, "the twin is draining (shutting down); reconnect")
+                    raise Abort(grpc.StatusCode.UNAVAILABLE, "the twin is draining (shutting down); reconnect")
         except Exception as exc:
             status = _status_of(exc)
         finally:
@@ -235,7 +226,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.ListQuarantineResponse:
         limit = request.limit or DEFAULT_QUARANTINE_LIST
         if limit > self.config.max_quarantine_list:
-            raise _Abort(
+            raise Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"limit = {request.limit} is more than this server's max_quarantine_list "
                 f"({self.config.max_quarantine_list})",

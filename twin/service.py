@@ -40,7 +40,7 @@ from identification.fast_rollout import OUTPUT_ORDER, make_rollout_engine
 from plant.cli import CliError
 from plant.physics import OUTPUT_FUNCTIONS
 from plant.potline import OUTPUTS
-from plant.rpc import unary_errors
+from plant.rpc import Abort, unary_errors
 from plant.service import signal_pb
 from plant.signals import INPUT_NAMES, INPUTS, N_INPUTS, N_STATES, STATE_NAMES, STATES
 from proto.alutwin.v1 import ingest_pb2_grpc, twin_pb2, twin_pb2_grpc
@@ -197,19 +197,10 @@ def predict(
 # Runtime: what the servicers talk to
 
 
-class _Abort(Exception):
-    """A request the servicer refuses: a status code and a client-facing message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-facing message of an exception (no traces, no paths)."""
     codes = (
-        (_Abort, None),
+        (Abort, None),
         (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
         (NotFound, grpc.StatusCode.NOT_FOUND),
         (NotServable, grpc.StatusCode.FAILED_PRECONDITION),
@@ -219,7 +210,7 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     )
     for kind, code in codes:
         if isinstance(exc, kind):
-            return (exc.code, exc.message) if isinstance(exc, _Abort) else (code, str(exc))
+            return (exc.code, exc.message) if isinstance(exc, Abort) else (code, str(exc))
     log.error("unexpected error in a twin call", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error in the twin service"
 
@@ -265,21 +256,21 @@ class TwinRuntime:
     def run(self, work: Callable[[], Any], timeout: float | None) -> Any:
         """Run ``work`` in the rollout pool and wait for it at most ``timeout`` s (None: no deadline).
 
-        Raises _Abort with RESOURCE_EXHAUSTED when ``max_concurrent_predictions`` are running or queued, with
+        Raises Abort with RESOURCE_EXHAUSTED when ``max_concurrent_predictions`` are running or queued, with
         DEADLINE_EXCEEDED when the deadline passes first, and with UNAVAILABLE once the pool is closed.
         """
         limit = self.config.max_concurrent_predictions
         with self._count_lock:
             if self._closed:
-                raise _Abort(grpc.StatusCode.UNAVAILABLE, "the twin is shutting down")
+                raise Abort(grpc.StatusCode.UNAVAILABLE, "the twin is shutting down")
             if self._in_flight >= limit:
-                raise _Abort(
+                raise Abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{self._in_flight} predictions are running or queued, the most this server takes at once "
                     f"({limit}); retry later",
                 )
             if timeout is not None and timeout <= 0:
-                raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before it started")
+                raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before it started")
             self._in_flight += 1
             future = self._pool.submit(work)
         future.add_done_callback(self._release)  # the slot stays taken until the work really ends
@@ -287,7 +278,7 @@ class TwinRuntime:
             return future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise _Abort(
+            raise Abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"the prediction did not finish within the call's deadline ({timeout:.3g} s left when it was queued)",
             ) from None
@@ -700,8 +691,9 @@ class _Interceptor(grpc.ServerInterceptor):
                     observe(method, code, time.perf_counter() - start)
 
             return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+
+        def counted(inner_stream: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Any]:
+            """A streaming handler (a request, or an iterator of them) gated, authorised and counted."""
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 start = time.perf_counter()
@@ -722,33 +714,15 @@ class _Interceptor(grpc.ServerInterceptor):
                         gate.exit()
                     observe(method, code, time.perf_counter() - start)
 
+            return stream
+
+        if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
+                counted(handler.unary_stream), handler.request_deserializer, handler.response_serializer
             )
         if handler.stream_stream is not None and gate is not None:  # Ingest (server reflection passes through)
-            inner_bidi = handler.stream_stream
-
-            def bidi(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-                start = time.perf_counter()
-                code = grpc.StatusCode.OK
-                entered = gate.enter()
-                try:
-                    if not entered:
-                        context.abort(*_DRAINING)
-                    if denial is not None:
-                        context.abort(*denial)
-                    yield from inner_bidi(requests, context)
-                    code = context.code() or grpc.StatusCode.OK
-                except BaseException:
-                    code = context.code() or grpc.StatusCode.CANCELLED
-                    raise
-                finally:
-                    if entered:
-                        gate.exit()
-                    observe(method, code, time.perf_counter() - start)
-
             return grpc.stream_stream_rpc_method_handler(
-                bidi, handler.request_deserializer, handler.response_serializer
+                counted(handler.stream_stream), handler.request_deserializer, handler.response_serializer
             )
         return handler  # other streaming requests (server reflection): passed through, not counted
 
