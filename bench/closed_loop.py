@@ -41,8 +41,9 @@ from typing import Any
 
 import casadi as ca
 
-from controller.cli import control
-from controller.closed_loop import CONTROLLERS, Scenario, SystemConfig
+from apps.control import control
+from apps.runner import SystemConfig
+from controller.closed_loop import CONTROLLERS, Scenario
 from controller.config import MPCConfig
 
 __all__ = ["main", "run_benchmark"]

@@ -1,6 +1,6 @@
 """Benchmark: the twin follows a drifting plant through online re-fits, and refuses a poisoned sensor.
 
-Three runs of :func:`twin.online_demo.run_scenario` (plant service, twin, bridge and re-fit worker in one
+Three runs of :func:`apps.online_demo.run_scenario` (plant service, twin, bridge and re-fit worker in one
 process on loopback, plant time accelerated; 4 cells, "aprbs" line current, the committed ``sparse-inputskip``
 model as the seed):
 
@@ -31,8 +31,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from apps.online_demo import ScenarioConfig, drift_config, json_safe, recovery, run_scenario, write_report
 from plant.scenarios import ScenarioEvent
-from twin.online_demo import ScenarioConfig, drift_config, json_safe, recovery, run_scenario, write_report
 
 HERE = Path(__file__).resolve().parent
 DRIFT_H = 8.0

@@ -46,8 +46,8 @@ from pathlib import Path
 import casadi as ca
 import numpy as np
 
+from alutwin.cbuild import find_compiler
 from plant import DEFAULT_LIMITS, DEFAULT_PARAMS, aprbs, rk4_step, sample_initial_states, simulate
-from plant.cbuild import find_compiler
 from plant.engine import build_library, compiled_library, simulate_compiled
 from plant.excitation import Exogenous
 from plant.params import CellParams

@@ -13,7 +13,7 @@ sparse one made from it by pruning (about 300 non-zero weights per member):
       (``simulate_summary``; for one or two cells it is ``engine`` plus numpy; for a batch of a sparse model,
       the model's generated kernel, ``RolloutEngine.specialise``, which the twin builds on its first large
       Predict: the benchmark builds it first, so the twin finds it in the disk cache);
-    - ``predict``: what one Predict computes, in process (:func:`twin.service.predict`: ``summary`` plus the
+    - ``predict``: what one Predict computes, in process (:func:`twin.serving.server.predict`: ``summary`` plus the
       choice of outputs);
     - ``grpc``: the same Predict through :class:`twin.client.TwinClient` over loopback to ``alutwin twin serve``
       running in another process, raw float64 arrays both ways (exact);
@@ -57,6 +57,7 @@ import grpc
 import numpy as np
 import torch
 
+from alutwin.v1 import twin_pb2
 from identification.data import fit_normalization, make_samples
 from identification.estimator import prune
 from identification.fast_rollout import make_rollout_engine
@@ -64,10 +65,9 @@ from identification.modelfile import load_model, save_model
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
-from proto.alutwin.v1 import twin_pb2
 from twin.client import TwinClient, serialize_predict_response
-from twin.registry import ServedModel, validate_model
-from twin.service import predict
+from twin.registry.registry import ServedModel, validate_model
+from twin.serving.server import predict
 
 __all__ = ["main", "make_models", "run_benchmark", "torch_rollout"]
 
@@ -211,7 +211,7 @@ class _Server:
         config = root / "twin.yaml"
         config.write_text("store: store\nport: 0\ntoken_env: BENCH_TWIN_TOKEN\nmax_work: 2000000\ngrace_s: 1\n")
         env = {**os.environ, "BENCH_TWIN_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-c", "from plant.cli import main; main()", "twin", "serve", "--config", str(config)]
+        cmd = [sys.executable, "-c", "from alutwin.cli import main; main()", "twin", "serve", "--config", str(config)]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO
         )

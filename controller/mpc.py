@@ -32,10 +32,10 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
+from alutwin.cbuild import BuildError, build_shared_library, find_compiler
 from controller.config import MPCConfig
 from controller.models import ModelSource
 from controller.problem import MANIPULATED, WINDOWS, CostWeights, controlled, full_input, mpc_power
-from plant.cbuild import BuildError, build_shared_library, find_compiler
 from plant.signals import N_STATES, STATES
 
 __all__ = ["CAPPED_STATUSES", "FEASIBLE_ITERATE", "NMPC", "Plan", "SUCCESS_STATUSES"]
@@ -115,7 +115,7 @@ class NMPC:
     -----
     Call :meth:`solve` with each new measurement (it warm-starts from the last solution) and
     :meth:`observe` once an interval has been applied (it updates the offset-free bias). With ``config.jit``
-    the NLP's functions are generated to C and compiled once per machine (``plant.cbuild`` cache, keyed by the
+    the NLP's functions are generated to C and compiled once per machine (``alutwin.cbuild`` cache, keyed by the
     source, which holds the model's weights), so a second build of the same problem loads in a second.
     """
 
@@ -150,7 +150,7 @@ class NMPC:
         return gen.dump()
 
     def _library(self, source: str) -> Path | BuildError:
-        """The compiled library of ``source`` (``plant.cbuild`` cache), or why it could not be built. Touches no
+        """The compiled library of ``source`` (``alutwin.cbuild`` cache), or why it could not be built. Touches no
         CasADi object, so it may run on the rebuild thread."""
         flags = (*self.config.jit_flags, "-fPIC", "-shared")
         try:

@@ -43,7 +43,7 @@ reference's dense products spread a NaN to most states too; the metric counts bo
 else is clipped.
 
 The library is compiled once per prior with the system C compiler (``-O3 -march=native``, cached per host
-type by :func:`plant.cbuild.build_shared_library`) and checked against ``Surrogate.simulate`` in every layout
+type by :func:`alutwin.cbuild.build_shared_library`) and checked against ``Surrogate.simulate`` in every layout
 on a small model when it is loaded. :func:`make_rollout_engine` picks it, or the numpy reference where no
 compiler is found (``"auto"`` warns once). Measured on 2 cores in ``bench/twin_predict_engine.py``.
 """
@@ -63,11 +63,11 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
+from alutwin.cbuild import BuildError, build_shared_library, find_compiler, host_id
 from identification.data import Normalization
 from identification.export import member_layers
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import PRIORS, Surrogate, check_rollout_inputs
-from plant.cbuild import BuildError, build_shared_library, find_compiler, host_id
 from plant.engine import CompiledEngineError, CompilerUnavailableWarning
 from plant.physics import OUTPUT_FUNCTIONS, algebraic, rhs
 from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES

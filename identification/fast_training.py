@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from alutwin.cbuild import BuildError, build_shared_library, host_id
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import GroupInputPenalty, L1Penalty, NoPenalty, Regularizer
 from identification.training import TrainConfig, TrainResult, _init
-from plant.cbuild import BuildError, build_shared_library, host_id
 
 __all__ = ["MAX_LAYERS", "fast_training_available", "train_ensemble_fast"]
 
@@ -609,7 +609,7 @@ def train_ensemble_fast(
     ValueError
         For bad shapes or non-finite data, mismatching ``init``/``masks``, or a regularizer other than
         :class:`NoPenalty`, :class:`L1Penalty` and :class:`GroupInputPenalty`.
-    plant.cbuild.BuildError
+    alutwin.cbuild.BuildError
         When there is no C compiler (use ``train_ensemble`` then).
     """
     regularizer = regularizer or NoPenalty()

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
+from alutwin.fileio import fsync_dir, write_atomic
 from identification.data import Normalization, TrajectoryLike
 from identification.kinds import KINDS
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import PRIORS, Surrogate
-from plant.fileio import fsync_dir, write_atomic
 
 __all__ = [
     "FORMAT_NAME",

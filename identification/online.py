@@ -1,7 +1,7 @@
 """Online identification: from a plant's recent measurements to a challenger model, and the gate that decides
 whether the challenger may replace the champion.
 
-Pure learning, no service: the twin's re-fit worker (:mod:`twin.worker`) reads the historian, calls these
+Pure learning, no service: the twin's re-fit worker (:mod:`twin.online.worker`) reads the historian, calls these
 functions and talks to the registry.
 
 - :func:`segments_from_window` turns one cell's accepted samples into trajectories (:class:`Segment`): a gap
@@ -83,7 +83,7 @@ REFIT_MODES = ("warm", "fresh")
 
 
 class WindowLike(Protocol):
-    """What :func:`segments_from_window` reads (``twin.historian.Window`` fits)."""
+    """What :func:`segments_from_window` reads (``twin.historian.historian.Window`` fits)."""
 
     cell: int
     steps: np.ndarray  # (n,) int64, ascending

@@ -35,10 +35,10 @@ import safetensors
 import safetensors.numpy
 from tqdm import tqdm
 
-from plant.cli import CliError
+from alutwin.cli import CliError
+from alutwin.fileio import fsync_dir, write_atomic
 from plant.domain import Fault
 from plant.excitation import EXCITATIONS, Exogenous, sample_initial_states
-from plant.fileio import fsync_dir, write_atomic
 from plant.params import SPEC_VERSION
 from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
 from plant.simulator import DT, ENGINES, MeasurementNoise, Trajectories, simulate

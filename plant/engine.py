@@ -38,7 +38,7 @@ from pathlib import Path
 import casadi as ca
 import numpy as np
 
-from plant.cbuild import DEFAULT_FLAGS, BuildError, build_shared_library
+from alutwin.cbuild import DEFAULT_FLAGS, BuildError, build_shared_library
 from plant.domain import Fault
 from plant.excitation import Exogenous
 from plant.params import CellParams, DomainLimits

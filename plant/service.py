@@ -26,7 +26,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from plant.cli import CliError
+from alutwin.cli import CliError
+from alutwin.rpc import Abort, unary_errors
+from alutwin.v1 import common_pb2, plant_pb2, plant_pb2_grpc
 from plant.params import SPEC_VERSION
 from plant.potline import (
     COMMANDS,
@@ -38,10 +40,8 @@ from plant.potline import (
     Potline,
     UnknownCell,
 )
-from plant.rpc import Abort, unary_errors
 from plant.scenarios import ScenarioStatus
 from plant.signals import INPUTS, STATES, Signal
-from proto.alutwin.v1 import common_pb2, plant_pb2, plant_pb2_grpc
 
 __all__ = [
     "DEFAULT_PORT",

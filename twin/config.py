@@ -162,7 +162,7 @@ class TwinConfig:
         Seconds in-flight calls get to finish when the server drains.
     heap_keep_mib : int
         Freed heap memory (MiB) that ``alutwin twin serve`` keeps mapped for reuse instead of handing it back to
-        the system (glibc's allocator; see :func:`twin.service.keep_freed_memory`). A large Predict allocates
+        the system (glibc's allocator; see :func:`twin.serving.server.keep_freed_memory`). A large Predict allocates
         tens of MB per call; reused pages save the page faults of fresh ones (a fifth of a 300-cell call's time
         over gRPC on 2 cores). 0 keeps the allocator's defaults.
     historian : HistorianConfig

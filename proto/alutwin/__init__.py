@@ -1,1 +1,0 @@
-"""The ``alutwin`` protobuf package (see ``proto/__init__.py``)."""

@@ -1,0 +1,427 @@
+"""The plant-to-twin bridge: forwards the plant service's measurement stream into the twin's historian.
+
+:func:`run_bridge` subscribes to ``PlantService.StreamMeasurements`` and sends the measurements in batches over
+``IngestService.Ingest``. Either side may restart: the bridge reconnects with exponential backoff, keeps what it
+has read but the twin has not acknowledged, and resumes from the twin's last acknowledged step of each cell
+(samples at or before it are skipped, so a restarted plant that replays its steps adds nothing twice). A batch is
+dropped from the bridge's memory only once the twin has acknowledged it (durably committed).
+
+What is forwarded: every measurement of a healthy cell (a faulted cell's held state is not dynamics and is
+skipped, counted). At step 0 the plant's ``u`` is the input the cell applies next (there is no earlier step).
+
+Command line: ``alutwin twin ingest --plant HOST:PORT --twin HOST:PORT`` (token from ``$ALUTWIN_TWIN_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from alutwin.cli import CliError
+from plant.client import Measurement, MeasurementStream, PlantClient
+from plant.domain import Fault
+from twin.historian.historian import Sample
+from twin.historian.ingest_client import IngestAck, IngestClient, IngestStream
+
+__all__ = ["Backoff", "BridgeError", "BridgeStats", "measurement_to_sample", "register_bridge_cli", "run_bridge"]
+
+log = logging.getLogger(__name__)
+
+PERMANENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
+"""Status codes that retrying cannot mend (wrong token, no historian, unknown cells): the bridge stops on them."""
+
+
+class BridgeError(Exception):
+    """The bridge cannot go on (an error that retrying cannot mend); the message says which side and why."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between reconnection attempts: ``initial_s``, times ``factor`` each failure, at most
+    ``max_s``; back to ``initial_s`` after a success."""
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("initial_s", "max_s", "factor"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"Backoff.{name} must be a positive number, got {v!r}")
+        if self.max_s < self.initial_s or self.factor < 1:
+            raise ValueError(f"Backoff needs max_s >= initial_s and factor >= 1, got {self!r}")
+
+    def delays(self) -> Iterator[float]:
+        """The waits before successive attempts."""
+        d = self.initial_s
+        while True:
+            yield d
+            d = min(d * self.factor, self.max_s)
+
+
+@dataclass
+class BridgeStats:
+    """What a bridge has done so far (updated while it runs; read it from another thread as a snapshot)."""
+
+    accepted: int = 0
+    """Samples the twin stored."""
+    quarantined: int = 0
+    """Samples the twin quarantined."""
+    batches: int = 0
+    """Batches acknowledged."""
+    skipped: int = 0
+    """Measurements at or before the twin's last step of their cell (stored already)."""
+    faulted: int = 0
+    """Measurements of faulted cells, not forwarded."""
+    plant_dropped: int = 0
+    """Measurements lost: dropped by the plant's stream (read too slowly) or by the bridge's full buffer."""
+    plant_connects: int = 0
+    twin_connects: int = 0
+    last_error: str = ""
+    """The latest connection error, in words."""
+
+
+def measurement_to_sample(m: Measurement) -> Sample:
+    """The historian sample of a plant measurement (the measured ``x``, not the true state)."""
+    return Sample(cell=m.cell, step=m.step, time_s=m.time_s, x=m.x, u=m.u)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _PlantReader:
+    """Reads the plant's measurement stream in a thread into a bounded buffer, reconnecting with backoff."""
+
+    def __init__(
+        self,
+        address: str,
+        cells: Sequence[int],
+        every: int,
+        max_buffer: int,
+        backoff: Backoff,
+        stats: BridgeStats,
+        stop: threading.Event,
+    ) -> None:
+        self.address = address
+        self.cells = tuple(cells)
+        self.every = every
+        self.stats = stats
+        self._backoff = backoff
+        self._stop = stop
+        self._buffer: deque[Sample] = deque()
+        self._max = max_buffer
+        self._cond = threading.Condition()
+        self._stream: MeasurementStream | None = None
+        self.fatal: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bridge-plant-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        delays = self._backoff.delays()
+        while not self._stop.is_set():
+            client = PlantClient(self.address)
+            try:
+                stream = client.measurements(self.cells, every=self.every)
+                with self._cond:
+                    self._stream = stream
+                if self._stop.is_set():
+                    return
+                dropped_before = 0
+                first = True
+                for m in stream:
+                    if first:
+                        self.stats.plant_connects += 1
+                        log.info("bridge: reading measurements from the plant at %s", self.address)
+                        delays = self._backoff.delays()
+                        first = False
+                    if m.dropped > dropped_before:
+                        self.stats.plant_dropped += m.dropped - dropped_before
+                        dropped_before = m.dropped
+                    if m.fault is not Fault.NONE:
+                        self.stats.faulted += 1
+                        continue
+                    self._push(measurement_to_sample(m))
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
+                if exc.code() in PERMANENT_CODES:
+                    self.fatal = BridgeError(f"the plant at {self.address} refused the stream: {_describe(exc)}")
+                    self._stop.set()
+                    with self._cond:
+                        self._cond.notify_all()
+                    return
+                self.stats.last_error = f"plant: {_describe(exc)}"
+                log.warning("bridge: plant stream at %s failed (%s); reconnecting", self.address, _describe(exc))
+            finally:
+                with self._cond:
+                    self._stream = None
+                client.close()
+            self._stop.wait(next(delays))
+
+    def _push(self, sample: Sample) -> None:
+        with self._cond:
+            if len(self._buffer) >= self._max:
+                self._buffer.popleft()
+                self.stats.plant_dropped += 1
+            self._buffer.append(sample)
+            self._cond.notify_all()
+
+    def take(self, n: int, deadline: float) -> list[Sample]:
+        """Up to ``n`` buffered samples, waiting until ``deadline`` (monotonic) for the first one."""
+        with self._cond:
+            while not self._buffer and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            out = []
+            while self._buffer and len(out) < n:
+                out.append(self._buffer.popleft())
+            return out
+
+    def close(self) -> None:
+        """End the stream (the stop event must be set first) and wait for the thread."""
+        with self._cond:
+            stream = self._stream
+            self._cond.notify_all()
+        if stream is not None:
+            stream.cancel()
+        self._thread.join(10.0)
+
+
+def run_bridge(
+    plant: str,
+    twin: str,
+    *,
+    token: str | None = None,
+    cells: Sequence[int] = (),
+    every: int = 1,
+    batch_size: int = 500,
+    flush_s: float = 0.5,
+    stop: threading.Event | None = None,
+    backoff: Backoff = Backoff(),
+    max_buffer: int = 1_000_000,
+    ack_timeout_s: float = 30.0,
+    root_certificates: bytes | None = None,
+    on_ack: Callable[[IngestAck], None] | None = None,
+    stats: BridgeStats | None = None,
+) -> BridgeStats:
+    """Forward the plant's measurements into the twin's historian until ``stop`` is set.
+
+    Parameters
+    ----------
+    plant, twin : str
+        ``host:port`` of the plant service and of the twin.
+    token : str, optional
+        The twin's management token (Ingest needs it).
+    cells : sequence of int
+        Cells to forward; empty means all.
+    every : int
+        Forward every ``every``-th step.
+    batch_size : int
+        Most samples per batch (capped at the twin's ``max_batch_samples``).
+    flush_s : float
+        Longest a read sample waits for its batch to fill before the batch is sent anyway.
+    stop : threading.Event, optional
+        Set it to end the bridge (it returns after its batch in flight); without one the bridge runs until an
+        error that retrying cannot mend.
+    backoff : Backoff
+        Waits between reconnection attempts (each side separately).
+    max_buffer : int
+        Samples read from the plant and not yet acknowledged that the bridge keeps; beyond it the oldest are
+        dropped (counted in ``plant_dropped``).
+    ack_timeout_s : float
+        Longest wait for one batch's acknowledgement before the twin connection is considered lost.
+    root_certificates : bytes, optional
+        PEM roots: connect to the twin with TLS.
+    on_ack : callable, optional
+        Called with every :class:`~twin.historian.ingest_client.IngestAck`, in the bridge's thread.
+    stats : BridgeStats, optional
+        Counters to update (pass one to watch progress from another thread).
+
+    Returns
+    -------
+    BridgeStats
+        What the bridge did.
+
+    Raises
+    ------
+    BridgeError
+        The twin or the plant refused in a way that retrying cannot mend (a wrong or missing token, a twin without
+        historian, an unknown cell).
+    """
+    for name, value, low in (("every", every, 1), ("batch_size", batch_size, 1), ("max_buffer", max_buffer, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("flush_s", flush_s), ("ack_timeout_s", ack_timeout_s)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    cells = tuple(cells)
+    for c in cells:
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"cells must hold non-negative integers, got {c!r}")
+    stop = threading.Event() if stop is None else stop
+    stats = BridgeStats() if stats is None else stats
+    reader = _PlantReader(plant, cells, every, max_buffer, backoff, stats, stop)
+    reader.start()
+    pending: list[Sample] = []  # read, not yet acknowledged, in order
+    high: dict[int, int] = {}  # per cell: the highest step acknowledged or pending
+    client: IngestClient | None = None
+    session: IngestStream | None = None
+    delays = backoff.delays()
+    limit = batch_size
+
+    def disconnect() -> None:
+        nonlocal client, session
+        if session is not None:
+            session.close()
+        if client is not None:
+            client.close()
+        client = session = None
+
+    def fail(exc: grpc.RpcError, what: str) -> None:
+        if exc.code() in PERMANENT_CODES:
+            raise BridgeError(f"the twin at {twin} refused {what}: {_describe(exc)}") from None
+        stats.last_error = f"twin: {_describe(exc)}"
+        log.warning("bridge: twin at %s: %s failed (%s); reconnecting", twin, what, _describe(exc))
+        disconnect()
+        stop.wait(next(delays))
+
+    try:
+        while not stop.is_set():
+            if session is None:
+                client = IngestClient(twin, token=token, timeout=ack_timeout_s, root_certificates=root_certificates)
+                try:
+                    info = client.info()
+                    session = client.stream()
+                except grpc.RpcError as exc:
+                    fail(exc, "the historian info")
+                    continue
+                stats.twin_connects += 1
+                limit = max(1, min(batch_size, info.max_batch_samples))
+                last = {c: h.last_step for c, h in info.cells.items()}
+                kept = [s for s in pending if s.step > last.get(s.cell, -1)]
+                stats.skipped += len(pending) - len(kept)
+                pending = kept
+                high = dict(last)
+                for s in pending:
+                    high[s.cell] = max(high.get(s.cell, -1), s.step)
+                log.info("bridge: ingesting into the twin at %s (resuming after %s)", twin, last or "nothing")
+            deadline = time.monotonic() + flush_s
+            while len(pending) < limit and not stop.is_set():
+                got = reader.take(limit - len(pending), deadline)
+                for s in got:
+                    if s.step <= high.get(s.cell, -1):
+                        stats.skipped += 1
+                        continue
+                    high[s.cell] = s.step
+                    pending.append(s)
+                if time.monotonic() >= deadline:
+                    break
+            if not pending:
+                continue
+            batch = pending[:limit]
+            try:
+                ack = session.send(batch)
+            except grpc.RpcError as exc:
+                fail(exc, "a batch")
+                continue
+            pending = pending[len(batch) :]
+            delays = backoff.delays()
+            stats.batches += 1
+            stats.accepted += ack.accepted
+            stats.quarantined += len(ack.quarantined)
+            if on_ack is not None:
+                on_ack(ack)
+    finally:
+        stop.set()
+        disconnect()
+        reader.close()
+    if reader.fatal is not None:
+        raise reader.fatal
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    token = os.environ.get(args.token_env) if args.token_env else None
+    roots = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    print(f"alutwin twin ingest: plant {args.plant} -> twin {args.twin}", flush=True)
+    try:
+        stats = run_bridge(
+            args.plant,
+            args.twin,
+            token=token,
+            cells=args.cells or (),
+            every=args.every,
+            batch_size=args.batch_size,
+            flush_s=args.flush_s,
+            stop=stop,
+            root_certificates=roots,
+        )
+    except (BridgeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    fields = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(stats).items() if k != "last_error")
+    print(f"alutwin twin ingest: stopped ({fields})", file=sys.stdout, flush=True)
+    return 0
+
+
+def register_bridge_cli(actions: Any) -> None:
+    """Add ``ingest`` to the ``alutwin twin`` actions (called by :func:`twin.serving.server.register_cli`)."""
+    p = actions.add_parser(
+        "ingest",
+        help="forward the plant service's measurements into the twin's historian",
+        description="Subscribe to the plant's StreamMeasurements and send the measurements to the twin's Ingest in "
+        "batches, reconnecting with backoff when either side restarts and resuming after the twin's last "
+        "acknowledged step. Runs until SIGTERM/SIGINT.",
+    )
+    p.add_argument("--plant", required=True, help="host:port of the plant service")
+    p.add_argument("--twin", required=True, help="host:port of the twin")
+    p.add_argument("--cells", type=int, nargs="*", help="cells to forward (default all)")
+    p.add_argument("--every", type=int, default=1, help="forward every N-th step (default 1)")
+    p.add_argument("--batch-size", type=int, default=500, help="most samples per batch (default 500)")
+    p.add_argument("--flush-s", type=float, default=0.5, help="longest a sample waits for its batch, s")
+    p.add_argument("--token-env", default="ALUTWIN_TWIN_TOKEN", help="environment variable holding the twin's token")
+    p.add_argument("--tls-ca", help="PEM file of the roots to trust: connect to the twin with TLS")
+    p.set_defaults(func=_cmd_ingest)

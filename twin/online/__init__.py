@@ -1,0 +1,1 @@
+"""Online identification: the re-fit worker that reads the historian and registers challengers."""

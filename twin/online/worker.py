@@ -1,0 +1,741 @@
+"""The online re-fit worker: the twin learns from the running plant, and only ever gets better.
+
+Every ``every_samples`` new samples or ``every_plant_s`` of plant time (whichever comes first) the worker
+
+1. reads each cell's recent samples from the historian (the SQLite file the twin's Ingest service writes; WAL
+   lets this process read while the twin writes),
+2. screens them for sensor faults with the champion (:func:`identification.online.screen`); a cell's data
+   from a suspected stuck or offset sensor on is left out, and the fault stays latched in the worker's state,
+3. holds out the last ``holdout_s`` of every cell and fits a challenger on the ``replay_s`` before it
+   (:func:`identification.online.refit`, a warm start inside the champion's sparsity pattern by default),
+4. scores champion and challenger by 1-hour-ahead rollout error on the held-out window
+   (:func:`identification.online.evaluate`) and lets the :class:`~identification.online.Gate` decide,
+5. registers the challenger through :class:`twin.client.TwinClient` and, if the gate passed, moves the alias
+   ``champion`` with a compare-and-set (``expected_version`` = the champion it beat): a champion changed
+   meanwhile by someone else is never overwritten.
+
+Every decision is appended to a JSON-lines log (promotions, rejections and skipped cycles, with all figures),
+and a registered version carries its decision in its manifest's ``metrics`` and ``provenance`` (visible with
+``ExplainModel``). Rejected challengers are registered too, without moving any alias, with "REJECTED" in
+their description: anyone can list, explain and export them (e.g. to see what a poisoned re-fit learnt), and
+clients that follow the alias never see them. ``register_rejected=False`` keeps them in the log only (the
+registry has no delete, so a long-running worker adds one version per cycle).
+
+The worker survives the twin restarting: calls that fail with UNAVAILABLE (or a deadline) are retried with
+exponential backoff, and a registration is made idempotent by a unique id in the version's description (a
+retry first looks whether the lost attempt got through). Its own state (counters, latched faults) is kept in
+a JSON file, so the worker can restart too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import grpc
+import numpy as np
+from tqdm.auto import tqdm
+
+from alutwin.cli import CliError
+from alutwin.fileio import write_atomic
+from identification.modelfile import LoadedModel, save_model
+from identification.online import (
+    REFIT_MODES,
+    Decision,
+    Evaluation,
+    Gate,
+    RefitConfig,
+    RefitError,
+    RefitResult,
+    ScreenConfig,
+    Segment,
+    evaluate,
+    refit,
+    rollout_windows,
+    screen,
+    segments_from_window,
+    split_holdout,
+)
+from plant.simulator import DT
+from twin.client import TwinClient
+from twin.historian.historian import Historian, open_historian
+
+__all__ = ["CycleRecord", "OnlineWorker", "WorkerConfig", "WorkerStopped", "register_cli"]
+
+T = TypeVar("T")
+_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class WorkerStopped(Exception):
+    """The worker was asked to stop while it waited for the twin."""
+
+
+def _finite(owner: str, name: str, value: Any, *, low: float = 0.0, strict: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}")
+    if value < low or (strict and value == low):
+        raise ValueError(f"{owner}.{name} must be {'>' if strict else '>='} {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Settings of the online re-fit worker.
+
+    Parameters
+    ----------
+    twin : str
+        ``host:port`` of the twin.
+    historian : Path
+        The historian's SQLite file.
+    model : str
+        Name of the model in the twin's registry.
+    decisions : Path
+        JSON-lines log of every decision (appended to).
+    state : Path, optional
+        JSON file of the worker's state (counters, latched sensor faults); None keeps it in memory only.
+    alias : str
+        The alias the worker reads its champion from and moves on promotion.
+    token : str, optional
+        The twin's management token (registering and moving aliases need it).
+    root_certificates : bytes, optional
+        PEM roots to trust: connect with TLS.
+    every_samples : int, optional
+        Re-fit after this many new accepted samples (all cells together).
+    every_plant_s : float, optional
+        Re-fit after this much plant time, s. At least one of the two triggers must be set.
+    replay_s : float
+        Training window before the held-out window, s of plant time.
+    holdout_s : float
+        Held-out window at the end of the data, s; it must hold at least ``horizon`` steps.
+    horizon : int
+        Steps of each evaluation rollout (360 = 1 h of 10 s steps).
+    stride : int
+        Steps between evaluation rollout starts.
+    min_train_steps : int
+        Fewest training transitions (all cells) for a re-fit.
+    cells : tuple of int, optional
+        Cells to learn from (None: every cell in the historian).
+    refit : RefitConfig
+        How challengers are trained (the cycle number is added to its seed).
+    gate : Gate
+        When a challenger is promoted.
+    screen : ScreenConfig, optional
+        Sensor-fault screening; None trusts the data (the gate is then the only guard).
+    register_rejected : bool
+        Register rejected challengers (without an alias) so that they are visible in the registry.
+    poll_s : float
+        Seconds between looks at the historian in :meth:`OnlineWorker.run`.
+    retry_initial_s, retry_max_s : float
+        Backoff of calls while the twin is unavailable.
+    call_timeout_s : float
+        Deadline of each call to the twin.
+    engine : str
+        Rollout engine of the evaluation.
+    """
+
+    twin: str
+    historian: Path
+    model: str
+    decisions: Path
+    state: Path | None = None
+    alias: str = "champion"
+    token: str | None = None
+    root_certificates: bytes | None = None
+    every_samples: int | None = None
+    every_plant_s: float | None = 3600.0
+    replay_s: float = 4 * 3600.0
+    holdout_s: float = 1.5 * 3600.0
+    horizon: int = 360
+    stride: int = 30
+    min_train_steps: int = 360
+    cells: tuple[int, ...] | None = None
+    refit: RefitConfig = field(default_factory=lambda: RefitConfig(lr=1e-3, epochs=20, half_life_steps=540.0))
+    gate: Gate = field(default_factory=Gate)
+    screen: ScreenConfig | None = field(default_factory=ScreenConfig)
+    register_rejected: bool = True
+    poll_s: float = 2.0
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+    call_timeout_s: float = 60.0
+    engine: str = "auto"
+
+    def __post_init__(self) -> None:
+        owner = "WorkerConfig"
+        for name in ("twin", "model", "alias"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v:
+                raise ValueError(f"{owner}.{name} must be a non-empty string, got {v!r}")
+        for name in ("historian", "decisions", "state"):
+            v = getattr(self, name)
+            if v is None and name == "state":
+                continue
+            if not isinstance(v, (str, os.PathLike)) or not os.fspath(v):
+                raise ValueError(f"{owner}.{name} must be a path, got {v!r}")
+            object.__setattr__(self, name, Path(v))
+        if self.every_samples is None and self.every_plant_s is None:
+            raise ValueError(f"{owner}: set every_samples or every_plant_s (or both)")
+        if self.every_samples is not None and (
+            isinstance(self.every_samples, bool) or not isinstance(self.every_samples, int) or self.every_samples < 1
+        ):
+            raise ValueError(f"{owner}.every_samples must be a positive integer or None, got {self.every_samples!r}")
+        if self.every_plant_s is not None:
+            _finite(owner, "every_plant_s", self.every_plant_s)
+        for name in ("replay_s", "holdout_s", "poll_s", "retry_initial_s", "retry_max_s", "call_timeout_s"):
+            _finite(owner, name, getattr(self, name))
+        for name in ("horizon", "stride", "min_train_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{owner}.{name} must be a positive integer, got {v!r}")
+        if self.cells is not None:
+            cells = tuple(self.cells)
+            if not cells or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cells):
+                raise ValueError(f"{owner}.cells must be non-negative integers or None, got {self.cells!r}")
+            object.__setattr__(self, "cells", cells)
+        if self.token is not None and (not isinstance(self.token, str) or not self.token):
+            raise ValueError(f"{owner}.token must be a non-empty string or None")
+        for name, cls in (("refit", RefitConfig), ("gate", Gate)):
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"{owner}.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.screen is not None and not isinstance(self.screen, ScreenConfig):
+            raise ValueError(f"{owner}.screen must be a ScreenConfig or None")
+
+
+@dataclass(frozen=True)
+class CycleRecord:
+    """One cycle of the worker, as written to the decisions log."""
+
+    event: str  # "promoted", "rejected", "skipped", "failed"
+    reason: str
+    cycle: int
+    plant_step: int
+    plant_time_s: float
+    champion_version: int
+    challenger_version: int | None
+    decision: Decision | None
+    refit: RefitResult | None
+    faults: tuple[dict[str, Any], ...]
+    seconds: dict[str, float]
+    time_utc: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time_utc": self.time_utc,
+            "event": self.event,
+            "reason": self.reason,
+            "cycle": self.cycle,
+            "plant_step": self.plant_step,
+            "plant_time_s": self.plant_time_s,
+            "champion_version": self.champion_version,
+            "challenger_version": self.challenger_version,
+            "decision": None if self.decision is None else self.decision.as_dict(),
+            "refit": None if self.refit is None else self.refit.as_dict(),
+            "faults": list(self.faults),
+            "seconds": dict(self.seconds),
+        }
+
+
+def _utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class OnlineWorker:
+    """The online re-fit loop of one model (see the module docstring).
+
+    Parameters
+    ----------
+    config : WorkerConfig
+    client : TwinClient, optional
+        A client to use (default: one to ``config.twin`` with the token, closed by :meth:`close`).
+    historian : Historian, optional
+        A historian to read (default: ``open_historian(config.historian)``, closed by :meth:`close`).
+    progress : bool
+        Progress bars and a line per decision on ``out``.
+    out : TextIO, optional
+        Where the lines go (default stderr).
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        client: TwinClient | None = None,
+        historian: Historian | None = None,
+        progress: bool = False,
+        out: TextIO | None = None,
+    ) -> None:
+        if not isinstance(config, WorkerConfig):
+            raise ValueError(f"config must be a WorkerConfig, got {type(config).__name__}")
+        self.config = config
+        self._own_client = client is None
+        self.client = client or TwinClient(
+            config.twin,
+            token=config.token,
+            timeout=config.call_timeout_s,
+            root_certificates=config.root_certificates,
+            options=(("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)),
+        )
+        self._own_historian = historian is None
+        self.historian = historian or open_historian(config.historian)
+        self.progress = progress
+        self.out = out
+        self._stop = threading.Event()
+        self._champions: dict[int, LoadedModel] = {}
+        self.state = self._load_state()
+        self.records: list[CycleRecord] = []
+
+    # -- state ------------------------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any]:
+        fresh = {"cycles": 0, "count_at_last": 0, "time_at_last": None, "latched": {}}
+        path = self.config.state
+        if path is None or not path.exists():
+            return fresh
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"worker state {path} is unreadable: {exc}") from None
+        if not isinstance(doc, dict) or set(doc) != set(fresh):
+            raise ValueError(f"worker state {path} must hold exactly the keys {sorted(fresh)}")
+        return doc
+
+    def _save_state(self) -> None:
+        if self.config.state is None:
+            return
+        self.config.state.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.config.state, (json.dumps(self.state, indent=1) + "\n").encode("utf-8"))
+
+    def reset_faults(self) -> None:
+        """Forget every latched sensor fault (after the sensors were repaired)."""
+        self.state["latched"] = {}
+        self._save_state()
+
+    # -- talking to the twin ----------------------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        if self.progress or self.out is not None:
+            tqdm.write(text, file=self.out or sys.stderr)
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried with exponential backoff while the twin is unavailable."""
+        delay = self.config.retry_initial_s
+        warned = False
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+                if warned:
+                    self._say(f"online: the twin is back ({what})")
+                return result
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRY_CODES:
+                    raise
+                if not warned:
+                    self._say(f"online: the twin is unavailable ({what}: {exc.code().name}); retrying")
+                    warned = True
+            if self._stop.wait(delay):
+                raise WorkerStopped(f"stopped while waiting for the twin ({what})")
+            delay = min(delay * 2, self.config.retry_max_s)
+
+    def champion(self) -> tuple[int, LoadedModel]:
+        """The version the alias points at now, and its model (exported once per version)."""
+        cfg = self.config
+        info = self._call("GetModel", self.client.get_model, cfg.model, alias=cfg.alias)
+        version = info.model.version
+        if version not in self._champions:
+            exported = self._call("ExportModel", self.client.export, cfg.model, version=version)
+            self._champions = {version: exported.load()}  # keep only the present champion
+        return version, self._champions[version]
+
+    def _register(self, files: tuple[bytes, bytes], description: str, marker: str) -> int:
+        """Register a version; a retry after a lost reply first looks for ``marker`` in the descriptions."""
+        cfg = self.config
+        delay = cfg.retry_initial_s
+        while True:
+            try:
+                model, _ = self.client.register(cfg.model, files, description=description)
+                return model.version
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRY_CODES:
+                    raise
+                self._say(f"online: the twin is unavailable (RegisterModel: {exc.code().name}); retrying")
+            if self._stop.wait(delay):
+                raise WorkerStopped("stopped while waiting for the twin (RegisterModel)")
+            delay = min(delay * 2, cfg.retry_max_s)
+            try:
+                models, _ = self.client.list_models()
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRY_CODES:
+                    raise
+                continue
+            for m in models:
+                if m.name == cfg.model:
+                    for version, (_, _, desc) in m.versions.items():
+                        if marker in desc:
+                            return version
+
+    # -- one cycle --------------------------------------------------------------------------------------------
+
+    def _cells(self) -> list[int]:
+        return list(self.config.cells) if self.config.cells is not None else self.historian.cells()
+
+    def _progress_point(self) -> tuple[int, int, float]:
+        """Accepted samples of the worker's cells, the newest step and its plant time."""
+        cells = self._cells()
+        count = sum(self.historian.count(c) for c in cells)
+        last = max((s for c in cells if (s := self.historian.last_step(c)) is not None), default=-1)
+        dt = next(iter(self._champions.values())).surrogate.dt if self._champions else DT
+        return count, last, last * dt
+
+    def due(self) -> bool:
+        """Whether enough new data arrived for the next cycle."""
+        cfg = self.config
+        count, last, t = self._progress_point()
+        if last < 0:
+            return False
+        if cfg.every_samples is not None and count - self.state["count_at_last"] >= cfg.every_samples:
+            return True
+        t_last = self.state["time_at_last"]
+        if cfg.every_plant_s is not None:
+            # the first cycle waits until the window can hold a held-out hour and some training data
+            start = t_last if t_last is not None else 0.0
+            need = cfg.every_plant_s if t_last is not None else cfg.holdout_s + cfg.min_train_steps * 10.0
+            return t - start >= need
+        return False
+
+    def _data(self, champion: LoadedModel) -> tuple[list[Segment], list[Segment], list[dict[str, Any]], int]:
+        cfg = self.config
+        dt = champion.surrogate.dt
+        replay = round(cfg.replay_s / dt)
+        hold = round(cfg.holdout_s / dt)
+        segments: list[Segment] = []
+        holdout_from: dict[int, int] = {}
+        faults: list[dict[str, Any]] = []
+        newest = -1
+        latched: dict[str, Any] = self.state["latched"]
+        for cell in self._cells():
+            last = self.historian.last_step(cell)
+            if last is None:
+                continue
+            newest = max(newest, last)
+            window = self.historian.window(cell, max(0, last + 1 - replay - hold), last + 1)
+            if len(window) < 2:
+                continue
+            exclude = np.zeros(len(window), dtype=bool)
+            if cfg.screen is not None:
+                report = screen(window, champion, cfg.screen)
+                if report.faults and str(cell) not in latched:
+                    first = report.faults[0]
+                    latched[str(cell)] = first.as_dict()
+                    for f in report.faults:
+                        faults.append(f.as_dict())
+                    self._say(
+                        f"online: cell {cell}: suspected sensor fault, excluded from step {first.step} on: {first.detail}"
+                    )
+            if str(cell) in latched:
+                exclude |= np.asarray(window.steps) >= int(latched[str(cell)]["step"])
+            segments += segments_from_window(window, exclude=exclude)
+            holdout_from[cell] = last + 1 - hold
+        train, held = split_holdout(segments, holdout_from)
+        return train, held, faults, newest
+
+    def run_cycle(self) -> CycleRecord:
+        """Fit, judge and (maybe) promote one challenger now; the record is logged and returned."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        cycle = int(self.state["cycles"]) + 1
+        count, _, _ = self._progress_point()
+        version, champion = self.champion()
+        train, held, faults, newest = self._data(champion)
+        dt = champion.surrogate.dt
+        seconds = {"data": time.perf_counter() - t0}
+        common = {"cycle": cycle, "plant_step": int(newest), "plant_time_s": float(newest * dt),
+                  "champion_version": version, "faults": tuple(faults), "time_utc": _utc()}  # fmt: skip
+        n_train = sum(s.n_steps for s in train)
+        n_roll = rollout_windows(held, cfg.horizon, cfg.stride)[0].shape[0]
+        record: CycleRecord
+        if n_train < cfg.min_train_steps or n_roll < cfg.gate.min_rollouts:
+            why = (
+                f"not enough clean data: {n_train} training transitions (need {cfg.min_train_steps}), "
+                f"{n_roll} held-out rollouts of {cfg.horizon} steps (need {cfg.gate.min_rollouts})"
+            )
+            record = CycleRecord("skipped", why, challenger_version=None, decision=None, refit=None,
+                                 seconds=seconds, **common)  # fmt: skip
+            return self._finish(record, count, newest * dt)
+        rcfg = dataclasses.replace(cfg.refit, seed=cfg.refit.seed + cycle)
+        try:
+            result = refit(champion, train, rcfg, progress=f"re-fit {cycle}" if self.progress else False)
+        except RefitError as exc:
+            seconds["refit"] = time.perf_counter() - t0 - seconds["data"]
+            record = CycleRecord("failed", f"rejected: {exc}", challenger_version=None, decision=None, refit=None,
+                                 seconds=seconds, **common)  # fmt: skip
+            return self._finish(record, count, newest * dt)
+        seconds["refit"] = result.seconds
+        t1 = time.perf_counter()
+        sigma = champion.surrogate.normalization.state_std
+        ev0 = evaluate(champion, held, horizon=cfg.horizon, stride=cfg.stride, sigma=sigma, engine=cfg.engine)
+        ev1 = evaluate(result.surrogate, held, horizon=cfg.horizon, stride=cfg.stride, sigma=sigma, engine=cfg.engine)
+        decision = cfg.gate.decide(champion, result.surrogate, ev0, ev1)
+        seconds["evaluate"] = time.perf_counter() - t1
+        challenger_version = None
+        event = "promoted" if decision.promote else "rejected"
+        reason = decision.reason
+        if decision.promote or cfg.register_rejected:
+            t2 = time.perf_counter()
+            challenger_version, event, reason = self._publish(
+                version, champion, result, decision, ev0, ev1, held, faults, cycle, newest
+            )
+            seconds["publish"] = time.perf_counter() - t2
+        record = CycleRecord(event, reason, challenger_version=challenger_version, decision=decision, refit=result,
+                             seconds=seconds, **common)  # fmt: skip
+        return self._finish(record, count, newest * dt)
+
+    def _publish(
+        self,
+        version: int,
+        champion: LoadedModel,
+        result: RefitResult,
+        decision: Decision,
+        ev0: Evaluation,
+        ev1: Evaluation,
+        held: list[Segment],
+        faults: list[dict[str, Any]],
+        cycle: int,
+        newest: int,
+    ) -> tuple[int | None, str, str]:
+        """Register the challenger (and move the alias if it was promoted): ``(version, event, reason)``."""
+        cfg = self.config
+        marker = uuid.uuid4().hex[:16]
+        origin = champion.provenance.get("origin", champion.provenance)
+        held_range = {
+            str(c): [
+                int(min(s.steps[0] for s in held if s.cell == c)),
+                int(max(s.steps[-1] for s in held if s.cell == c)),
+            ]
+            for c in sorted({s.cell for s in held})
+        }
+        provenance = {
+            "online": {
+                "challenger_id": marker,
+                "cycle": cycle,
+                "parent": {"name": cfg.model, "version": version, "sha256": champion.manifest["weights"]["sha256"]},
+                "historian": os.fspath(cfg.historian),
+                "plant_step": int(newest),
+                "training": result.as_dict(),
+                "held_out_steps": held_range,
+                "sensor_faults": faults,
+                "gate": cfg.gate.as_dict(),
+                "decision": decision.as_dict(),
+            },
+            "origin": origin,
+        }
+        verdict = "promoted" if decision.promote else "rejected"
+        metrics = {
+            "online_decision": verdict,
+            "online_reason": decision.reason,
+            "online_1h_an_rfmse": ev1.error,
+            "champion_1h_an_rfmse": ev0.error,
+            "online_ratio": decision.ratio,
+            "online_rollouts": ev1.n_rollouts,
+            "online_diverged": ev1.n_diverged,
+            "champion_diverged": ev0.n_diverged,
+        }
+        with tempfile.TemporaryDirectory(prefix="alutwin-challenger-") as tmp:
+            directory = save_model(Path(tmp) / "model", result.surrogate, kind=result.kind, provenance=provenance,
+                                   metrics=metrics)  # fmt: skip
+            files = ((directory / "manifest.json").read_bytes(), (directory / "weights.safetensors").read_bytes())
+        label = "PROMOTED" if decision.promote else "REJECTED"
+        description = f"online challenger {marker} (cycle {cycle}, parent v{version}): {label}: {decision.reason}"[
+            :1000
+        ]
+        try:
+            new_version = self._register(files, description, marker)
+        except grpc.RpcError as exc:
+            # the twin refused the upload (e.g. its smoke rollout did not stay finite): a rejection too
+            return None, "rejected", f"rejected: the twin refused the challenger ({exc.code().name}: {exc.details()})"
+        if not decision.promote:
+            return new_version, "rejected", decision.reason
+        try:
+            self._call("SetAlias", self.client.set_alias, cfg.model, cfg.alias, new_version, expected_version=version)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.ABORTED:
+                now = self._call("GetModel", self.client.get_model, cfg.model, alias=cfg.alias).model.version
+                if now == new_version:  # an earlier attempt went through and only its reply was lost
+                    return new_version, "promoted", decision.reason
+                return (
+                    new_version,
+                    "rejected",
+                    (
+                        f"not promoted: alias {cfg.alias!r} moved away from version {version} meanwhile ({exc.details()})"
+                    ),
+                )
+            raise
+        return new_version, "promoted", decision.reason
+
+    def _finish(self, record: CycleRecord, count: int, plant_time: float) -> CycleRecord:
+        self.state["cycles"] = record.cycle
+        self.state["count_at_last"] = int(count)
+        self.state["time_at_last"] = float(plant_time)
+        self._save_state()
+        cfg = self.config
+        cfg.decisions.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record.as_dict(), allow_nan=False) + "\n"
+        with open(cfg.decisions, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.append(record)
+        d = record.decision
+        figures = ""
+        if d is not None:
+            figures = (
+                f" [1-h AN-RFMSE champion {d.champion['an_rfmse_mean']}, challenger {d.challenger['an_rfmse_mean']}]"
+            )
+        hours = record.plant_time_s / 3600.0
+        version = f" -> v{record.challenger_version}" if record.challenger_version else ""
+        self._say(
+            f"online: cycle {record.cycle} at plant {hours:.2f} h: {record.event}{version}: {record.reason}{figures}"
+        )
+        return record
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+
+    def poll(self) -> CycleRecord | None:
+        """One look: run a cycle if it is due, else nothing."""
+        if not self.due():
+            return None
+        return self.run_cycle()
+
+    def run(self, *, max_cycles: int | None = None) -> None:
+        """Poll every ``poll_s`` until :meth:`stop` (or ``max_cycles`` cycles ran)."""
+        done = 0
+        while not self._stop.is_set():
+            try:
+                if self.poll() is not None:
+                    done += 1
+                    if max_cycles is not None and done >= max_cycles:
+                        return
+            except WorkerStopped:
+                return
+            self._stop.wait(self.config.poll_s)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` (and any wait for the twin) to end."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_client:
+            self.client.close()
+        if self._own_historian:
+            self.historian.close()
+
+    def __enter__(self) -> OnlineWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.online:
+        raise CliError(
+            "only online identification is implemented here (--online); the offline study is `alutwin study`"
+        )
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if not token:
+        raise CliError(f"the management token is needed to register models: set ${args.token_env}")
+    roots = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    historian = Path(args.historian)
+    if not historian.is_file():
+        raise CliError(f"no historian at {historian}")
+    decisions = args.decisions or historian.with_name(f"{historian.stem}-{args.model}-decisions.jsonl")
+    state = args.state or historian.with_name(f"{historian.stem}-{args.model}-worker.json")
+    config = WorkerConfig(
+        twin=args.twin,
+        historian=historian,
+        model=args.model,
+        decisions=decisions,
+        state=state,
+        alias=args.alias,
+        token=token,
+        root_certificates=roots,
+        every_samples=args.every_samples,
+        every_plant_s=None if args.every_hours == 0 else args.every_hours * 3600.0,
+        replay_s=args.replay_hours * 3600.0,
+        holdout_s=args.holdout_hours * 3600.0,
+        cells=tuple(args.cells) if args.cells else None,
+        refit=RefitConfig(mode=args.mode, epochs=args.epochs, lr=args.lr, half_life_steps=540.0),
+        gate=Gate(margin=args.margin, cell_tolerance=args.cell_tolerance),
+        screen=None if args.no_screen else ScreenConfig(),
+        register_rejected=not args.log_rejected_only,
+        poll_s=args.poll_s,
+    )
+    with OnlineWorker(config, progress=not args.no_progress, out=sys.stdout) as worker:
+        if args.reset_faults:
+            worker.reset_faults()
+        print(
+            f"alutwin identify --online: model {args.model!r} on {args.twin}, historian {historian}; "
+            f"decisions -> {decisions}",
+            flush=True,
+        )
+        if args.once:
+            record = worker.run_cycle()
+            return 0 if record.event != "failed" else 1
+        try:
+            worker.run()
+        except KeyboardInterrupt:
+            worker.stop()
+    return 0
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    """Add ``alutwin identify --online`` (entry point ``alutwin.commands``)."""
+    p = sub.add_parser(
+        "identify",
+        help="online identification: re-fit the twin's model from the historian and promote only what is better",
+        description="Watch the historian; every N samples or T hours of plant time fit a challenger, judge it "
+        "against the champion on held-out recent data by 1-hour-ahead rollout error, register it, and move the "
+        "alias if the gate passes. Every decision goes to a JSON-lines log.",
+    )
+    p.add_argument("--online", action="store_true", help="run the online re-fit worker (the only mode)")
+    p.add_argument("--twin", required=True, help="host:port of the twin")
+    p.add_argument("--historian", required=True, help="the historian's SQLite file")
+    p.add_argument("--model", required=True, help="model name in the twin's registry")
+    p.add_argument("--alias", default="champion", help="alias to read and move (default champion)")
+    p.add_argument("--token-env", default="ALUTWIN_TWIN_TOKEN", help="environment variable holding the token")
+    p.add_argument("--tls-ca", help="PEM file of the roots to trust: connect with TLS")
+    p.add_argument("--every-samples", type=int, help="re-fit after this many new samples (all cells)")
+    p.add_argument("--every-hours", type=float, default=1.0, help="re-fit after this much plant time (0: off)")
+    p.add_argument("--replay-hours", type=float, default=4.0, help="training window (default 4 h)")
+    p.add_argument("--holdout-hours", type=float, default=1.5, help="held-out window (default 1.5 h, >= 1 h)")
+    p.add_argument("--cells", type=int, nargs="+", help="cells to learn from (default: all)")
+    p.add_argument("--mode", choices=REFIT_MODES, default="warm", help="warm start (default) or fresh fit")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of a warm re-fit (default 20)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--margin", type=float, default=0.9, help="promote if error <= margin x champion's")
+    p.add_argument("--cell-tolerance", type=float, default=1.1, help="no cell worse than this x champion's")
+    p.add_argument("--decisions", type=Path, help="decisions log (default beside the historian)")
+    p.add_argument("--state", type=Path, help="worker state file (default beside the historian)")
+    p.add_argument("--no-screen", action="store_true", help="do not screen the data for sensor faults")
+    p.add_argument("--log-rejected-only", action="store_true", help="do not register rejected challengers")
+    p.add_argument("--reset-faults", action="store_true", help="forget latched sensor faults first")
+    p.add_argument("--once", action="store_true", help="run one cycle now and exit")
+    p.add_argument("--poll-s", type=float, default=2.0, help="seconds between looks at the historian")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run)
