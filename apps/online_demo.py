@@ -46,9 +46,9 @@ from plant.scenarios import ScenarioEvent
 from plant.service import create_server as create_plant_server
 from twin.client import TwinClient
 from twin.config import TwinConfig
-from twin.historian.bridge import run_bridge
-from twin.online.worker import CycleRecord, OnlineWorker, WorkerConfig
-from twin.serving.server import create_server as create_twin_server
+from twin.historian import run_bridge
+from twin.online import CycleRecord, OnlineWorker, WorkerConfig
+from twin.serving import create_server as create_twin_server
 
 __all__ = [
     "DEFAULT_SEED_MODEL",

@@ -26,7 +26,7 @@ from plant.client import PlantClient
 from plant.service import create_server as create_plant_server
 from twin.client import TwinClient
 from twin.config import TwinConfig
-from twin.serving.server import create_server as create_twin_server
+from twin.serving import create_server as create_twin_server
 
 __all__ = ["SystemConfig", "plant_service", "run_system", "twin_service"]
 

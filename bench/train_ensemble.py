@@ -5,7 +5,7 @@ Adam lr 1e-3, batch 128, 100 epochs, 10 members. Rows, side by side in one run:
 
 1. torch, members one after another (the straightforward way: one autograd model per member);
 2. torch, all members vectorised (batched matrix products, one autograd graph);
-3. fused C kernel, all members vectorised (identification.fast_training).
+3. fused C kernel, all members vectorised (identification.training.fused).
 
 Rows 1-2 are timed over ``--ref-epochs`` epochs and extrapolated linearly to 100 (the cost of an epoch is
 constant: the same number of identical Adam steps); row 3 runs all 100 epochs. Validation: the one-step
@@ -29,10 +29,9 @@ import numpy as np
 import torch
 
 from identification.data import fit_normalization, make_samples
-from identification.fast_training import train_ensemble_fast
 from identification.network import Architecture, forward
 from identification.regularizers import L1Penalty
-from identification.training import TrainConfig, member_seeds, train_ensemble
+from identification.training import TrainConfig, member_seeds, train_ensemble, train_ensemble_fast
 from plant.datasets import generate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_ensemble.json"

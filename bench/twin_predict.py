@@ -7,7 +7,7 @@ sparse one made from it by pruning (about 300 non-zero weights per member):
     - ``torch-bmm``: a straightforward batched-torch rollout (float64, one ``baddbmm`` per layer per step, one
       torch thread: with more, the tiny products only wait on each other), the reference point of the issue;
     - ``numpy``: the reference :meth:`Surrogate.simulate`;
-    - ``engine``: the rollout engine the twin serves with (``identification.fast_rollout``, "auto"): every
+    - ``engine``: the rollout engine the twin serves with (``identification.rollout``, "auto"): every
       member's trajectory;
     - ``summary``: the same engine computing the ensemble mean, spread and algebraic outputs itself
       (``simulate_summary``; for one or two cells it is ``engine`` plus numpy; for a batch of a sparse model,
@@ -60,14 +60,14 @@ import torch
 from alutwin.v1 import twin_pb2
 from identification.data import fit_normalization, make_samples
 from identification.estimator import prune
-from identification.fast_rollout import make_rollout_engine
 from identification.modelfile import load_model, save_model
 from identification.network import Architecture, EnsembleWeights
+from identification.rollout import make_rollout_engine
 from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
 from twin.client import TwinClient, serialize_predict_response
-from twin.registry.registry import ServedModel, validate_model
-from twin.serving.server import predict
+from twin.registry import ServedModel, validate_model
+from twin.serving import predict
 
 __all__ = ["main", "make_models", "run_benchmark", "torch_rollout"]
 

@@ -18,7 +18,7 @@ Engines:
 1. **numpy**: :meth:`identification.surrogate.Surrogate.simulate` (the reference).
 2. **torch-f64**, **torch-f32**: a straightforward batched torch rollout: one ``baddbmm`` per layer and step
    over all members at once, in float64 and float32 (no prior; ``--torch-threads``, default 1).
-3. **compiled**: :class:`identification.fast_rollout.RolloutEngine` (default threads), and
+3. **compiled**: :class:`identification.rollout.RolloutEngine` (default threads), and
    **compiled-1t** with one thread.
 
 Each engine is called ``--repeats`` times per workload (fewer for the slow ones on (b)); the table shows the
@@ -51,8 +51,8 @@ import numpy as np
 import torch
 
 from identification.data import Normalization, fit_normalization, make_samples
-from identification.fast_rollout import RolloutEngine, compiled_rollout_available
 from identification.network import Architecture, EnsembleWeights
+from identification.rollout import RolloutEngine, compiled_rollout_available
 from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
 

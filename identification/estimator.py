@@ -11,18 +11,24 @@ from dataclasses import replace
 import numpy as np
 
 from identification.data import TrajectoryLike, fit_normalization, make_samples
-from identification.fast_training import fast_training_available, train_ensemble_fast
 from identification.kinds import KINDS, ModelSpec
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import Regularizer, make_regularizer
 from identification.surrogate import Surrogate, prior_derivative
-from identification.training import TrainConfig, TrainResult, member_seeds, train_ensemble
+from identification.training import (
+    TrainConfig,
+    TrainResult,
+    fast_training_available,
+    member_seeds,
+    train_ensemble,
+    train_ensemble_fast,
+)
 
 __all__ = ["KINDS", "TRAINERS", "ModelSpec", "SurrogateEstimator", "prune"]
 
 
 TRAINERS = ("auto", "fused", "torch")
-"""``fused``: the C kernel of :mod:`identification.fast_training`; ``torch``: the autograd reference;
+"""``fused``: the C kernel of :mod:`identification.training.fused`; ``torch``: the autograd reference;
 ``auto``: fused where a C compiler is available, else torch. Both follow the same batches and updates."""
 
 

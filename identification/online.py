@@ -43,15 +43,20 @@ import numpy as np
 
 from identification.data import Normalization
 from identification.estimator import prune
-from identification.fast_rollout import ENGINES, make_rollout_engine
-from identification.fast_training import fast_training_available, train_ensemble_fast
 from identification.kinds import KINDS
 from identification.metrics import DIVERGENCE_LIMIT, an_rfmse_curve, path_dependency
 from identification.modelfile import LoadedModel
 from identification.network import EnsembleWeights
 from identification.regularizers import make_regularizer
+from identification.rollout import ENGINES, make_rollout_engine
 from identification.surrogate import Surrogate, prior_derivative
-from identification.training import TrainConfig, member_seeds, train_ensemble
+from identification.training import (
+    TrainConfig,
+    fast_training_available,
+    member_seeds,
+    train_ensemble,
+    train_ensemble_fast,
+)
 from plant.signals import N_INPUTS, N_STATES, STATE_NAMES
 
 __all__ = [
@@ -703,7 +708,7 @@ def evaluate(
     stride : steps between rollout starts.
     sigma : ``(8,)`` the metric's per-state scale; default the model's own training std. Compare two models
         with the same ``sigma`` (the worker passes the champion lineage's).
-    engine : rollout engine (:data:`identification.fast_rollout.ENGINES`).
+    engine : rollout engine (:data:`identification.rollout.ENGINES`).
     threads : rollout threads.
     """
     sur = _surrogate(model, "model")

@@ -37,7 +37,7 @@ def prior_derivative(prior: str, x: np.ndarray, u: np.ndarray) -> np.ndarray | N
 def check_rollout_inputs(x0: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``x0`` ``(B, 8)`` and ``u`` ``(B, T, 5)`` as C-contiguous float64, or a ValueError naming what is wrong.
 
-    The one validation of every rollout engine's inputs (this module's and :mod:`identification.fast_rollout`).
+    The one validation of every rollout engine's inputs (this module's and :mod:`identification.rollout`).
     """
     x0 = np.ascontiguousarray(x0, dtype=np.float64)
     u = np.ascontiguousarray(u, dtype=np.float64)

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from alutwin.rpc import open_channel
 from alutwin.v1 import twin_pb2, twin_pb2_grpc
 from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, LoadedModel
-from twin.registry.store import load_model_bytes
+from twin.registry import load_model_bytes
 
 __all__ = [
     "DEFAULT_MESSAGE_BYTES",

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from identification.fast_rollout import ENGINES
+from identification.rollout import ENGINES
 
 __all__ = ["DEFAULT_PORT", "HISTORIAN_FILE", "HistorianConfig", "TwinConfig"]
 
@@ -139,7 +139,7 @@ class TwinConfig:
     cache_size : int
         Further versions (pinned by clients) kept loaded, least recently used dropped first.
     engine : str
-        Rollout engine (:data:`identification.fast_rollout.ENGINES`): ``"auto"`` (compiled C where a compiler
+        Rollout engine (:data:`identification.rollout.ENGINES`): ``"auto"`` (compiled C where a compiler
         is found, else numpy), ``"compiled"`` or ``"numpy"`` (the reference ``Surrogate.simulate``).
     smoke_horizon : int
         Steps of the rollout from a nominal state that a version must survive with finite values before it

@@ -38,7 +38,7 @@ from plant.physics import algebraic
 from plant.potline import Potline
 from twin.client import TwinClient
 from twin.config import TwinConfig
-from twin.serving.server import create_server
+from twin.serving import create_server
 
 TOKEN = "controller-test-token-0123"
 SPARSE = DEFAULT_MODELS / "sparse-inputskip"

@@ -14,10 +14,11 @@ import casadi as ca
 import numpy as np
 import pytest
 
-import identification.fast_rollout as fr
+import identification.rollout.engine as fr
 from alutwin.cbuild import build_shared_library
 from identification.data import Normalization
-from identification.fast_rollout import (
+from identification.network import Architecture, EnsembleWeights
+from identification.rollout import (
     ENGINES,
     OUTPUT_ORDER,
     NumpyRolloutEngine,
@@ -28,7 +29,6 @@ from identification.fast_rollout import (
     summary_of,
     vector_source,
 )
-from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
 from plant.engine import CompiledEngineError, CompilerUnavailableWarning

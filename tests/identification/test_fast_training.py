@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from identification.fast_training import fast_training_available, train_ensemble_fast
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import GroupInputPenalty, L1Penalty, NoPenalty, Regularizer
-from identification.training import TrainConfig, train_ensemble
+from identification.training import TrainConfig, fast_training_available, train_ensemble, train_ensemble_fast
 
 pytestmark = pytest.mark.skipif(not fast_training_available("float64"), reason="no C compiler for the kernel")
 

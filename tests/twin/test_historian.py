@@ -16,7 +16,7 @@ import pytest
 from plant import constant, sample_initial_states, simulate
 from plant.params import DomainLimits
 from plant.signals import X
-from twin.historian.historian import (
+from twin.historian import (
     MAX_INDEX,
     HistorianClosed,
     HistorianError,
@@ -229,7 +229,7 @@ def test_threads_append_concurrently(hist, traj):
 
 READER = """
 import sys, time
-from twin.historian.historian import open_historian
+from twin.historian import open_historian
 h = open_historian(sys.argv[1])
 seen, last = 0, -1
 end = time.monotonic() + 20

@@ -25,10 +25,18 @@ from plant.potline import PlantConfig, Potline
 from plant.service import create_server as create_plant_server
 from plant.signals import X
 from twin.config import HistorianConfig, TwinConfig
-from twin.historian.bridge import Backoff, BridgeError, BridgeStats, run_bridge
-from twin.historian.historian import QuarantineReason, Sample, open_historian
-from twin.historian.ingest_client import INGEST_SERVICE, IngestClient
-from twin.serving.server import MANAGEMENT_METHODS, TwinServer, create_server, register_cli
+from twin.historian import (
+    INGEST_SERVICE,
+    Backoff,
+    BridgeError,
+    BridgeStats,
+    IngestClient,
+    QuarantineReason,
+    Sample,
+    open_historian,
+    run_bridge,
+)
+from twin.serving import MANAGEMENT_METHODS, TwinServer, create_server, register_cli
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789abcdef"
@@ -210,7 +218,7 @@ def test_historian_config(tmp_path, make_twin):
 # loading every package's sub-commands (torch), so that each restart takes about a second.
 SERVE = """
 import argparse, sys
-from twin.serving.server import register_cli
+from twin.serving import register_cli
 parser = argparse.ArgumentParser(prog="alutwin")
 register_cli(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(sys.argv[1:])

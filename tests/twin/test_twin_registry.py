@@ -23,9 +23,17 @@ from twin.client import (
     serialize_predict_response,
 )
 from twin.config import TwinConfig
-from twin.registry.registry import EventType, ModelRegistry, NotFound, NotServable
-from twin.registry.store import ModelStore, StoreError, StoreState, load_model_bytes
-from twin.serving.metrics import Counter, Gauge, Histogram, MetricsRegistry
+from twin.registry import (
+    EventType,
+    ModelRegistry,
+    ModelStore,
+    NotFound,
+    NotServable,
+    StoreError,
+    StoreState,
+    load_model_bytes,
+)
+from twin.serving import Counter, Gauge, Histogram, MetricsRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 LOW = np.array([s.low for s in (*STATES, *INPUTS)])

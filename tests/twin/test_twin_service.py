@@ -28,20 +28,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from alutwin.v1 import twin_pb2, twin_pb2_grpc
 from identification.data import fit_normalization, make_samples
 from identification.estimator import prune
-from identification.fast_rollout import make_rollout_engine
 from identification.metrics import path_dependency
 from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, save_model
 from identification.network import Architecture, EnsembleWeights
+from identification.rollout import make_rollout_engine
 from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
 from plant.physics import algebraic
 from plant.potline import OUTPUT_NAMES
 from twin.client import ModelId, TwinClient, encode_array, parse_predict_request, serialize_predict_request
 from twin.config import TwinConfig
-from twin.registry.registry import ModelRegistry
-from twin.registry.store import ModelStore
+from twin.registry import ModelRegistry, ModelStore
+from twin.serving import PREDICTION_SERVICE, REGISTRY_SERVICE, TwinServer, create_server
 from twin.serving import server as twin_service
-from twin.serving.server import PREDICTION_SERVICE, REGISTRY_SERVICE, TwinServer, create_server
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789abcdef"

@@ -18,17 +18,16 @@ import pytest
 from alutwin.cli import main as alutwin
 from apps.online_demo import DEFAULT_SEED_MODEL
 from apps.online_demo import main as demo_main
-from identification.fast_rollout import make_rollout_engine
 from identification.modelfile import load_model, save_model
 from identification.online import Gate, RefitConfig, ScreenConfig, refit, segments_from_window
+from identification.rollout import make_rollout_engine
 from plant.potline import Potline
 from plant.scenarios import ScenarioEvent
 from twin.client import TwinClient
 from twin.config import TwinConfig
-from twin.historian.historian import Sample
-from twin.historian.ingest_client import IngestClient
-from twin.online.worker import OnlineWorker, WorkerConfig
-from twin.serving.server import create_server
+from twin.historian import IngestClient, Sample
+from twin.online import OnlineWorker, WorkerConfig
+from twin.serving import create_server
 
 TOKEN = "test-token-0123456789abcdef"
 HOUR = 360

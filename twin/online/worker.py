@@ -71,7 +71,7 @@ from identification.online import (
 )
 from plant.simulator import DT
 from twin.client import TwinClient
-from twin.historian.historian import Historian, open_historian
+from twin.historian import Historian, open_historian
 
 __all__ = ["CycleRecord", "OnlineWorker", "WorkerConfig", "WorkerStopped", "register_cli"]
 

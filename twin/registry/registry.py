@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 
-from identification.fast_rollout import NumpyRolloutEngine, RolloutEngine, make_rollout_engine
 from identification.metrics import jacobian_dependency, path_dependency, structure_scores
 from identification.modelfile import (
     MANIFEST_NAME,
@@ -48,6 +47,7 @@ from identification.modelfile import (
     ModelFileError,
     load_model,
 )
+from identification.rollout import NumpyRolloutEngine, RolloutEngine, make_rollout_engine
 from identification.surrogate import Surrogate
 from plant.engine import CompiledEngineError
 from plant.signals import N_INPUTS, N_STATES, STATES

@@ -1,1 +1,51 @@
 """The twin's gRPC server: servicers, the prediction runtime, the interceptor (token, drain gate, metrics)."""
+
+from twin.serving.metrics import (
+    CONTENT_TYPE,
+    LATENCY_BUCKETS,
+    Counter,
+    Gauge,
+    Histogram,
+    MetricsRegistry,
+    MetricsServer,
+)
+from twin.serving.server import (
+    DEFAULT_OUTPUTS,
+    MANAGEMENT_METHODS,
+    OUTPUT_FUNCTIONS,
+    PREDICTION_SERVICE,
+    REGISTRY_SERVICE,
+    Limits,
+    PredictionResult,
+    TwinRuntime,
+    TwinServer,
+    check_prediction,
+    create_server,
+    predict,
+    register_cli,
+    serve,
+)
+
+__all__ = [
+    "CONTENT_TYPE",
+    "Counter",
+    "DEFAULT_OUTPUTS",
+    "Gauge",
+    "Histogram",
+    "LATENCY_BUCKETS",
+    "Limits",
+    "MANAGEMENT_METHODS",
+    "MetricsRegistry",
+    "MetricsServer",
+    "OUTPUT_FUNCTIONS",
+    "PREDICTION_SERVICE",
+    "PredictionResult",
+    "REGISTRY_SERVICE",
+    "TwinRuntime",
+    "TwinServer",
+    "check_prediction",
+    "create_server",
+    "predict",
+    "register_cli",
+    "serve",
+]

@@ -39,32 +39,32 @@ from grpc_reflection.v1alpha import reflection
 from alutwin.cli import CliError
 from alutwin.rpc import Abort, unary_errors
 from alutwin.v1 import ingest_pb2_grpc, twin_pb2, twin_pb2_grpc
-from identification.fast_rollout import OUTPUT_ORDER, make_rollout_engine
+from identification.rollout import OUTPUT_ORDER, make_rollout_engine
 from plant.physics import OUTPUT_FUNCTIONS
 from plant.potline import OUTPUTS
 from plant.service import signal_pb
 from plant.signals import INPUT_NAMES, INPUTS, N_INPUTS, N_STATES, STATE_NAMES, STATES
 from twin.client import TwinClient, parse_predict_request, serialize_predict_response
 from twin.config import DEFAULT_PORT, TwinConfig
-from twin.historian.bridge import register_bridge_cli
-from twin.historian.historian import HistorianError, open_historian
-from twin.historian.ingest import INGEST_SERVICE, IngestServicer
-from twin.registry.registry import (
+from twin.historian import INGEST_SERVICE, HistorianError, IngestServicer, open_historian, register_bridge_cli
+from twin.registry import (
     DEFAULT_ALIAS,
     Conflict,
     Dependency,
     EventType,
     InvalidRequest,
+    ModelRecord,
     ModelRegistry,
+    ModelStore,
     NotFound,
     NotServable,
     RegistryClosed,
     RegistryEvent,
     ServedModel,
+    StoreError,
     TooManyWatchers,
     WatchClosed,
 )
-from twin.registry.store import ModelRecord, ModelStore, StoreError
 from twin.serving.metrics import Counter, Gauge, Histogram, MetricsRegistry, MetricsServer
 
 __all__ = [
@@ -186,7 +186,7 @@ def predict(
     include_members: bool = False,
 ) -> PredictionResult:
     """What Predict computes, in process: every member's rollout, their mean and spread, and the algebraic
-    outputs of the mean (:meth:`identification.fast_rollout.RolloutEngine.simulate_summary`)."""
+    outputs of the mean (:meth:`identification.rollout.RolloutEngine.simulate_summary`)."""
     s = served.engine.simulate_summary(x0, u, members=include_members)
     idx = [_OUTPUT_INDEX[n] for n in output_names]
     outputs = s.outputs[..., idx]  # (B, H + 1, n_outputs)

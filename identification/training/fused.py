@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from alutwin.cbuild import BuildError, build_shared_library, host_id
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import GroupInputPenalty, L1Penalty, NoPenalty, Regularizer
-from identification.training import TrainConfig, TrainResult, _init
+from identification.training.reference import TrainConfig, TrainResult, _init
 
 __all__ = ["MAX_LAYERS", "fast_training_available", "train_ensemble_fast"]
 

@@ -1,0 +1,15 @@
+"""Training of surrogate ensembles: the torch reference (all members in one vectorised pass) and the fused C
+kernel that follows the same batches and Adam updates."""
+
+from identification.training.fused import MAX_LAYERS, fast_training_available, train_ensemble_fast
+from identification.training.reference import TrainConfig, TrainResult, member_seeds, train_ensemble
+
+__all__ = [
+    "MAX_LAYERS",
+    "TrainConfig",
+    "TrainResult",
+    "fast_training_available",
+    "member_seeds",
+    "train_ensemble",
+    "train_ensemble_fast",
+]
