@@ -57,6 +57,7 @@ import grpc
 import numpy as np
 import torch
 
+from alutwin.codec import serialize_predict_response
 from alutwin.v1 import twin_pb2
 from identification.data import fit_normalization, make_samples
 from identification.estimator import prune
@@ -65,7 +66,7 @@ from identification.network import Architecture, EnsembleWeights
 from identification.rollout import make_rollout_engine
 from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
-from twin.client import TwinClient, serialize_predict_response
+from twin.client import TwinClient
 from twin.registry import ServedModel, validate_model
 from twin.serving import predict
 

@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from alutwin.cli import CliError
+from alutwin.codec import signal_to_pb
 from alutwin.rpc import Abort, unary_errors
 from alutwin.v1 import common_pb2, plant_pb2, plant_pb2_grpc
 from plant.params import SPEC_VERSION
@@ -41,7 +42,7 @@ from plant.potline import (
     UnknownCell,
 )
 from plant.scenarios import ScenarioStatus
-from plant.signals import INPUTS, STATES, Signal
+from plant.signals import INPUTS, STATES
 
 __all__ = [
     "DEFAULT_PORT",
@@ -55,7 +56,6 @@ __all__ = [
     "register_cli",
     "scenario_status_pb",
     "serve",
-    "signal_pb",
     "snapshot_to_pb",
 ]
 
@@ -301,17 +301,6 @@ def _check_open(servicer: PlantServicer) -> None:
 _unary = unary_errors(_status_of, before=_check_open)
 
 
-def signal_pb(s: Signal) -> common_pb2.Signal:
-    """The message of a named signal (shared by every service that describes its signals)."""
-    return common_pb2.Signal(
-        index=s.index,
-        name=s.name,
-        unit=s.unit,
-        description=s.description,
-        typical=common_pb2.Range(low=s.low, high=s.high),
-    )
-
-
 def scenario_status_pb(status: ScenarioStatus) -> plant_pb2.ScenarioEventStatus:
     """The message of one scenario event of a running potline."""
     e = status.event
@@ -372,9 +361,9 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
             clock_mode=plant_pb2.CLOCK_MODE_STEPPED if cfg.stepped else plant_pb2.CLOCK_MODE_REAL_TIME,
             real_time_factor=cfg.real_time_factor,
             step=self.potline.step_index,
-            states=[signal_pb(s) for s in STATES],
-            inputs=[signal_pb(s) for s in INPUTS],
-            outputs=[signal_pb(s) for s in OUTPUTS],
+            states=[signal_to_pb(s) for s in STATES],
+            inputs=[signal_to_pb(s) for s in INPUTS],
+            outputs=[signal_to_pb(s) for s in OUTPUTS],
             command_bounds=[
                 plant_pb2.CommandBounds(
                     field=c.field,

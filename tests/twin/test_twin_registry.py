@@ -10,18 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alutwin.codec import decode_array, encode_array, serialize_predict_response
 from alutwin.v1 import twin_pb2
 from identification.data import Normalization
 from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, ModelFileError, save_model
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import Surrogate
 from plant.signals import INPUTS, STATES
-from twin.client import (
-    decode_array,
-    encode_array,
-    parse_predict_response,
-    serialize_predict_response,
-)
+from twin.client import Prediction
 from twin.config import TwinConfig
 from twin.registry import (
     EventType,
@@ -386,7 +382,7 @@ def test_predict_responses_on_the_wire(encoding, members):
     for name, a in arrays.items():
         encode_array(a, encoding, getattr(slow, name))
     for wire in (data, slow.SerializeToString()):
-        p = parse_predict_response(wire)
+        p = Prediction.from_wire(wire)
         assert (p.model.name, p.model.version, p.model.alias, p.n_members, p.dt) == ("cell", 3, "champion", 2, 10.0)
         assert p.mean.tobytes() == arrays["mean"].tobytes() and p.spread.tobytes() == arrays["spread"].tobytes()
         assert p.outputs["power"].tolist() == arrays["outputs"][..., 1].tolist()
@@ -398,14 +394,14 @@ def test_predict_responses_on_the_wire(encoding, members):
 def test_inconsistent_predict_responses_are_refused():
     header, arrays = _response(twin_pb2.ARRAY_ENCODING_RAW, False)
     data = serialize_predict_response(header, {**arrays, "mean": arrays["mean"][:, :, :3]})
-    assert parse_predict_response(data).mean.shape == (3, 5, 3)  # consistent on its own
+    assert Prediction.from_wire(data).mean.shape == (3, 5, 3)  # consistent on its own
     short = serialize_predict_response(header, {"mean": arrays["mean"], "spread": arrays["spread"]})
     with pytest.raises(ValueError, match="lacks"):
-        parse_predict_response(short)
+        Prediction.from_wire(short)
     msg = twin_pb2.PredictResponse.FromString(serialize_predict_response(header, arrays))
     msg.mean.raw = msg.mean.raw[:-8]
     with pytest.raises(ValueError, match="needs"):
-        parse_predict_response(msg.SerializeToString())
+        Prediction.from_wire(msg.SerializeToString())
 
 
 def test_unusual_but_legal_wire_bytes_go_to_protobuf():
@@ -414,5 +410,5 @@ def test_unusual_but_legal_wire_bytes_go_to_protobuf():
     unpacked = b"".join(b"\x11" + v.tobytes() for v in mean.ravel())  # `values` as 8 unpacked doubles
     body = b"\x0a\x03\x01\x01\x08" + unpacked  # shape [1, 1, 8], then the values
     data = serialize_predict_response(header, {k: v[:1, :1] for k, v in arrays.items() if k != "mean"})
-    p = parse_predict_response(data + b"\x12" + bytes([len(body)]) + body)
+    p = Prediction.from_wire(data + b"\x12" + bytes([len(body)]) + body)
     assert p.mean.tolist() == mean.tolist() and p.spread.shape == (1, 1, 8)

@@ -25,6 +25,7 @@ import pytest
 import safetensors.numpy
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from alutwin.codec import encode_array, parse_predict_request, serialize_predict_request
 from alutwin.v1 import twin_pb2, twin_pb2_grpc
 from identification.data import fit_normalization, make_samples
 from identification.estimator import prune
@@ -36,7 +37,7 @@ from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
 from plant.physics import algebraic
 from plant.potline import OUTPUT_NAMES
-from twin.client import ModelId, TwinClient, encode_array, parse_predict_request, serialize_predict_request
+from twin.client import ModelId, TwinClient
 from twin.config import TwinConfig
 from twin.registry import ModelRegistry, ModelStore
 from twin.serving import PREDICTION_SERVICE, REGISTRY_SERVICE, TwinServer, create_server

@@ -37,14 +37,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from alutwin.cli import CliError
+from alutwin.codec import parse_predict_request, serialize_predict_response, signal_to_pb
 from alutwin.rpc import Abort, unary_errors
 from alutwin.v1 import ingest_pb2_grpc, twin_pb2, twin_pb2_grpc
 from identification.rollout import OUTPUT_ORDER, make_rollout_engine
 from plant.physics import OUTPUT_FUNCTIONS
 from plant.potline import OUTPUTS
-from plant.service import signal_pb
 from plant.signals import INPUT_NAMES, INPUTS, N_INPUTS, N_STATES, STATE_NAMES, STATES
-from twin.client import TwinClient, parse_predict_request, serialize_predict_response
+from twin.client import TwinClient
 from twin.config import DEFAULT_PORT, TwinConfig
 from twin.historian import INGEST_SERVICE, HistorianError, IngestServicer, open_historian, register_bridge_cli
 from twin.registry import (
@@ -368,9 +368,9 @@ class PredictionServicer(twin_pb2_grpc.PredictionServiceServicer):
             max_concurrent_predictions=cfg.max_concurrent_predictions,
             max_upload_bytes=self.runtime.registry.max_upload_bytes,
             default_alias=DEFAULT_ALIAS,
-            states=[signal_pb(s) for s in STATES],
-            inputs=[signal_pb(s) for s in INPUTS],
-            outputs=[signal_pb(s) for s in OUTPUTS],
+            states=[signal_to_pb(s) for s in STATES],
+            inputs=[signal_to_pb(s) for s in INPUTS],
+            outputs=[signal_to_pb(s) for s in OUTPUTS],
             default_outputs=list(DEFAULT_OUTPUTS),
         )
 
@@ -403,8 +403,8 @@ def _item_bytes(encoding: int) -> int:
 
 def _add_prediction_service(servicer: PredictionServicer, server: grpc.Server) -> None:
     """What the generated ``add_PredictionServiceServicer_to_server`` does, except that Predict takes its
-    request and returns its response as wire bytes (:func:`twin.client.parse_predict_request`,
-    :func:`twin.client.serialize_predict_response`: one copy of the arrays instead of three), so its handler
+    request and returns its response as wire bytes (:func:`alutwin.codec.parse_predict_request`,
+    :func:`alutwin.codec.serialize_predict_response`: one copy of the arrays instead of three), so its handler
     has neither deserialiser nor serialiser."""
     handlers = {
         "GetServingInfo": grpc.unary_unary_rpc_method_handler(
