@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from alutwin.codec import serialize_predict_request, split_predict_response
+from alutwin.codec import encode_array, serialize_predict_request, split_predict_response
 from alutwin.rpc import open_channel
 from alutwin.v1 import twin_pb2, twin_pb2_grpc
 from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, LoadedModel
