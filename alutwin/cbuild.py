@@ -1,9 +1,11 @@
 """Compile a C source into a shared library once and cache it, safely across processes.
 
-The cache key is a hash of the source, the compiler, its version and the flags (plus any caller-supplied
-material, such as a code generator's version), so an edited kernel or another compiler never reuses a stale
-library. Libraries are compiled in a temporary folder and renamed into place, so concurrent processes never
-load a half-written file.
+Every build starts from :data:`DEFAULT_FLAGS`, the project's one floating-point policy (no fused multiply-add
+contraction, no fast-math); callers add flags (an optimisation level, ``-march=native``, definitions) but none
+that would break it. The cache key is a hash of the source, the compiler, its version and the flags (plus any
+caller-supplied material, such as a code generator's version), so an edited kernel or another compiler never
+reuses a stale library. Libraries are compiled in a temporary folder and renamed into place, so concurrent
+processes never load a half-written file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from pathlib import Path
 __all__ = ["DEFAULT_FLAGS", "BuildError", "build_shared_library", "cache_dir", "find_compiler", "host_id"]
 
 DEFAULT_FLAGS: tuple[str, ...] = ("-O2", "-fPIC", "-shared", "-ffp-contract=off")
-"""No -ffast-math and no FMA contraction: results stay reproducible and equal to numpy's."""
+"""The flags every build starts with: a shared library, and no FMA contraction, so that the compiled code does
+the roundings its source writes, whatever the compiler's default (GCC contracts by default)."""
+
+_UNSAFE_MATH = ("-ffast-math", "-Ofast", "-funsafe-math-optimizations", "-fassociative-math", "-freciprocal-math")
 
 
 class BuildError(RuntimeError):
@@ -69,7 +74,7 @@ def _compiler_version(cc: str) -> str:
 def build_shared_library(
     source: str,
     name: str,
-    flags: tuple[str, ...] = DEFAULT_FLAGS,
+    flags: tuple[str, ...] = (),
     libs: tuple[str, ...] = ("-lm",),
     *,
     key_extra: str = "",
@@ -77,13 +82,40 @@ def build_shared_library(
 ) -> tuple[Path, bool]:
     """Build a shared library from C ``source``, or find it in the cache.
 
-    Returns ``(path, compiled_now)``. ``directory`` replaces the cache folder (tests, cold-build timing).
-    Raises :class:`BuildError` with the compiler's message if there is no compiler or it fails.
+    Parameters
+    ----------
+    source : the C source.
+    name : the library's name (a prefix of its file name in the cache).
+    flags : compiler flags after :data:`DEFAULT_FLAGS` (a later ``-O`` level replaces ``-O2``).
+    libs : libraries to link.
+    key_extra : more material for the cache key (a code generator's version).
+    directory : replaces the cache folder (tests, cold-build timing).
+
+    Returns
+    -------
+    ``(path, compiled_now)``.
+
+    Raises
+    ------
+    ValueError
+        If ``flags`` or ``libs`` is not a sequence of strings, or ``flags`` would switch FMA contraction or
+        fast-math on.
+    BuildError
+        With the compiler's message, if there is no compiler or it fails.
     """
+    for arg, values in (("flags", flags), ("libs", libs)):
+        if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"{arg} must be a sequence of strings, got {values!r}")
+    unsafe = [f for f in flags if f in _UNSAFE_MATH or (f.startswith("-ffp-contract=") and f != "-ffp-contract=off")]
+    if unsafe:
+        raise ValueError(
+            f"flags {unsafe} break the floating-point policy of every build (-ffp-contract=off, no fast-math)"
+        )
     cc = find_compiler()
     if cc is None:
         raise BuildError("no C compiler found ($CC, cc or gcc)")
-    key = "\0".join((source, cc, _compiler_version(cc), *flags, *libs, key_extra))
+    command_flags = (*DEFAULT_FLAGS, *flags)
+    key = "\0".join((source, cc, _compiler_version(cc), *command_flags, *libs, key_extra))
     folder = directory if directory is not None else cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -98,7 +130,7 @@ def build_shared_library(
         out = Path(tmp) / target.name
         try:
             done = subprocess.run(
-                [cc, *flags, str(src), "-o", str(out), *libs], capture_output=True, text=True, timeout=600
+                [cc, *command_flags, str(src), "-o", str(out), *libs], capture_output=True, text=True, timeout=600
             )
         except (OSError, subprocess.SubprocessError) as err:
             raise BuildError(f"running the C compiler {cc} failed: {err}") from err

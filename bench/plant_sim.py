@@ -17,9 +17,10 @@ Three ways of producing the same data, timed side by side in one run:
 
 It then checks that the engines agree: compiled against numpy over every state of every trajectory
 (maximum relative difference, and whether they are bit-identical), and the baseline against numpy on the
-trajectories it ran that did not fault. The baseline builds its CasADi function with CasADi's usual
-simplification, which reassociates a few constants; those last-bit differences grow over 5000 steps of
-this model to around 1e-8 relative, which is the size of its difference to numpy.
+trajectories it ran that did not fault. The compiled engine and the baseline build their CasADi functions
+with CasADi's usual simplification, which reassociates a few constants, and call the C library's ``exp`` and
+``pow``, which may differ from numpy's SIMD ones in the last bit; the cell's feed controllers amplify those
+last-bit differences over 5000 steps (the results record how far).
 
 Run from the repository root::
 

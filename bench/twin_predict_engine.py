@@ -188,9 +188,18 @@ def _machine() -> dict:
 
 
 def run_benchmark(cells: int, horizon: int, repeats: int, seed: int, torch_threads: int = 1) -> dict:
-    """Time every engine on workloads (a) and (b) for every model; returns the figures."""
-    load_start = os.getloadavg()
+    """Time every engine on workloads (a) and (b) for every model with ``torch_threads`` torch threads (the
+    process's setting is restored afterwards); returns the figures."""
+    old_threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
+    try:
+        return _run(cells, horizon, repeats, seed)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(cells: int, horizon: int, repeats: int, seed: int) -> dict:
+    load_start = os.getloadavg()
     models = make_models(seed)
     rng = np.random.default_rng(seed + 2)
     x0_all = sample_initial_states(rng, cells)
@@ -309,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=1,
         help="torch intra-op threads (default 1: on CPUs shared with other work, torch's spinning threads "
-        "were measured 2-40x slower with 2)",
+        "make these tiny products slower with more)",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = p.parse_args(argv)

@@ -1,25 +1,17 @@
 """Free-run rollouts of surrogate ensembles: the numpy reference engine and the compiled C kernel over the exact
-non-zeros, with the ensemble summary (mean, spread, algebraic outputs) the twin serves."""
+non-zeros, with the ensemble summary (mean, spread, algebraic outputs) the twin serves.
 
-from identification.rollout.engine import (
-    ENGINES,
-    GENERATED,
-    OUTPUT_ORDER,
-    NumpyRolloutEngine,
-    RolloutEngine,
-    Summary,
-    algebraic_outputs,
-    compiled_rollout_available,
-    make_rollout_engine,
-    specialised_source,
-    summarise,
-    summary_of,
-    vector_source,
-)
+Modules: ``engine`` (the engines and how work is laid out), ``layout`` (the model as the kernel reads it),
+``library`` (building, loading and checking the kernel), ``translate`` (its C source: ``prelude.c`` and
+``kernel.c`` beside it, with CasADi graphs translated to C in between), ``summary`` (summaries in numpy)."""
+
+from identification.rollout.engine import ENGINES, NumpyRolloutEngine, RolloutEngine, make_rollout_engine
+from identification.rollout.library import compiled_rollout_available
+from identification.rollout.summary import Summary, algebraic_outputs, summarise, summary_of
+from identification.rollout.translate import OUTPUT_ORDER, vector_source
 
 __all__ = [
     "ENGINES",
-    "GENERATED",
     "NumpyRolloutEngine",
     "OUTPUT_ORDER",
     "RolloutEngine",
@@ -27,7 +19,6 @@ __all__ = [
     "algebraic_outputs",
     "compiled_rollout_available",
     "make_rollout_engine",
-    "specialised_source",
     "summarise",
     "summary_of",
     "vector_source",

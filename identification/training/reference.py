@@ -29,7 +29,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     dtype: str = "float32"
-    threads: int | None = None  # torch intra-op threads during training; None leaves torch's setting
+    threads: int | None = None  # threads of the fused kernel (train_ensemble_fast); None: the usable CPUs
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 0):
@@ -40,6 +40,10 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, (int, np.integer)) or self.threads < 1
+        ):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,9 @@ def train_ensemble(
     init : start from these weights instead of a fresh Kaiming initialisation (warm start, re-training).
     masks : per layer bool ``(M, n_in, n_out)``; masked weights are held at exactly zero.
     progress : show a progress bar (a string is used as its label).
+
+    Torch's intra-op threads are the caller's (``torch.set_num_threads`` in an entry point);
+    ``config.threads`` is for the fused kernel and is not used here.
     """
     regularizer = regularizer or NoPenalty()
     feats = np.asarray(features, dtype=np.float64)
@@ -116,64 +123,57 @@ def train_ensemble(
     if m < 1:
         raise ValueError("at least one seed (member) is needed")
     dtype = getattr(torch, config.dtype)
-    old_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        ws, bs = _init(arch, gens, dtype)
-        if init is not None:
-            if init.architecture != arch or init.n_members != m:
-                raise ValueError("init weights do not match the architecture or the number of members")
-            ws = [torch.tensor(w, dtype=dtype) for w in init.weights]
-            bs = [torch.tensor(b[:, None, :], dtype=dtype) for b in init.biases]
-        mask_t = None
-        if masks is not None:
-            mask_t = [torch.tensor(np.asarray(mk, dtype=bool)).to(dtype) for mk in masks]
-            ws = [w * mk for w, mk in zip(ws, mask_t, strict=True)]
-        params = [torch.nn.Parameter(t) for t in (*ws, *bs)]
-        ws_p, bs_p = params[: len(ws)], params[len(ws) :]
-        opt = torch.optim.Adam(params, lr=config.lr)
-        z = torch.tensor(feats, dtype=dtype)
-        y = torch.tensor(targs, dtype=dtype)
-        s = z.shape[0]
-        n_batches = -(-s // config.batch_size)
-        loss_hist = np.zeros((config.epochs, m))
-        pen_hist = np.zeros((config.epochs, m))
-        label = progress if isinstance(progress, str) else "training"
-        t0 = time.perf_counter()
-        bar = tqdm(total=config.epochs * n_batches, desc=label, disable=not progress, unit="step", leave=False)
-        for epoch in range(config.epochs):
-            perm = torch.stack([torch.randperm(s, generator=g) for g in gens])  # (M, S)
-            acc = torch.zeros(m, dtype=torch.float64)
-            for k in range(n_batches):
-                idx = perm[:, k * config.batch_size : (k + 1) * config.batch_size]  # (M, b)
-                w_eff = [w * mk for w, mk in zip(ws_p, mask_t, strict=True)] if mask_t is not None else list(ws_p)
-                out = _forward(w_eff, list(bs_p), z[idx], arch.skip)  # (M, b, n_out)
-                mse = ((out - y[idx]) ** 2).mean(dim=(1, 2))  # (M,)
-                pen = regularizer.penalty(w_eff, arch)
-                loss = (mse + pen).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                acc += mse.detach().to(torch.float64) * idx.shape[1]
-            loss_hist[epoch] = (acc / s).numpy()
-            pen_hist[epoch] = pen.detach().to(torch.float64).numpy()
-            bar.update(n_batches)
-            bar.set_postfix(mse=f"{loss_hist[epoch].mean():.3g}")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            final_w = [
-                w.detach() * mk if mask_t is not None else w.detach()
-                for w, mk in zip(ws_p, mask_t or ws_p, strict=True)
-            ]
-            weights = EnsembleWeights(
-                arch,
-                tuple(w.to(torch.float64).numpy().copy() for w in final_w),
-                tuple(b.detach().to(torch.float64).numpy()[:, 0, :].copy() for b in bs_p),
-                None if masks is None else tuple(np.asarray(mk, dtype=bool) for mk in masks),
-            )
-    finally:
-        torch.set_num_threads(old_threads)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    ws, bs = _init(arch, gens, dtype)
+    if init is not None:
+        if init.architecture != arch or init.n_members != m:
+            raise ValueError("init weights do not match the architecture or the number of members")
+        ws = [torch.tensor(w, dtype=dtype) for w in init.weights]
+        bs = [torch.tensor(b[:, None, :], dtype=dtype) for b in init.biases]
+    mask_t = None
+    if masks is not None:
+        mask_t = [torch.tensor(np.asarray(mk, dtype=bool)).to(dtype) for mk in masks]
+        ws = [w * mk for w, mk in zip(ws, mask_t, strict=True)]
+    params = [torch.nn.Parameter(t) for t in (*ws, *bs)]
+    ws_p, bs_p = params[: len(ws)], params[len(ws) :]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    z = torch.tensor(feats, dtype=dtype)
+    y = torch.tensor(targs, dtype=dtype)
+    s = z.shape[0]
+    n_batches = -(-s // config.batch_size)
+    loss_hist = np.zeros((config.epochs, m))
+    pen_hist = np.zeros((config.epochs, m))
+    label = progress if isinstance(progress, str) else "training"
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.epochs * n_batches, desc=label, disable=not progress, unit="step", leave=False)
+    for epoch in range(config.epochs):
+        perm = torch.stack([torch.randperm(s, generator=g) for g in gens])  # (M, S)
+        acc = torch.zeros(m, dtype=torch.float64)
+        for k in range(n_batches):
+            idx = perm[:, k * config.batch_size : (k + 1) * config.batch_size]  # (M, b)
+            w_eff = [w * mk for w, mk in zip(ws_p, mask_t, strict=True)] if mask_t is not None else list(ws_p)
+            out = _forward(w_eff, list(bs_p), z[idx], arch.skip)  # (M, b, n_out)
+            mse = ((out - y[idx]) ** 2).mean(dim=(1, 2))  # (M,)
+            pen = regularizer.penalty(w_eff, arch)
+            loss = (mse + pen).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            acc += mse.detach().to(torch.float64) * idx.shape[1]
+        loss_hist[epoch] = (acc / s).numpy()
+        pen_hist[epoch] = pen.detach().to(torch.float64).numpy()
+        bar.update(n_batches)
+        bar.set_postfix(mse=f"{loss_hist[epoch].mean():.3g}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        final_w = [
+            w.detach() * mk if mask_t is not None else w.detach() for w, mk in zip(ws_p, mask_t or ws_p, strict=True)
+        ]
+        weights = EnsembleWeights(
+            arch,
+            tuple(w.to(torch.float64).numpy().copy() for w in final_w),
+            tuple(b.detach().to(torch.float64).numpy()[:, 0, :].copy() for b in bs_p),
+            None if masks is None else tuple(np.asarray(mk, dtype=bool) for mk in masks),
+        )
     return TrainResult(weights, loss_hist, pen_hist, seconds)

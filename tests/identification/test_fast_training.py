@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import GroupInputPenalty, L1Penalty, NoPenalty, Regularizer
@@ -141,6 +142,24 @@ def test_deterministic_and_thread_count_independent(data) -> None:
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(runs[0].loss_history, other.loss_history)
     assert runs[0].loss_history[-1].mean() < runs[0].loss_history[0].mean()
+
+
+def test_trainers_leave_torch_threads_to_the_caller(data, monkeypatch) -> None:
+    """A process-wide setting: only entry points set it. ``TrainConfig.threads`` is the fused kernel's own."""
+
+    def forbidden(n: int) -> None:
+        raise AssertionError(f"torch.set_num_threads({n}) called by the library")
+
+    monkeypatch.setattr(torch, "set_num_threads", forbidden)
+    x, y = data
+    arch = Architecture(5, (6,), 3)
+    cfg = TrainConfig(epochs=1, batch_size=64, threads=1)
+    ref = train_ensemble(arch, x, y, SEEDS[:2], cfg, L1)
+    fast = train_ensemble_fast(arch, x, y, SEEDS[:2], cfg, L1)
+    assert fast.extra["threads"] == 1 and np.all(np.isfinite(ref.loss_history))
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            TrainConfig(threads=bad)
 
 
 class _Custom(Regularizer):

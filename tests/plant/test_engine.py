@@ -30,7 +30,11 @@ from plant.excitation import Exogenous
 from plant.params import DomainLimits
 from plant.simulator import ENGINES
 
-RTOL = 1e-10
+RTOL = 1e-10  # compiled vs numpy over at most 600 steps. Two implementations: CasADi simplifies constants in its
+# graph and the C library's exp and pow may differ from numpy's SIMD ones in the last bit; the feed controllers
+# amplify that over time. Measured on 6 x 100 aprbs trajectories (AMD EPYC): at most 8.5e-14 (states) and 8e-12
+# (inputs) relative within 600 steps, 2.1e-12 and 6.2e-11 within 1500, 7.8e-7 and 2.7e-6 within 5000.
+LONG_RTOL = 1e-5  # the same over 5000 steps (the slow test): above the 7.8e-7 and 2.7e-6 measured
 
 needs_compiler = pytest.mark.skipif(not compiled_available(), reason="no working C compiler for the compiled engine")
 
@@ -58,6 +62,18 @@ def test_equals_numpy_on_aprbs(aprbs_case):
     assert got.x.shape == (8, 601, 8) and got.u.shape == (8, 600, 5)
     # The data is not trivial: the excitation and the feed controllers acted.
     assert np.ptp(got.u[..., 1]) > 1000 and np.any(got.u[..., 0] > 10) and np.ptp(got.x[..., 0]) > 10
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_long_trajectories_stay_close_to_numpy():
+    """20 trajectories x 5000 steps: the engines drift apart only by amplified rounding (see LONG_RTOL)."""
+    rng = np.random.default_rng(1)
+    x0, exo = sample_initial_states(rng, 20), aprbs(rng, 20, 5000)
+    ref = simulate(x0, exo, engine="numpy")
+    got = simulate(x0, exo, engine="compiled")
+    assert_same_trajectories(got, ref, rtol=LONG_RTOL)
+    assert not np.array_equal(got.x, np.broadcast_to(got.x[:, :1], got.x.shape))  # the cells moved
 
 
 @needs_compiler
@@ -130,10 +146,10 @@ def test_closed_loop_vector(plant_vectors):
     assert np.all(err <= 1e-9), f"worst relative error {err.max():.3e}"
 
 
-def test_step_function_masks_nan_and_restores_casadi_options():
+def test_step_function_masks_nan_and_leaves_casadi_options_alone():
     before = ca.GlobalOptions.getSimplificationOnTheFly()
     f = step_function(10.0, DEFAULT_PARAMS, DEFAULT_LIMITS)
-    assert ca.GlobalOptions.getSimplificationOnTheFly() == before
+    assert ca.GlobalOptions.getSimplificationOnTheFly() == before  # a process-wide switch: never touched
     x = [3000.0, 488.372, 1790.698, 14000.0, 9900.0, 975.0, 820.0, 580.0]
     x_next, fault, u = f(x, 0.0, [0.0] * 5, [140_000.0, 0.05, -2000.0, 0.0])  # the step's result is NaN
     assert int(fault) == Fault.NON_FINITE

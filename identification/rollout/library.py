@@ -1,0 +1,172 @@
+"""The compiled rollout kernel: built once per prior (:func:`alutwin.cbuild.build_shared_library`, cached per host
+type), loaded with :mod:`ctypes` and checked against ``Surrogate.simulate`` in every layout on a small model."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alutwin.cbuild import BuildError, build_shared_library, find_compiler, host_id
+from identification.data import Normalization
+from identification.network import Architecture, EnsembleWeights
+from identification.rollout.layout import TILES, ModelPrograms, Program
+from identification.rollout.translate import kernel_source
+from identification.surrogate import PRIORS, Surrogate
+from plant.engine import CompiledEngineError
+from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
+
+__all__ = ["KERNEL_FLAGS", "KernelLibrary", "compiled_rollout_available", "kernel_library", "library_or_error"]
+
+KERNEL_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-pthread")
+"""Flags added to :data:`alutwin.cbuild.DEFAULT_FLAGS` (which keep FMA contraction off) for the kernel."""
+
+_ABI = 9  # bumped with the kernel's signature
+
+
+@dataclass(frozen=True)
+class KernelLibrary:
+    """The loaded kernel of one prior."""
+
+    path: Path
+    fn: Any  # the ctypes function alutwin_rollout
+    handle: ctypes.CDLL
+
+    def run(
+        self,
+        prog: Program,
+        mean: bool,
+        x0: np.ndarray,
+        u: np.ndarray,
+        out: np.ndarray,
+        dt: float,
+        nv: int,
+        threads: int,
+        summary: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+    ) -> None:
+        """Roll out ``x0`` ``(B, 8)`` under ``u`` ``(B, H, 5)`` into ``out`` (C-contiguous arrays); with
+        ``summary = (spread, outputs, members or None)``, ``out`` gets the ensemble mean and those the rest."""
+        b, h, _ = u.shape
+        spread, outputs, members = summary if summary is not None else (None, None, None)
+        code = self.fn(
+            prog.n_groups,
+            prog.n_layers,
+            prog.n_members,
+            int(prog.quad),
+            int(mean),
+            prog.n_rows,
+            prog.grp_tiles.ctypes.data,
+            prog.tile_dst.ctypes.data,
+            prog.tile_bias.ctypes.data,
+            prog.tile_rounds.ctypes.data,
+            prog.tile_shared.ctypes.data,
+            prog.nz_src.ctypes.data,
+            prog.nz_w.ctypes.data,
+            b,
+            h,
+            dt,
+            x0.ctypes.data,
+            u.ctypes.data,
+            out.ctypes.data,
+            nv,
+            prog.tile,
+            threads,
+            int(summary is not None),
+            None if spread is None else spread.ctypes.data,
+            None if outputs is None else outputs.ctypes.data,
+            None if members is None else members.ctypes.data,
+        )
+        if code != 0:
+            raise CompiledEngineError(f"the rollout kernel {self.path} failed (code {code})")
+
+
+def _load(prior: str) -> KernelLibrary:
+    try:
+        path, _ = build_shared_library(
+            kernel_source(prior), f"alutwin_rollout_{prior}", (*KERNEL_FLAGS, f"-DALUTWIN_HOST={host_id()}")
+        )
+    except BuildError as err:
+        raise CompiledEngineError(str(err)) from err
+    try:
+        handle = ctypes.CDLL(str(path))
+        fn = handle.alutwin_rollout
+        abi = handle.alutwin_rollout_abi
+    except (OSError, AttributeError) as err:
+        raise CompiledEngineError(f"cannot load the rollout kernel {path}: {err}") from err
+    abi.restype = ctypes.c_int
+    expected = 1000 * (PRIORS[prior] is not None) + _ABI
+    if abi() != expected:
+        raise CompiledEngineError(f"the rollout kernel {path} has ABI {abi()}, expected {expected}")
+    p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong
+    fn.restype = ctypes.c_int
+    fn.argtypes = [i32, i32, i32, i32, i32, i64, p, p, p, p, p, p, p, i64, i64, ctypes.c_double, p, p, p, i32, i32, i32]
+    fn.argtypes += [i32, p, p, p]
+    return KernelLibrary(path, fn, handle)
+
+
+def _check_model(prior: str) -> Surrogate:
+    """A small InputSkip ensemble of 5 with masks (the library's self-check)."""
+    rng = np.random.default_rng(7)
+    arch = Architecture(hidden=(8, 8), skip=True)
+    ws = [rng.normal(0, 0.4, (5, a, b)) for a, b in arch.layer_shapes]
+    masks = tuple(rng.random(w.shape) < 0.6 for w in ws)
+    bs = [rng.normal(0, 0.1, (5, b)) for _, b in arch.layer_shapes]
+    low = np.array([s.low for s in (*STATES, *INPUTS)])
+    high = np.array([s.high for s in (*STATES, *INPUTS)])
+    norm = Normalization((low + high) / 2, (high - low) / 4, np.zeros(8), np.full(8, 1e-3), 10.0)
+    weights = EnsembleWeights(arch, tuple(w * mk for w, mk in zip(ws, masks, strict=True)), tuple(bs), masks)
+    return Surrogate(weights, norm, prior)
+
+
+def _self_check(lib: KernelLibrary, prior: str) -> None:
+    """Every layout against ``Surrogate.simulate`` on a small model: catches a broken compiler or library."""
+    model = _check_model(prior)
+    low = np.array([s.low for s in STATES])
+    high = np.array([s.high for s in STATES])
+    x0 = np.stack([low + f * (high - low) for f in (0.3, 0.5, 0.7)])  # (3, 8)
+    u = np.broadcast_to(np.array([5.0, 140_000.0, 2.0, 1.0, 0.05]), (3, 4, N_INPUTS)).copy()  # (3, 4, 5)
+    ref = model.simulate(x0, u)
+    programs = ModelPrograms.build(model, mean=False)
+    runs = [(programs.quads, nv) for nv in (1, 2)] + [(programs.single[t], nv) for nv, t in TILES.items()]
+    for prog, nv in runs:
+        out = np.empty((model.n_members, 3, 5, N_STATES))
+        lib.run(prog, False, x0, u, out, model.dt, nv, 2)
+        # 4 steps of a small model: the folds and the summation order change the last bits only
+        if not np.allclose(out, ref, rtol=1e-11, atol=0):
+            raise CompiledEngineError(f"the rollout kernel {lib.path} disagrees with Surrogate.simulate")
+
+
+@functools.lru_cache(maxsize=8)
+def _library(prior: str, compiler: str | None) -> KernelLibrary | CompiledEngineError:
+    """The kernel for ``prior``, loaded and self-checked once per process and compiler (or why it cannot be)."""
+    del compiler  # part of the cache key only: a changed PATH or CC is looked at again
+    try:
+        lib = _load(prior)
+        _self_check(lib, prior)
+    except CompiledEngineError as err:
+        return err
+    return lib
+
+
+def library_or_error(prior: str) -> KernelLibrary | CompiledEngineError:
+    """The kernel for ``prior`` with the compiler found now, or the error that says why there is none."""
+    return _library(prior, find_compiler())
+
+
+def kernel_library(prior: str) -> KernelLibrary:
+    """The kernel for ``prior``; raises :class:`plant.engine.CompiledEngineError` where it cannot be had."""
+    lib = library_or_error(prior)
+    if isinstance(lib, CompiledEngineError):
+        raise CompiledEngineError(str(lib))
+    return lib
+
+
+def compiled_rollout_available(prior: str = "none") -> bool:
+    """Whether the compiled kernel for ``prior`` builds and passes its self-check here (cached per compiler)."""
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; must be one of {sorted(PRIORS)}")
+    return not isinstance(library_or_error(prior), CompiledEngineError)
