@@ -1,36 +1,68 @@
-"""Settings of the MPC and of its safety layer: typed, frozen, validated at construction."""
+"""Settings of the MPC and of its safety layer: typed, frozen, validated at construction.
+
+:class:`ControllerConfig` is the controller's settings file (``deploy/mpc.yaml``: an ``mpc`` and a ``safety``
+section; JSON schema ``deploy/schemas/mpc.schema.json``); :class:`MPCConfig` and :class:`SafetyConfig` load alone
+from a mapping or YAML too (``MPCConfig.from_yaml``).
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, Field, model_validator
+
+from alutwin.config import (
+    Config,
+    Flag,
+    NonNegativeInt,
+    NonNegativeNumber,
+    OneOf,
+    PositiveInt,
+    PositiveNumber,
+    Text,
+    config_dataclass,
+)
 from controller.problem import ACD_RATE, WINDOWS, CostWeights
 
-__all__ = ["HESSIANS", "MPCConfig", "SafetyConfig"]
+__all__ = ["HESSIANS", "ControllerConfig", "MPCConfig", "SafetyConfig"]
 
 HESSIANS = ("exact", "limited-memory")
 """IPOPT's Hessian options the MPC offers."""
 
-
-def _int(owner: str, name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
-        raise ValueError(f"{owner}.{name} must be {bound}, got {value!r}")
+Margins = tuple[NonNegativeNumber, NonNegativeNumber, NonNegativeNumber, NonNegativeNumber]
+"""A margin per window (``controller.problem.WINDOWS`` order and units)."""
 
 
-def _num(owner: str, name: str, value: Any, low: float, high: float = math.inf, *, strict: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if strict else value >= low) and value <= high
-    if not ok:
-        rel = ">" if strict else ">="
-        upper = f" and <= {high:g}" if math.isfinite(high) else ""
-        raise ValueError(f"{owner}.{name} must be a finite number {rel} {low:g}{upper}, got {value!r}")
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True)
-class MPCConfig:
+def _weights_input(value: Any) -> Any:
+    """Refuse text and booleans among the weights (CostWeights itself would take ``"2"`` for 2.0)."""
+    if isinstance(value, Mapping):
+        for key, v in value.items():
+            items = v if isinstance(v, (list, tuple)) else [v]
+            if not all(_is_number(i) for i in items):
+                raise ValueError(
+                    f"{key} must be {'numbers' if isinstance(v, (list, tuple)) else 'a number'}, got {v!r}"
+                )
+    return value
+
+
+def _factor_input(value: Any) -> Any:
+    """One violation factor, or one per window: each a finite number >= 0."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    n = len(WINDOWS)
+    if (isinstance(value, (list, tuple)) and len(value) != n) or not all(
+        _is_number(v) and 0 <= v < float("inf") for v in items
+    ):
+        raise ValueError(f"must be a number or {n} numbers, each finite and >= 0, got {value!r}")
+    return tuple(value) if isinstance(value, list) else value
+
+
+@config_dataclass
+class MPCConfig(Config):
     """Settings of the NMPC.
 
     Parameters
@@ -58,19 +90,21 @@ class MPCConfig:
         parameter, instead of the primal solution alone.
     backoff : tuple of 4 float
         Margins inside the windows (``controller.problem.WINDOWS`` order and units: %, %, degC, kg) the MPC's
-        soft constraints use, so that model error and the current's steps leave the true windows held.
+        soft constraints use, so that model error and the current's steps leave the true windows held. Twice a
+        margin must be less than its window's width.
     backoff_high : tuple of 4 float, optional
         Margins inside the windows' upper ends, where they differ from ``backoff`` (None: ``backoff`` on both
-        sides). A wider upper margin on the ledge keeps room for its growth when the line current drops.
+        sides); with ``backoff`` less than each window's width. A wider upper margin on the ledge keeps room for
+        its growth when the line current drops.
     violation_factor : float or tuple of 4 float
         The MPC's penalties on leaving its (backed-off) windows are the cost's violation weights times this
         factor (the closed-loop cost keeps the stated weights): nearly hard constraints that stay feasible.
         One factor per window (``WINDOWS`` order) ranks the windows: the slow alumina and AlF3 take hours to
         come back from an excursion, a ledge excursion inside its margin is temporary. The ledge's 3 (not 1)
         makes the NMPC add heat early enough when the line current drops for hours: with 1, the surrogate NMPC
-        let the ledge ride its margin until the ACD reached the top of the surrogate's known range, and the
-        ledge left its window for 1 % of a 24-h scenario (``bench/closed_loop.py`` seed 0); 3 holds it there at
-        the same energy per kg and solve times, where a wider ledge margin cost 1.5 % more energy.
+        let the ledge ride its margin until the ACD reached the top of the surrogate's known range and the
+        ledge left its window (``bench/closed_loop.py``); 3 holds it there at the same energy per kg, where a
+        wider ledge margin cost more energy.
     tol : float
         IPOPT's convergence tolerance.
     jit : bool
@@ -80,8 +114,8 @@ class MPCConfig:
         Flags of the C compiler.
     compile_in_background : bool
         When the model changes (a new champion in the twin), compile the new problem on a thread and keep
-        solving the current one until it is ready, instead of compiling between two solves (about a minute, a
-        gap the safety layer would have to cover).
+        solving the current one until it is ready, instead of compiling between two solves (a gap the safety
+        layer would have to cover).
     bias_gain : float
         Gain in [0, 1] of the offset-free correction: after each interval the difference between the measured
         state and the model's one-interval prediction updates a constant derivative bias added to the model
@@ -90,24 +124,46 @@ class MPCConfig:
         m; the largest ACD move per control interval.
     """
 
-    interval_steps: int = 60
-    horizon: int = 12
-    weights: CostWeights = field(default_factory=CostWeights)
-    hessian: str = "exact"
-    max_iter: int = 60
-    max_wall_s: float = 1.5
-    accept_capped: bool = True
-    feasibility_tol: float = 1e-6
-    warm_multipliers: bool = True
-    backoff: tuple[float, float, float, float] = (0.3, 0.2, 1.0, 400.0)
-    backoff_high: tuple[float, float, float, float] | None = (0.3, 0.9, 1.0, 1125.0)
-    violation_factor: float | tuple[float, float, float, float] = (1000.0, 1000.0, 10.0, 3.0)
-    tol: float = 1e-6
-    jit: bool = True
-    jit_flags: tuple[str, ...] = ("-O1",)
-    compile_in_background: bool = True
-    bias_gain: float = 0.5
-    acd_rate: float = ACD_RATE
+    interval_steps: Annotated[PositiveInt, Field(le=10_000)] = 60
+    horizon: Annotated[PositiveInt, Field(le=1000)] = 12
+    weights: Annotated[CostWeights, BeforeValidator(_weights_input)] = CostWeights()
+    hessian: Annotated[str, OneOf(HESSIANS)] = "exact"
+    max_iter: PositiveInt = 60
+    max_wall_s: PositiveNumber = 1.5
+    accept_capped: Flag = True
+    feasibility_tol: PositiveNumber = 1e-6
+    warm_multipliers: Flag = True
+    backoff: Margins = (0.3, 0.2, 1.0, 400.0)
+    backoff_high: Margins | None = (0.3, 0.9, 1.0, 1125.0)
+    violation_factor: Annotated[NonNegativeNumber | Margins, BeforeValidator(_factor_input)] = (
+        1000.0,
+        1000.0,
+        10.0,
+        3.0,
+    )
+    tol: PositiveNumber = 1e-6
+    jit: Flag = True
+    jit_flags: tuple[Text, ...] = ("-O1",)
+    compile_in_background: Flag = True
+    bias_gain: Annotated[NonNegativeNumber, Field(le=1)] = 0.5
+    acd_rate: PositiveNumber = ACD_RATE
+
+    @model_validator(mode="after")
+    def _check_margins(self) -> MPCConfig:
+        problems = []
+        for i, (m, w) in enumerate(zip(self.backoff, WINDOWS, strict=True)):
+            if not 2 * m < w.high - w.low:
+                problems.append(f"backoff[{i}]: {m} leaves nothing of the window {w.name} [{w.low}, {w.high}]")
+        if self.backoff_high is not None:
+            for i, (lo, hi, w) in enumerate(zip(self.backoff, self.backoff_high, WINDOWS, strict=True)):
+                if not lo + hi < w.high - w.low:
+                    problems.append(
+                        f"backoff_high[{i}]: {hi} leaves nothing of the window {w.name} [{w.low}, {w.high}] "
+                        f"beside backoff[{i}] = {lo}"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def violation_factors(self) -> tuple[float, ...]:
@@ -120,55 +176,9 @@ class MPCConfig:
         """The margins inside the windows' upper ends."""
         return self.backoff if self.backoff_high is None else self.backoff_high
 
-    def __post_init__(self) -> None:
-        owner = "MPCConfig"
-        _int(owner, "interval_steps", self.interval_steps, 1, 10_000)
-        _int(owner, "horizon", self.horizon, 1, 1000)
-        _int(owner, "max_iter", self.max_iter, 1)
-        if not isinstance(self.weights, CostWeights):
-            raise ValueError(f"{owner}.weights must be a CostWeights, got {type(self.weights).__name__}")
-        if self.hessian not in HESSIANS:
-            raise ValueError(f"{owner}.hessian must be one of {list(HESSIANS)}, got {self.hessian!r}")
-        _num(owner, "max_wall_s", self.max_wall_s, 0.0, strict=True)
-        _num(owner, "tol", self.tol, 0.0, strict=True)
-        _num(owner, "bias_gain", self.bias_gain, 0.0, 1.0)
-        _num(owner, "feasibility_tol", self.feasibility_tol, 0.0, strict=True)
-        if isinstance(self.violation_factor, (tuple, list)):
-            if len(self.violation_factor) != len(WINDOWS):
-                raise ValueError(f"{owner}.violation_factor must be a number or {len(WINDOWS)} numbers")
-            for v in self.violation_factor:
-                _num(owner, "violation_factor", v, 0.0)
-            object.__setattr__(self, "violation_factor", tuple(float(v) for v in self.violation_factor))
-        else:
-            _num(owner, "violation_factor", self.violation_factor, 0.0)
-        for name in ("accept_capped", "warm_multipliers", "compile_in_background"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{owner}.{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.backoff, (tuple, list)) or len(self.backoff) != len(WINDOWS):
-            raise ValueError(f"{owner}.backoff must be {len(WINDOWS)} margins, got {self.backoff!r}")
-        for m, w in zip(self.backoff, WINDOWS, strict=True):
-            _num(owner, "backoff", m, 0.0)
-            if not 2 * m < w.high - w.low:
-                raise ValueError(f"{owner}.backoff: {m} leaves nothing of the window {w.name} [{w.low}, {w.high}]")
-        object.__setattr__(self, "backoff", tuple(float(m) for m in self.backoff))
-        if self.backoff_high is not None:
-            if not isinstance(self.backoff_high, (tuple, list)) or len(self.backoff_high) != len(WINDOWS):
-                raise ValueError(f"{owner}.backoff_high must be {len(WINDOWS)} margins, got {self.backoff_high!r}")
-            for lo, hi, w in zip(self.backoff, self.backoff_high, WINDOWS, strict=True):
-                _num(owner, "backoff_high", hi, 0.0)
-                if not lo + hi < w.high - w.low:
-                    raise ValueError(f"{owner}.backoff_high: {hi} leaves nothing of the window {w.name}")
-            object.__setattr__(self, "backoff_high", tuple(float(m) for m in self.backoff_high))
-        _num(owner, "acd_rate", self.acd_rate, 0.0, strict=True)
-        if not isinstance(self.jit, bool):
-            raise ValueError(f"{owner}.jit must be true or false, got {self.jit!r}")
-        if isinstance(self.jit_flags, str) or not all(isinstance(f, str) for f in self.jit_flags):
-            raise ValueError(f"{owner}.jit_flags must be a list of strings, got {self.jit_flags!r}")
-        object.__setattr__(self, "jit_flags", tuple(self.jit_flags))
 
-
-@dataclass(frozen=True)
-class SafetyConfig:
+@config_dataclass
+class SafetyConfig(Config):
     """Settings of the safety layer around the MPC.
 
     Parameters
@@ -181,9 +191,21 @@ class SafetyConfig:
         controllers (0 disables the watchdog).
     """
 
-    shifted_intervals: int = 3
-    watchdog_s: float = 30.0
+    shifted_intervals: NonNegativeInt = 3
+    watchdog_s: NonNegativeNumber = 30.0
 
-    def __post_init__(self) -> None:
-        _int("SafetyConfig", "shifted_intervals", self.shifted_intervals, 0)
-        _num("SafetyConfig", "watchdog_s", self.watchdog_s, 0.0)
+
+@config_dataclass
+class ControllerConfig(Config):
+    """The controller's settings file: the MPC and its safety layer.
+
+    Parameters
+    ----------
+    mpc : MPCConfig
+        Settings of the NMPC (a mapping in YAML).
+    safety : SafetyConfig
+        Settings of the safety layer (a mapping in YAML).
+    """
+
+    mpc: MPCConfig = MPCConfig()
+    safety: SafetyConfig = SafetyConfig()

@@ -3,28 +3,26 @@
 No gRPC here: :class:`Potline` is the plain object that :mod:`plant.service` serves. Shapes: N cells, states
 ``(N, 8)``, inputs ``(N, 5)``. Each step uses :func:`plant.simulator.compose_inputs` and
 :func:`plant.simulator.step` batched over the cells, so a potline reproduces :func:`plant.simulator.simulate`
-exactly under the same inputs.
+under the same inputs, to rounding (the simulator may run its compiled C engine, whose ``exp``/``pow`` can
+differ from numpy's in the last bit). Its settings are :class:`plant.config.PlantConfig`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-import yaml
 
+from plant.config import COMMANDS, CURRENT_PROFILES, CommandSpec, PlantConfig
 from plant.domain import Fault, check_domain
 from plant.excitation import sample_initial_states
 from plant.params import DEFAULT_LIMITS, DEFAULT_PARAMS, CellParams, DomainLimits
 from plant.physics import OUTPUT_FUNCTIONS, algebraic
 from plant.scenarios import ScenarioEvent, ScenarioStatus, apply_drift, parse_scenario
-from plant.signals import INPUTS, N_STATES, Signal, U
+from plant.signals import N_STATES, Signal
 from plant.simulator import DT, MeasurementNoise, compose_inputs, step, validate_states
 
 __all__ = [
@@ -37,7 +35,6 @@ __all__ = [
     "InvalidCommand",
     "OUTPUTS",
     "OUTPUT_NAMES",
-    "PlantConfig",
     "Potline",
     "PotlineError",
     "UnknownCell",
@@ -60,32 +57,7 @@ class InvalidCommand(PotlineError, ValueError):
     """A command value that is out of bounds or not a finite number."""
 
 
-@dataclass(frozen=True)
-class CommandSpec:
-    """A manipulated input that clients may take over, with the bounds a command must respect."""
-
-    field: str
-    input_index: int
-    low: float
-    high: float
-
-    @property
-    def unit(self) -> str:
-        return INPUTS[self.input_index].unit
-
-
-COMMANDS: tuple[CommandSpec, ...] = (
-    CommandSpec("alumina_feed", U.FEED_AL2O3, 0.0, 22.0),
-    CommandSpec("alf3_feed", U.FEED_ALF3, 0.0, 10.0),
-    CommandSpec("acd", U.ACD, 0.040, 0.060),
-)
-"""The manipulated inputs in the order of the potline's command columns (``(N, 3)``), NaN = automatic."""
-
 _COMMAND_INDEX = {c.field: i for i, c in enumerate(COMMANDS)}
-
-
-CURRENT_PROFILES = ("constant", "aprbs")
-"""Names of the line-current profiles."""
 
 
 class CurrentProfile:
@@ -129,157 +101,6 @@ OUTPUTS: tuple[Signal, ...] = (
 """The algebraic outputs a snapshot reports (``plant.md``, "Algebraic quantities"), with units."""
 
 OUTPUT_NAMES: tuple[str, ...] = tuple(s.name for s in OUTPUTS)
-
-
-def _check_number(owner: str, name: str, value: Any, *, integer: bool = False) -> None:
-    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer, np.floating))
-    if isinstance(value, bool) or not ok or (not integer and not math.isfinite(float(value))):
-        kind = "an integer" if integer else "a finite number"
-        raise ValueError(f"{owner}.{name} must be {kind}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class PlantConfig:
-    """Settings of a simulated potline and of the service that serves it.
-
-    Parameters
-    ----------
-    n_cells : int
-        Number of cells (>= 1).
-    seed : int
-        Seeds the initial states, the "aprbs" current and the measurement noise.
-    port : int
-        TCP port to listen on; 0 picks a free one.
-    dt : float
-        Sample time, s.
-    real_time_factor : float
-        Plant seconds per wall-clock second; 0 is stepped mode (time advances only through ``Step``).
-    current_profile : str
-        Line current: ``"constant"`` (``line_current``) or ``"aprbs"`` (seeded random steps).
-    line_current : float
-        A; the level of the constant profile.
-    acd : float
-        m; the anode-cathode distance of a cell whose ACD is not commanded.
-    noise_std : tuple of 8 float, optional
-        Standard deviation of the measurement noise per state; None for exact measurements.
-    min_ledge_mass : float
-        kg; a cell whose side ledge falls below this faults (``plant.params.DomainLimits``).
-    host : str
-        Address to bind; loopback by default.
-    max_workers : int
-        Threads of the gRPC server; each open stream holds one.
-    max_streams : int
-        Streams open at once (more are refused with RESOURCE_EXHAUSTED); less than ``max_workers``.
-    stream_queue_size : int
-        Messages each stream buffers before it drops the oldest.
-    max_steps_per_call : int
-        Largest ``n`` of one ``Step`` call.
-    grace_s : float
-        Seconds in-flight calls get to finish when the server stops.
-    scenario : tuple of ScenarioEvent
-        Drifts and sensor faults (:mod:`plant.scenarios`); in YAML a list of mappings.
-    """
-
-    n_cells: int
-    seed: int
-    port: int
-    dt: float = DT
-    real_time_factor: float = 0.0
-    current_profile: str = "constant"
-    line_current: float = 140_000.0
-    acd: float = 0.05
-    noise_std: tuple[float, ...] | None = None
-    min_ledge_mass: float = DEFAULT_LIMITS.min_ledge_mass
-    host: str = "127.0.0.1"
-    max_workers: int = 16
-    max_streams: int = 8
-    stream_queue_size: int = 1000
-    max_steps_per_call: int = 8640
-    grace_s: float = 2.0
-    scenario: tuple[ScenarioEvent, ...] = ()
-
-    def __post_init__(self) -> None:
-        owner = "PlantConfig"
-        integers = ("n_cells", "seed", "port", "max_workers", "max_streams", "stream_queue_size", "max_steps_per_call")
-        for name in integers:
-            _check_number(owner, name, getattr(self, name), integer=True)
-        for name in ("dt", "real_time_factor", "line_current", "acd", "min_ledge_mass", "grace_s"):
-            _check_number(owner, name, getattr(self, name))
-        positive = ("n_cells", "dt", "line_current", "max_workers", "max_streams", "stream_queue_size")
-        for name in (*positive, "max_steps_per_call"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{owner}.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("seed", "real_time_factor", "min_ledge_mass", "grace_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{owner}.{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"{owner}.port must be in [0, 65535], got {self.port!r}")
-        if self.current_profile not in CURRENT_PROFILES:
-            raise ValueError(
-                f"{owner}.current_profile must be one of {list(CURRENT_PROFILES)}, got {self.current_profile!r}"
-            )
-        acd_spec = COMMANDS[_COMMAND_INDEX["acd"]]
-        if not acd_spec.low <= self.acd <= acd_spec.high:
-            raise ValueError(f"{owner}.acd must be in [{acd_spec.low:g}, {acd_spec.high:g}] m, got {self.acd!r}")
-        if not isinstance(self.host, str) or not self.host:
-            raise ValueError(f"{owner}.host must be a non-empty string, got {self.host!r}")
-        if self.max_streams >= self.max_workers:
-            raise ValueError(
-                f"{owner}.max_streams ({self.max_streams}) must be less than max_workers ({self.max_workers}),"
-                " so that unary calls still find a thread while every stream is open"
-            )
-        if self.noise_std is not None:
-            if isinstance(self.noise_std, (str, bytes)) or not isinstance(self.noise_std, Sequence):
-                raise ValueError(
-                    f"{owner}.noise_std must be a list of {N_STATES} numbers or null, got {self.noise_std!r}"
-                )
-            for v in self.noise_std:
-                _check_number(owner, "noise_std", v)
-            object.__setattr__(self, "noise_std", tuple(float(v) for v in self.noise_std))
-            MeasurementNoise(self.noise_std)  # validates length and sign
-        try:
-            events = parse_scenario(self.scenario, self.n_cells)
-        except ValueError as exc:
-            raise ValueError(f"{owner}.{exc}") from None
-        object.__setattr__(self, "scenario", events)
-
-    @property
-    def stepped(self) -> bool:
-        """True in stepped mode (``real_time_factor == 0``)."""
-        return self.real_time_factor == 0
-
-    @property
-    def limits(self) -> DomainLimits:
-        """The valid domain of the cells."""
-        return dataclasses.replace(DEFAULT_LIMITS, min_ledge_mass=float(self.min_ledge_mass))
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], source: str = "config") -> PlantConfig:
-        """A config from a mapping (e.g. parsed YAML); unknown or missing keys raise a ValueError naming them."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"{source}: unknown setting(s) {unknown}; valid settings are {sorted(fields)}")
-        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
-        missing = [n for n in required if n not in data]
-        if missing:
-            raise ValueError(f"{source}: missing required setting(s) {missing}")
-        try:
-            return cls(**dict(data))
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> PlantConfig:
-        """A config from a YAML file holding a mapping of the fields above."""
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
-        return cls.from_mapping({} if data is None else data, source=str(path))
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, TypeAdapter, WithJsonSchema, model_validator
+
+from alutwin.config import (
+    Config,
+    ConfigError,
+    NonNegativeInt,
+    NonNegativeNumber,
+    Number,
+    OneOf,
+    PositiveNumber,
+    config_dataclass,
+    validate,
+)
 from plant.params import CellParams
 from plant.signals import STATE_NAMES
 
@@ -40,6 +53,7 @@ __all__ = [
     "ScenarioEvent",
     "ScenarioStatus",
     "apply_drift",
+    "check_cells",
     "parse_scenario",
 ]
 
@@ -55,82 +69,91 @@ DRIFT_PARAMETERS: tuple[str, ...] = (
 )
 """What a drift may scale: ``current_efficiency`` and every base quantity of :class:`CellParams`."""
 
-_KEYS = {
-    "drift": ({"kind", "at_s", "parameter", "factor"}, {"cells"}),
-    "stuck_sensor": ({"kind", "at_s", "state"}, {"cells", "value"}),
-    "offset_sensor": ({"kind", "at_s", "state", "offset"}, {"cells"}),
+_KEYS = {  # per kind: the keys it needs and the ones it may have, beside kind, at_s and cells
+    "drift": (("parameter", "factor"), ()),
+    "stuck_sensor": (("state",), ("value",)),
+    "offset_sensor": (("state", "offset"), ()),
 }
+_OPTIONAL = ("parameter", "factor", "state", "value", "offset")
 
 
-def _number(where: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"{where}.{name} must be a finite number, got {value!r}")
-    return float(value)
+def _cells(value: Any) -> Any:
+    """``"all"`` or null: every cell; else a non-empty list of distinct cell indices."""
+    if value is None or value == "all":
+        return None
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("must name at least one cell (omit it for all cells)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"names a cell twice: {list(value)}")
+    return value
 
 
-@dataclass(frozen=True)
-class ScenarioEvent:
-    """One scenario event (see the module docstring).
+Cells = Annotated[
+    tuple[NonNegativeInt, ...] | None,
+    BeforeValidator(_cells),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "uniqueItems": True},
+                {"const": "all"},
+                {"type": "null"},
+            ]
+        }
+    ),
+]
+
+
+def _kind_rules() -> dict[str, Any]:
+    """JSON schema: the keys each kind needs, and null for those it does not take."""
+    rules = []
+    for kind, (required, optional) in _KEYS.items():
+        absent = {n: {"type": "null"} for n in _OPTIONAL if n not in required + optional}
+        then = {"required": list(required), "properties": absent}
+        rules.append({"if": {"properties": {"kind": {"const": kind}}}, "then": then})
+    return {"allOf": rules}
+
+
+@config_dataclass(json_schema_extra=_kind_rules())
+class ScenarioEvent(Config):
+    """One scenario event of a potline (see :mod:`plant.scenarios`).
 
     Attributes
     ----------
     kind : ``"drift"``, ``"stuck_sensor"`` or ``"offset_sensor"``.
-    at_s : plant time (s) from which the event acts.
-    cells : the cells it affects; None for all.
+    at_s : plant time (s) from which the event acts (>= 0).
+    cells : the cells it affects (distinct indices); None (or ``all`` in YAML) for all.
     parameter, factor : drift only: what is scaled (:data:`DRIFT_PARAMETERS`) and by how much (> 0).
     state : sensor faults only: the state's name (:data:`plant.signals.STATE_NAMES`).
     value : stuck sensor only: the value it reports; None to hold its reading when the fault starts.
     offset : offset sensor only: added to the measurement (unit of the state).
     """
 
-    kind: str
-    at_s: float
-    cells: tuple[int, ...] | None = None
-    parameter: str | None = None
-    factor: float | None = None
-    state: str | None = None
-    value: float | None = None
-    offset: float | None = None
+    kind: Annotated[str, OneOf(SCENARIO_KINDS)]
+    at_s: NonNegativeNumber
+    cells: Cells = None
+    parameter: Annotated[str, OneOf(DRIFT_PARAMETERS)] | None = None
+    factor: PositiveNumber | None = None
+    state: Annotated[str, OneOf(STATE_NAMES)] | None = None
+    value: Number | None = None
+    offset: Number | None = None
 
-    def __post_init__(self) -> None:
-        where = "ScenarioEvent"
-        if self.kind not in SCENARIO_KINDS:
-            raise ValueError(f"{where}.kind must be one of {list(SCENARIO_KINDS)}, got {self.kind!r}")
-        at_s = _number(where, "at_s", self.at_s)
-        if at_s < 0:
-            raise ValueError(f"{where}.at_s must be >= 0 s, got {self.at_s!r}")
-        object.__setattr__(self, "at_s", at_s)
-        if self.cells is not None:
-            if isinstance(self.cells, (str, bytes)) or not isinstance(self.cells, Sequence) or not self.cells:
-                raise ValueError(f"{where}.cells must be a non-empty list of cell indices or null, got {self.cells!r}")
-            for c in self.cells:
-                if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-                    raise ValueError(f"{where}.cells must hold non-negative integers, got {c!r}")
-            if len(set(self.cells)) != len(self.cells):
-                raise ValueError(f"{where}.cells names a cell twice: {list(self.cells)}")
-            object.__setattr__(self, "cells", tuple(int(c) for c in self.cells))
-        given = {n for n in ("parameter", "factor", "state", "value", "offset") if getattr(self, n) is not None}
+    @model_validator(mode="after")
+    def _check_keys(self) -> ScenarioEvent:
         required, optional = _KEYS[self.kind]
-        allowed = (required | optional) - {"kind", "at_s", "cells"}
-        extra = sorted(given - allowed)
+        given = {n for n in _OPTIONAL if getattr(self, n) is not None}
+        extra = sorted(given - set(required) - set(optional))
+        missing = [n for n in required if n not in given]
+        article = "an" if self.kind[0] in "aeiou" else "a"
+        problems = []
         if extra:
-            raise ValueError(f"{where}: a {self.kind} event takes no {extra}; it takes {sorted(allowed)}")
-        missing = sorted((required - {"kind", "at_s"}) - given)
+            takes = ", ".join((*required, *optional))
+            problems.append(f"{article} {self.kind} event takes no {extra}; it takes kind, at_s, cells, {takes}")
         if missing:
-            raise ValueError(f"{where}: a {self.kind} event needs {missing}")
-        if self.kind == "drift":
-            if self.parameter not in DRIFT_PARAMETERS:
-                raise ValueError(f"{where}.parameter must be one of {list(DRIFT_PARAMETERS)}, got {self.parameter!r}")
-            factor = _number(where, "factor", self.factor)
-            if factor <= 0:
-                raise ValueError(f"{where}.factor must be > 0, got {self.factor!r}")
-            object.__setattr__(self, "factor", factor)
-        else:
-            if self.state not in STATE_NAMES:
-                raise ValueError(f"{where}.state must be one of {list(STATE_NAMES)}, got {self.state!r}")
-            for name in ("value", "offset"):
-                if getattr(self, name) is not None:
-                    object.__setattr__(self, name, _number(where, name, getattr(self, name)))
+            problems.append(f"{article} {self.kind} event needs {missing}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def at_step(self, dt: float) -> int:
         """The step at which the event fires: the first ``k`` with ``k * dt >= at_s`` (to within rounding)."""
@@ -160,30 +183,8 @@ class ScenarioEvent:
             what = f"{self.state} sensor offset by {self.offset:+g}"
         return f"{what} on {who} from t = {self.at_s:g} s"
 
-    @classmethod
-    def from_mapping(cls, data: Any, where: str = "scenario event") -> ScenarioEvent:
-        """An event from a mapping (YAML); unknown or missing keys raise a ValueError naming them."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{where} must be a mapping with a 'kind', got {data!r}")
-        kind = data.get("kind")
-        if kind not in SCENARIO_KINDS:
-            raise ValueError(f"{where}.kind must be one of {list(SCENARIO_KINDS)}, got {kind!r}")
-        required, optional = _KEYS[kind]
-        unknown = sorted(set(data) - required - optional)
-        if unknown:
-            raise ValueError(
-                f"{where}: unknown key(s) {unknown} for a {kind} event; valid keys {sorted(required | optional)}"
-            )
-        missing = sorted(required - set(data))
-        if missing:
-            raise ValueError(f"{where}: a {kind} event needs {missing}")
-        values = dict(data)
-        if values.get("cells") in ("all", None):
-            values["cells"] = None
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: {str(exc).removeprefix('ScenarioEvent')}") from None
+
+_EVENTS = TypeAdapter(tuple[ScenarioEvent, ...])
 
 
 @dataclass(frozen=True)
@@ -195,25 +196,34 @@ class ScenarioStatus:
     fired: bool
 
 
+def check_cells(events: Sequence[ScenarioEvent], n_cells: int) -> list[str]:
+    """The problems of ``events`` on a potline of ``n_cells`` cells: each names an event that names a cell that
+    does not exist (``scenario[i].cells``)."""
+    problems = []
+    for i, event in enumerate(events):
+        bad = [c for c in event.cells or () if c >= n_cells]
+        if bad:
+            problems.append(f"scenario[{i}].cells: {bad} do not exist; the potline has cells 0..{n_cells - 1}")
+    return problems
+
+
 def parse_scenario(data: Any, n_cells: int | None = None) -> tuple[ScenarioEvent, ...]:
     """The events of a ``scenario`` setting: a list of mappings or of :class:`ScenarioEvent`.
 
-    With ``n_cells``, every cell an event names must exist. Errors name the event (``scenario[i]``).
+    With ``n_cells``, every cell an event names must exist.
+
+    Raises
+    ------
+    alutwin.config.ConfigError
+        A ValueError naming every problem and its event (``scenario[i].factor: must be > 0, got 0``).
     """
     if data is None:
         return ()
-    if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Sequence):
-        raise ValueError(f"scenario must be a list of events, got {data!r}")
-    events = []
-    for i, item in enumerate(data):
-        where = f"scenario[{i}]"
-        event = item if isinstance(item, ScenarioEvent) else ScenarioEvent.from_mapping(item, where)
-        if n_cells is not None and event.cells is not None:
-            bad = [c for c in event.cells if c >= n_cells]
-            if bad:
-                raise ValueError(f"{where}.cells {bad} do not exist; the potline has cells 0..{n_cells - 1}")
-        events.append(event)
-    return tuple(events)
+    events = validate(_EVENTS, data, loc=("scenario",))
+    problems = [] if n_cells is None else check_cells(events, n_cells)
+    if problems:
+        raise ConfigError(None, problems)
+    return events
 
 
 def apply_drift(params: CellParams, parameter: str, factor: float) -> CellParams:

@@ -1,14 +1,14 @@
-"""The potline without gRPC: oracle against the batched simulator, commands, faults, noise, config."""
+"""The potline without gRPC: oracle against the batched simulator, commands, faults, noise (its settings:
+test_config.py)."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from plant.config import PlantConfig
 from plant.domain import Fault
 from plant.excitation import Exogenous, constant
 from plant.params import DEFAULT_PARAMS, DomainLimits
@@ -18,24 +18,26 @@ from plant.potline import (
     CellFaulted,
     CurrentProfile,
     InvalidCommand,
-    PlantConfig,
     Potline,
     UnknownCell,
 )
 from plant.signals import U, X
 from plant.simulator import MeasurementNoise, simulate
 
-REPO = Path(__file__).resolve().parents[2]
+# The potline steps with numpy; simulate() runs the compiled C engine where a compiler is found. Two
+# implementations: numpy's SIMD exp/pow and the C library's differ in the last bit on some CPUs (AMD vs Intel),
+# and 120-300 RK4 steps carry that on, so they agree to rtol 1e-12, not bit for bit.
+RTOL = 1e-12
 
 
-def test_constant_profile_matches_simulator_exactly():
+def test_constant_profile_matches_simulator():
     line = Potline(3, seed=11)
     x0 = line.states
     assert line.step(120) == 120
     expected = simulate(x0, constant(3, 120))
-    np.testing.assert_array_equal(line.states, expected.x[:, -1])
+    np.testing.assert_allclose(line.states, expected.x[:, -1], rtol=RTOL, atol=0)
     for snap in line.snapshots():
-        np.testing.assert_array_equal(snap.u, expected.u[snap.cell, -1])
+        np.testing.assert_allclose(snap.u, expected.u[snap.cell, -1], rtol=RTOL, atol=0)
         np.testing.assert_array_equal(snap.y, snap.x)  # no noise: the measurement is the state
         assert snap.step == 120 and snap.time_s == 1200.0
 
@@ -51,7 +53,7 @@ def test_aprbs_profile_has_the_spec_levels_and_holds():
     assert 500 < runs.mean() < 700  # uniform 100-1100: mean 600
 
 
-def test_aprbs_potline_matches_simulator_exactly():
+def test_aprbs_potline_matches_simulator():
     n = 300
     line = Potline(2, seed=5, current_profile="aprbs")
     x0 = line.states
@@ -60,7 +62,7 @@ def test_aprbs_potline_matches_simulator_exactly():
         currents.append(line.current)
         line.step()
     exo = Exogenous(np.tile(currents, (2, 1)), np.full((2, n), 0.05), np.zeros((2, n)), np.zeros((2, n)))
-    np.testing.assert_array_equal(line.states, simulate(x0, exo).x[:, -1])
+    np.testing.assert_allclose(line.states, simulate(x0, exo).x[:, -1], rtol=RTOL, atol=0)
     assert currents[0] != 140_000.0 and len(set(currents)) <= 2  # a drawn level, held (>= 100 steps each)
 
 
@@ -208,49 +210,3 @@ def test_step_is_thread_safe():
     b.step(100)
     assert a.step_index == 100
     np.testing.assert_array_equal(a.states, b.states)
-
-
-def test_config_from_yaml(tmp_path):
-    path = tmp_path / "plant.yaml"
-    path.write_text("n_cells: 3\nseed: 2\nport: 0\nnoise_std: [0, 0, 0, 0, 0, 2.5, 0, 0]\nreal_time_factor: 360\n")
-    cfg = PlantConfig.from_yaml(path)
-    assert cfg.n_cells == 3 and cfg.noise_std == (0, 0, 0, 0, 0, 2.5, 0, 0) and not cfg.stepped
-    assert Potline.from_config(cfg).noise.std[X.T_BATH] == 2.5
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("n_cells: 3\nseed: 1\nport: 0\ncels: 4\n", r"unknown setting\(s\) \['cels'\]"),
-        ("n_cells: 3\nport: 0\n", r"missing required setting\(s\) \['seed'\]"),
-        ("n_cells: three\nseed: 1\nport: 0\n", "n_cells must be an integer"),
-        ("n_cells: 3\nseed: 1\nport: 0\ndt: [1]\n", "dt must be a finite number"),
-        ("n_cells: 3\nseed: 1\nport: 0\ncurrent_profile: sine\n", "current_profile must be one of"),
-        ("n_cells: 3\nseed: 1\nport: 0\nnoise_std: [1, 2]\n", "MeasurementNoise.std"),
-        ("n_cells: 3\nseed: 1\nport: 0\nacd: 0.07\n", r"acd must be in \[0.04, 0.06\]"),
-        ("n_cells: 3\nseed: 1\nport: 0\nmax_streams: 20\n", "less than max_workers"),
-        ("- 1\n- 2\n", "expected a mapping"),
-        ("n_cells: [\n", "not valid YAML"),
-    ],
-)
-def test_config_errors_are_clear(tmp_path, text, match):
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=match) as err:
-        PlantConfig.from_yaml(path)
-    assert "bad.yaml" in str(err.value)
-
-
-def test_config_validates_direct_construction():
-    with pytest.raises(ValueError, match="n_cells must be > 0"):
-        PlantConfig(n_cells=0, seed=0, port=0)
-    with pytest.raises(ValueError, match="port must be in"):
-        replace(PlantConfig(n_cells=1, seed=0, port=0), port=70000)
-    with pytest.raises(ValueError, match="seed must be an integer"):
-        PlantConfig(n_cells=1, seed=True, port=0)
-
-
-def test_example_deploy_config_loads():
-    cfg = PlantConfig.from_yaml(REPO / "deploy" / "plant.yaml")
-    assert cfg.n_cells >= 1 and cfg.host == "127.0.0.1"
-    Potline.from_config(cfg).step(2)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from plant.client import PlantClient
+from plant.config import PlantConfig
 from plant.params import DEFAULT_PARAMS
-from plant.potline import PlantConfig, Potline
+from plant.potline import Potline
 from plant.scenarios import DRIFT_PARAMETERS, ScenarioEvent, apply_drift, parse_scenario
 from plant.service import create_server
 from plant.signals import X
@@ -102,29 +103,74 @@ def test_noise_stream_is_unchanged_by_sensor_faults():
 @pytest.mark.parametrize(
     ("events", "words"),
     [
-        ([{"kind": "wobble", "at_s": 0}], "kind must be one of"),
-        ([{"kind": "drift", "at_s": 0, "parameter": "magic", "factor": 1.0}], "parameter must be one of"),
-        ([{"kind": "drift", "at_s": 0, "parameter": "k3", "factor": 0.0}], "factor must be > 0"),
-        ([{"kind": "drift", "at_s": 0, "parameter": "k3"}], "needs ['factor']"),
-        ([{"kind": "drift", "at_s": -1, "parameter": "k3", "factor": 1.1}], "at_s must be >= 0"),
-        ([{"kind": "drift", "at_s": 0, "parameter": "k3", "factor": float("nan")}], "factor must be a finite number"),
-        ([{"kind": "stuck_sensor", "at_s": 0, "state": "T_moon"}], "state must be one of"),
+        ([{"kind": "wobble", "at_s": 0}], "scenario[0].kind: must be one of 'drift', 'stuck_sensor' or"),
+        ([{"kind": "drift", "at_s": 0, "parameter": "magic", "factor": 1.0}], "scenario[0].parameter: must be one of"),
+        ([{"kind": "drift", "at_s": 0, "parameter": "k3", "factor": 0.0}], "scenario[0].factor: must be > 0, got 0"),
+        ([{"kind": "drift", "at_s": 0, "parameter": "k3"}], "scenario[0]: a drift event needs ['factor']"),
+        ([{"kind": "drift", "at_s": -1, "parameter": "k3", "factor": 1.1}], "scenario[0].at_s: must be >= 0, got -1"),
+        (
+            [{"kind": "drift", "at_s": 0, "parameter": "k3", "factor": float("nan")}],
+            "scenario[0].factor: must be a finite number",
+        ),
+        ([{"kind": "stuck_sensor", "at_s": 0, "state": "T_moon"}], "scenario[0].state: must be one of"),
         (
             [{"kind": "offset_sensor", "at_s": 0, "state": "T_bath", "offset": 1, "value": 3}],
-            "unknown key(s) ['value']",
+            "scenario[0]: an offset_sensor event takes no ['value']",
         ),
         (
             [{"kind": "offset_sensor", "at_s": 0, "state": "T_bath", "offset": 1, "cells": [7]}],
-            "cells [7] do not exist",
+            "scenario[0].cells: [7] do not exist; the potline has cells 0..2",
         ),
-        ([{"kind": "offset_sensor", "at_s": 0, "state": "T_bath", "offset": 1, "cells": [1, 1]}], "names a cell twice"),
-        ({"kind": "drift"}, "must be a list of events"),
+        (
+            [{"kind": "offset_sensor", "at_s": 0, "state": "T_bath", "offset": 1, "cells": [1, 1]}],
+            "scenario[0].cells: names a cell twice",
+        ),
+        (
+            [{"kind": "offset_sensor", "at_s": 0, "state": "T_bath", "offset": 1, "cells": []}],
+            "scenario[0].cells: must name at least one cell",
+        ),
+        ([{"kind": "drift", "at_s": 0, "parameter": "k3", "factor": 1, "cell": [0]}], "unknown key 'scenario[0].cell'"),
+        ({"kind": "drift"}, "scenario: must be a list"),
     ],
 )
 def test_bad_scenarios_are_refused_with_the_field_named(events, words):
-    with pytest.raises(ValueError, match=r"PlantConfig\.scenario") as err:
+    with pytest.raises(ValueError, match=r"^PlantConfig: ") as err:
         PlantConfig(**BASE, scenario=events)
     assert words in str(err.value)
+    with pytest.raises(ValueError) as err:
+        Potline(3, seed=0, scenario=events)  # the potline checks its events the same way
+    assert words in str(err.value)
+
+
+def test_every_bad_event_is_named_at_once():
+    events = [
+        {"kind": "drift", "at_s": 0, "parameter": "k3", "factor": 1.1, "cells": [5]},
+        {"kind": "stuck_sensor", "at_s": -1, "state": "T_bath"},
+        {"kind": "offset_sensor", "at_s": 0, "state": "T_bath", "offset": 1, "cells": [3, 4]},
+    ]
+    with pytest.raises(ValueError) as err:
+        parse_scenario(events)
+    assert str(err.value) == "scenario[1].at_s: must be >= 0, got -1"  # the fields first
+    del events[1]
+    with pytest.raises(ValueError) as err:
+        parse_scenario(events, n_cells=3)
+    assert str(err.value) == (
+        "scenario[0].cells: [5] do not exist; the potline has cells 0..2; "
+        "scenario[1].cells: [3, 4] do not exist; the potline has cells 0..2"
+    )
+    assert parse_scenario(None) == () and parse_scenario(events) == tuple(ScenarioEvent(**e) for e in events)
+
+
+def test_events_from_code_are_validated_and_replace_validates_again():
+    event = ScenarioEvent("drift", 10, parameter="k3", factor=2)
+    assert event.at_s == 10.0 and isinstance(event.at_s, float) and event.cells is None
+    assert (
+        ScenarioEvent.from_mapping({"kind": "stuck_sensor", "at_s": 0, "state": "T_bath", "cells": "all"}).cells is None
+    )
+    with pytest.raises(ValueError, match=r"^ScenarioEvent: a drift event takes no \['state'\]"):
+        dataclasses.replace(event, state="T_bath")
+    with pytest.raises(ValueError, match=r"^ScenarioEvent: factor: must be > 0, got -2"):
+        dataclasses.replace(event, factor=-2)
 
 
 def test_scenario_from_yaml_and_over_grpc(tmp_path: Path):

@@ -9,7 +9,8 @@ dropped from the bridge's memory only once the twin has acknowledged it (durably
 What is forwarded: every measurement of a healthy cell (a faulted cell's held state is not dynamics and is
 skipped, counted). At step 0 the plant's ``u`` is the input the cell applies next (there is no earlier step).
 
-Command line: ``alutwin twin ingest --plant HOST:PORT --twin HOST:PORT`` (token from ``$ALUTWIN_TWIN_TOKEN``).
+Command line: ``alutwin twin ingest --plant HOST:PORT --twin HOST:PORT`` (token from ``$ALUTWIN_TWIN_TOKEN``), or
+``alutwin twin ingest --config deploy/bridge.yaml`` (:class:`BridgeConfig`; flags override the file).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
@@ -25,19 +25,40 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
+from pydantic import Field, model_validator
 
 from alutwin.cli import CliError
+from alutwin.config import (
+    Address,
+    Config,
+    ConfigPath,
+    EnvName,
+    NonNegativeInt,
+    Number,
+    PositiveInt,
+    PositiveNumber,
+    config_dataclass,
+)
 from plant.client import Measurement, MeasurementStream, PlantClient
 from plant.domain import Fault
 from twin.historian.historian import Sample
 from twin.historian.ingest_client import IngestAck, IngestClient, IngestStream
 
-__all__ = ["Backoff", "BridgeError", "BridgeStats", "measurement_to_sample", "register_bridge_cli", "run_bridge"]
+__all__ = [
+    "Backoff",
+    "BridgeConfig",
+    "BridgeError",
+    "BridgeStats",
+    "DEFAULT_BACKOFF",
+    "config_from_args",
+    "measurement_to_sample",
+    "register_bridge_cli",
+    "run_bridge",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +79,30 @@ class BridgeError(Exception):
     """The bridge cannot go on (an error that retrying cannot mend); the message says which side and why."""
 
 
-@dataclass(frozen=True)
-class Backoff:
+@config_dataclass
+class Backoff(Config):
     """Exponential backoff between reconnection attempts: ``initial_s``, times ``factor`` each failure, at most
-    ``max_s``; back to ``initial_s`` after a success."""
+    ``max_s``; back to ``initial_s`` after a success.
 
-    initial_s: float = 0.1
-    max_s: float = 5.0
-    factor: float = 2.0
+    Parameters
+    ----------
+    initial_s : float
+        First wait, s.
+    max_s : float
+        Longest wait, s (at least ``initial_s``).
+    factor : float
+        Growth of the wait per failure (>= 1).
+    """
 
-    def __post_init__(self) -> None:
-        for name in ("initial_s", "max_s", "factor"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"Backoff.{name} must be a positive number, got {v!r}")
-        if self.max_s < self.initial_s or self.factor < 1:
-            raise ValueError(f"Backoff needs max_s >= initial_s and factor >= 1, got {self!r}")
+    initial_s: PositiveNumber = 0.1
+    max_s: PositiveNumber = 5.0
+    factor: Annotated[Number, Field(ge=1)] = 2.0
+
+    @model_validator(mode="after")
+    def _check_order(self) -> Backoff:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s:g}) must be at least initial_s ({self.initial_s:g})")
+        return self
 
     def delays(self) -> Iterator[float]:
         """The waits before successive attempts."""
@@ -83,7 +112,55 @@ class Backoff:
             d = min(d * self.factor, self.max_s)
 
 
-@dataclass
+DEFAULT_BACKOFF = Backoff()
+"""The bridge's default waits between reconnection attempts."""
+
+
+@config_dataclass
+class BridgeConfig(Config):
+    """Settings of ``alutwin twin ingest`` (``deploy/bridge.yaml``; JSON schema ``deploy/schemas/bridge.schema.json``).
+
+    Parameters
+    ----------
+    plant : str
+        ``host:port`` of the plant service.
+    twin : str
+        ``host:port`` of the twin.
+    cells : tuple of int
+        Cells to forward; empty means all.
+    every : int
+        Forward every ``every``-th step.
+    batch_size : int
+        Most samples per batch (capped at the twin's ``max_batch_samples``).
+    flush_s : float
+        Longest a read sample waits for its batch to fill before the batch is sent anyway, s.
+    max_buffer : int
+        Samples read from the plant and not yet acknowledged that the bridge keeps; beyond it the oldest are
+        dropped (counted in ``plant_dropped``).
+    ack_timeout_s : float
+        Longest wait for one batch's acknowledgement before the twin connection is considered lost, s.
+    token_env : str, optional
+        Name of the environment variable holding the twin's management token (Ingest needs it); None for none.
+    tls_ca : Path, optional
+        PEM file of the roots to trust: connect to the twin with TLS. In YAML, relative to the file's folder.
+    backoff : Backoff
+        Waits between reconnection attempts (each side separately).
+    """
+
+    plant: Address
+    twin: Address
+    cells: tuple[NonNegativeInt, ...] = ()
+    every: PositiveInt = 1
+    batch_size: PositiveInt = 500
+    flush_s: PositiveNumber = 0.5
+    max_buffer: PositiveInt = 1_000_000
+    ack_timeout_s: PositiveNumber = 30.0
+    token_env: EnvName | None = "ALUTWIN_TWIN_TOKEN"
+    tls_ca: ConfigPath | None = None
+    backoff: Backoff = DEFAULT_BACKOFF
+
+
+@dataclasses.dataclass
 class BridgeStats:
     """What a bridge has done so far (updated while it runs; read it from another thread as a snapshot)."""
 
@@ -228,7 +305,7 @@ def run_bridge(
     batch_size: int = 500,
     flush_s: float = 0.5,
     stop: threading.Event | None = None,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = DEFAULT_BACKOFF,
     max_buffer: int = 1_000_000,
     ack_timeout_s: float = 30.0,
     root_certificates: bytes | None = None,
@@ -239,28 +316,13 @@ def run_bridge(
 
     Parameters
     ----------
-    plant, twin : str
-        ``host:port`` of the plant service and of the twin.
+    plant, twin, cells, every, batch_size, flush_s, backoff, max_buffer, ack_timeout_s
+        As in :class:`BridgeConfig` (validated by it).
     token : str, optional
         The twin's management token (Ingest needs it).
-    cells : sequence of int
-        Cells to forward; empty means all.
-    every : int
-        Forward every ``every``-th step.
-    batch_size : int
-        Most samples per batch (capped at the twin's ``max_batch_samples``).
-    flush_s : float
-        Longest a read sample waits for its batch to fill before the batch is sent anyway.
     stop : threading.Event, optional
         Set it to end the bridge (it returns after its batch in flight); without one the bridge runs until an
         error that retrying cannot mend.
-    backoff : Backoff
-        Waits between reconnection attempts (each side separately).
-    max_buffer : int
-        Samples read from the plant and not yet acknowledged that the bridge keeps; beyond it the oldest are
-        dropped (counted in ``plant_dropped``).
-    ack_timeout_s : float
-        Longest wait for one batch's acknowledgement before the twin connection is considered lost.
     root_certificates : bytes, optional
         PEM roots: connect to the twin with TLS.
     on_ack : callable, optional
@@ -278,17 +340,22 @@ def run_bridge(
     BridgeError
         The twin or the plant refused in a way that retrying cannot mend (a wrong or missing token, a twin without
         historian, an unknown cell).
+    alutwin.config.ConfigError
+        A setting out of bounds (a ValueError naming it, as :class:`BridgeConfig` checks it).
     """
-    for name, value, low in (("every", every, 1), ("batch_size", batch_size, 1), ("max_buffer", max_buffer, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    for name, value in (("flush_s", flush_s), ("ack_timeout_s", ack_timeout_s)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    cells = tuple(cells)
-    for c in cells:
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise ValueError(f"cells must hold non-negative integers, got {c!r}")
+    settings = BridgeConfig(
+        plant=plant,
+        twin=twin,
+        cells=tuple(cells),
+        every=every,
+        batch_size=batch_size,
+        flush_s=flush_s,
+        max_buffer=max_buffer,
+        ack_timeout_s=ack_timeout_s,
+        token_env=None,
+        backoff=backoff,
+    )
+    cells = settings.cells
     stop = threading.Event() if stop is None else stop
     stats = BridgeStats() if stats is None else stats
     reader = _PlantReader(plant, cells, every, max_buffer, backoff, stats, stop)
@@ -375,26 +442,60 @@ def run_bridge(
 # Command line
 
 
+_FLAGS = ("plant", "twin", "cells", "every", "batch_size", "flush_s", "token_env", "tls_ca")
+"""The BridgeConfig fields that ``alutwin twin ingest`` has a flag for (the flag's dest is the field's name)."""
+
+
+def config_from_args(args: argparse.Namespace) -> BridgeConfig:
+    """The settings of ``alutwin twin ingest``: ``--config`` (if given), overridden by the flags given.
+
+    Raises
+    ------
+    alutwin.config.ConfigError
+        The file or a flag holds a bad setting (every problem named).
+    alutwin.cli.CliError
+        Neither the file nor the flags name the plant and the twin.
+    """
+    overrides = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
+    if "cells" in overrides:
+        overrides["cells"] = tuple(overrides["cells"])
+    if overrides.get("token_env") == "":  # --token-env '': no token
+        overrides["token_env"] = None
+    if args.config is not None:
+        return dataclasses.replace(BridgeConfig.from_yaml(args.config), **overrides)
+    missing = [f"--{n}" for n in ("plant", "twin") if n not in overrides]
+    if missing:
+        raise CliError(f"give {' and '.join(missing)}, or a --config file that names them")
+    return BridgeConfig(**overrides)
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    token = os.environ.get(args.token_env) if args.token_env else None
-    roots = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    config = config_from_args(args)
+    token = os.environ.get(config.token_env) if config.token_env else None
+    try:
+        roots = config.tls_ca.read_bytes() if config.tls_ca is not None else None
+    except OSError as exc:
+        raise CliError(f"cannot read tls_ca {config.tls_ca}: {exc.strerror or exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
-    print(f"alutwin twin ingest: plant {args.plant} -> twin {args.twin}", flush=True)
+    print(f"alutwin twin ingest: plant {config.plant} -> twin {config.twin}", flush=True)
     try:
         stats = run_bridge(
-            args.plant,
-            args.twin,
+            config.plant,
+            config.twin,
             token=token,
-            cells=args.cells or (),
-            every=args.every,
-            batch_size=args.batch_size,
-            flush_s=args.flush_s,
+            cells=config.cells,
+            every=config.every,
+            batch_size=config.batch_size,
+            flush_s=config.flush_s,
             stop=stop,
+            backoff=config.backoff,
+            max_buffer=config.max_buffer,
+            ack_timeout_s=config.ack_timeout_s,
             root_certificates=roots,
         )
     except (BridgeError, ValueError) as exc:
@@ -409,19 +510,26 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def register_bridge_cli(actions: Any) -> None:
     """Add ``ingest`` to the ``alutwin twin`` actions (called by :func:`twin.serving.server.register_cli`)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(BridgeConfig)}
     p = actions.add_parser(
         "ingest",
         help="forward the plant service's measurements into the twin's historian",
         description="Subscribe to the plant's StreamMeasurements and send the measurements to the twin's Ingest in "
         "batches, reconnecting with backoff when either side restarts and resuming after the twin's last "
-        "acknowledged step. Runs until SIGTERM/SIGINT.",
+        "acknowledged step. Runs until SIGTERM/SIGINT. Settings from --config (see deploy/bridge.yaml), "
+        "overridden by the flags given.",
     )
-    p.add_argument("--plant", required=True, help="host:port of the plant service")
-    p.add_argument("--twin", required=True, help="host:port of the twin")
+    p.add_argument("--config", type=Path, help="YAML file of BridgeConfig settings (see deploy/bridge.yaml)")
+    p.add_argument("--plant", help="host:port of the plant service (required without --config)")
+    p.add_argument("--twin", help="host:port of the twin (required without --config)")
     p.add_argument("--cells", type=int, nargs="*", help="cells to forward (default all)")
-    p.add_argument("--every", type=int, default=1, help="forward every N-th step (default 1)")
-    p.add_argument("--batch-size", type=int, default=500, help="most samples per batch (default 500)")
-    p.add_argument("--flush-s", type=float, default=0.5, help="longest a sample waits for its batch, s")
-    p.add_argument("--token-env", default="ALUTWIN_TWIN_TOKEN", help="environment variable holding the twin's token")
-    p.add_argument("--tls-ca", help="PEM file of the roots to trust: connect to the twin with TLS")
+    p.add_argument("--every", type=int, help=f"forward every N-th step (default {defaults['every']})")
+    p.add_argument("--batch-size", type=int, help=f"most samples per batch (default {defaults['batch_size']})")
+    p.add_argument(
+        "--flush-s", type=float, help=f"longest a sample waits for its batch, s (default {defaults['flush_s']})"
+    )
+    p.add_argument(
+        "--token-env", help=f"environment variable holding the twin's token (default {defaults['token_env']})"
+    )
+    p.add_argument("--tls-ca", type=Path, help="PEM file of the roots to trust: connect to the twin with TLS")
     p.set_defaults(func=_cmd_ingest)
