@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from identification.data import Normalization
 from identification.modelfile import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -21,59 +20,43 @@ from identification.modelfile import (
     ModelFileError,
     dataset_checksum,
     load_model,
+    load_model_bytes,
+    model_to_bytes,
     save_model,
 )
-from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import Surrogate
 from plant.signals import INPUTS, STATES
 
 LOW = np.array([s.low for s in (*STATES, *INPUTS)])
 HIGH = np.array([s.high for s in (*STATES, *INPUTS)])
 
-
-def _normalization(rng: np.random.Generator) -> Normalization:
-    return Normalization(
-        (LOW + HIGH) / 2 + rng.normal(0, 1e-3, 13),
-        (HIGH - LOW) / 4,
-        rng.normal(0, 0.1, 8),
-        rng.uniform(0.01, 1, 8),
-        10.0,
-    )
-
-
-def _model(
-    seed: int, m: int, skip: bool = False, density: float | None = None, prior: str = "none", blocks: int = 1
-) -> Surrogate:
-    rng = np.random.default_rng(seed)
-    arch = Architecture(hidden=(16, 16, 16, 16) if blocks > 1 else (20, 20, 20, 20), skip=skip, blocks=blocks)
-    ws = tuple(rng.normal(0, np.sqrt(2 / a), (m, a, b)) for a, b in arch.layer_shapes)
-    bs = tuple(rng.normal(0, 0.1, (m, b)) for _, b in arch.layer_shapes)
-    masks = None
-    if blocks > 1:
-        masks = tuple(np.broadcast_to(s, w.shape) for s, w in zip(arch.structural_masks(), ws, strict=True))
-    if density is not None:
-        masks = tuple(rng.random(w.shape) < density for w in ws)
-    if masks is not None:
-        # Masked weights are real zeros, some of them negative zeros (which must survive bit-exactly).
-        ws = tuple(np.where(mk, w, np.where(w < 0, -0.0, 0.0)) for w, mk in zip(ws, masks, strict=True))
-    return Surrogate(EnsembleWeights(arch, ws, bs, masks), _normalization(rng), prior)
-
-
+# name -> (random_surrogate arguments, kind). Masked weights are signed zeros (negative ones must survive
+# bit-exactly); the normalisation is a box around the signals' typical ranges with small centre noise.
 MODELS = {
-    "dense": (lambda: _model(1, 3), "dense"),
-    "sparse": (lambda: _model(2, 3, density=0.2), "sparse"),
-    "inputskip": (lambda: _model(3, 2, skip=True), "inputskip"),
-    "hybrid": (lambda: _model(4, 2, density=0.5, prior="wrong_liquidus"), "hybrid"),
-    "blocks": (lambda: _model(5, 2, skip=True, blocks=8), "structured"),
+    "dense": ({"seed": 1, "m": 3}, "dense"),
+    "sparse": ({"seed": 2, "m": 3, "density": 0.2}, "sparse"),
+    "inputskip": ({"seed": 3, "m": 2, "skip": True}, "inputskip"),
+    "hybrid": ({"seed": 4, "m": 2, "density": 0.5, "prior": "wrong_liquidus"}, "hybrid"),
+    "blocks": ({"seed": 5, "m": 2, "skip": True, "blocks": 8, "hidden": (16, 16, 16, 16)}, "structured"),
 }
 PROVENANCE = {"seed": np.int64(7), "n_traj": 10, "n_steps": 5000, "excitation": "aprbs", "dataset_sha256": "ab" * 32}
 
 
+@pytest.fixture(scope="session")
+def model(random_surrogate):
+    """``model(name)``: the surrogate of :data:`MODELS` ``name``."""
+
+    def build(name: str) -> Surrogate:
+        return random_surrogate(**MODELS[name][0], negative_zeros=True, norm="random", center_noise=1e-3)
+
+    return build
+
+
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def saved(tmp_path_factory: pytest.TempPathFactory, model) -> Path:
     """A saved exactly sparse model (the template every corrupted copy starts from)."""
     path = tmp_path_factory.mktemp("models") / "sparse"
-    save_model(path, MODELS["sparse"][0](), kind="sparse", provenance=PROVENANCE)
+    save_model(path, model("sparse"), kind="sparse", provenance=PROVENANCE)
     return path
 
 
@@ -106,12 +89,20 @@ def _tensors(d: Path) -> dict[str, np.ndarray]:
 
 
 def _refused(d: Path, *fragments: str) -> ModelFileError:
+    """``load_model(d)`` refuses with all ``fragments`` in the message, and so does ``load_model_bytes`` of the
+    two files (same problem, the file named without its directory)."""
     with pytest.raises(ModelFileError) as info:
         load_model(d)
     msg = str(info.value)
     assert isinstance(info.value, ValueError)
     for frag in fragments:
         assert frag in msg, msg
+    files = (d / MANIFEST_NAME, d / WEIGHTS_NAME)
+    if all(f.is_file() for f in files) and (d / WEIGHTS_NAME).stat().st_size <= MAX_WEIGHTS_BYTES:
+        with pytest.raises(ModelFileError) as from_bytes:
+            load_model_bytes(*(f.read_bytes() for f in files))
+        assert from_bytes.value.problem == info.value.problem
+        assert from_bytes.value.path == Path(info.value.path).name
     return info.value
 
 
@@ -120,9 +111,9 @@ def _refused(d: Path, *fragments: str) -> ModelFileError:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_round_trip_is_bit_exact(name: str, tmp_path: Path):
-    build, kind = MODELS[name]
-    model = build()
+def test_round_trip_is_bit_exact(name: str, tmp_path: Path, model):
+    kind = MODELS[name][1]
+    model = model(name)
     metrics = {"nrmse": np.array([0.1, 0.2]), "median_5000dT": float("nan"), "diverged": np.int32(3)}
     out = save_model(tmp_path / name, model, kind=kind, provenance=PROVENANCE, metrics=metrics)
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, WEIGHTS_NAME]  # no temporary files left
@@ -156,8 +147,33 @@ def test_round_trip_is_bit_exact(name: str, tmp_path: Path):
     assert man["nonzero_weights"]["total"] == int(model.weights.nonzero().sum())
 
 
-def test_exact_zeros_survive(tmp_path: Path):
-    model = MODELS["sparse"][0]()
+def test_bytes_are_the_files(tmp_path: Path, model):
+    """model_to_bytes gives the files save_model writes; load_model_bytes reads them as load_model does."""
+    sparse = model("sparse")
+    manifest, weights = model_to_bytes(sparse, kind="sparse", provenance=PROVENANCE, metrics={"score": 0.5})
+    out = save_model(tmp_path / "m", sparse, kind="sparse", provenance=PROVENANCE, metrics={"score": 0.5})
+    assert (out / WEIGHTS_NAME).read_bytes() == weights
+    on_disk, in_memory = json.loads((out / MANIFEST_NAME).read_bytes()), json.loads(manifest)
+    assert on_disk.pop("created") and in_memory.pop("created")  # the second of writing
+    assert on_disk == in_memory
+    loaded, from_dir = load_model_bytes(manifest, weights), load_model(out)
+    assert loaded.path is None and from_dir.path == out
+    assert loaded.kind == "sparse" and loaded.metrics == {"score": 0.5}
+    for a, b in zip(loaded.surrogate.weights.weights, from_dir.surrogate.weights.weights, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert load_model_bytes(bytearray(manifest), memoryview(weights)).manifest == loaded.manifest
+    with pytest.raises(ValueError, match="manifest must be bytes, got str"):
+        load_model_bytes(manifest.decode(), weights)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weights must be bytes, got NoneType"):
+        load_model_bytes(manifest, None)  # type: ignore[arg-type]
+    with pytest.raises(ModelFileError, match=f"{WEIGHTS_NAME}: is {MAX_WEIGHTS_BYTES + 1} bytes"):
+        load_model_bytes(manifest, bytes(MAX_WEIGHTS_BYTES + 1))
+    with pytest.raises(ValueError, match="unknown kind"):
+        model_to_bytes(sparse, kind="bogus", provenance={})
+
+
+def test_exact_zeros_survive(tmp_path: Path, model):
+    model = model("sparse")
     loaded = load_model(save_model(tmp_path / "m", model, kind="sparse", provenance={})).surrogate.weights
     for w0, w1, mk in zip(model.weights.weights, loaded.weights, loaded.masks, strict=True):
         assert np.all(w1[~mk] == 0) and np.count_nonzero(w1) == np.count_nonzero(w0) == np.count_nonzero(mk)
@@ -167,21 +183,21 @@ def test_exact_zeros_survive(tmp_path: Path):
     assert tensors["layer0.mask"].dtype == np.uint8 and set(np.unique(tensors["layer0.mask"])) == {0, 1}
 
 
-def test_save_refuses_to_overwrite_unless_asked(saved: Path, tmp_path: Path):
-    model = MODELS["dense"][0]()
+def test_save_refuses_to_overwrite_unless_asked(tmp_path: Path, model):
+    dense = model("dense")
     target = tmp_path / "m"
-    save_model(target, model, kind="dense", provenance={})
+    save_model(target, dense, kind="dense", provenance={})
     with pytest.raises(FileExistsError):
-        save_model(target, model, kind="dense", provenance={})
-    save_model(target / MANIFEST_NAME, MODELS["sparse"][0](), kind="sparse", provenance={}, overwrite=True)
+        save_model(target, dense, kind="dense", provenance={})
+    save_model(target / MANIFEST_NAME, model("sparse"), kind="sparse", provenance={}, overwrite=True)
     assert load_model(target).kind == "sparse" and sorted(p.name for p in target.iterdir()) == [
         MANIFEST_NAME,
         WEIGHTS_NAME,
     ]
 
 
-def test_save_validates_its_arguments(tmp_path: Path):
-    model = MODELS["dense"][0]()
+def test_save_validates_its_arguments(tmp_path: Path, model):
+    model = model("dense")
     with pytest.raises(ValueError, match="unknown kind"):
         save_model(tmp_path / "a", model, kind="bogus", provenance={})
     with pytest.raises(ValueError, match=r"provenance\.where"):
@@ -365,7 +381,7 @@ def test_inconsistent_manifest(copy: Path, edit, fragment: str):
     _refused(copy, MANIFEST_NAME, fragment)
 
 
-def test_weights_of_another_model_are_refused(copy: Path, tmp_path: Path):
-    other = save_model(tmp_path / "other", MODELS["dense"][0](), kind="dense", provenance={})
+def test_weights_of_another_model_are_refused(copy: Path, tmp_path: Path, model):
+    other = save_model(tmp_path / "other", model("dense"), kind="dense", provenance={})
     shutil.copy(other / WEIGHTS_NAME, copy / WEIGHTS_NAME)
     _refused(copy, "checksum mismatch")

@@ -1,4 +1,4 @@
-"""Online identification (identification/online.py): segments, the sensor-fault screen, warm re-fits, the
+"""Online identification (identification/online/): segments, the sensor-fault screen, warm re-fits, the
 multi-step evaluation and the gate, on short runs of the potline with drift and poisoned-sensor scenarios."""
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ from plant.datasets import (
     METADATA_KEY,
     DatasetError,
     DatasetMeta,
-    _simulate_chunked,
     generate,
     load_dataset,
     save_dataset,
     tensor_checksum,
 )
+from plant.datasets.generation import _simulate_chunked
 from plant.domain import Fault
 from plant.excitation import constant, sample_initial_states
 from plant.params import DEFAULT_PARAMS, SPEC_VERSION

@@ -31,17 +31,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -50,16 +45,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alutwin.cli import CliError
-from alutwin.fileio import write_atomic
-from identification.modelfile import LoadedModel, save_model
+from identification.modelfile import LoadedModel
 from identification.online import (
     REFIT_MODES,
-    Decision,
-    Evaluation,
     Gate,
     RefitConfig,
     RefitError,
-    RefitResult,
     ScreenConfig,
     Segment,
     evaluate,
@@ -72,8 +63,11 @@ from identification.online import (
 from plant.simulator import DT
 from twin.client import TwinClient
 from twin.historian import Historian, open_historian
+from twin.online.config import WorkerConfig
+from twin.online.publish import Challenger, challenger_description, challenger_files
+from twin.online.records import CycleRecord, append_record, load_state, save_state, summary_line, utc_now
 
-__all__ = ["CycleRecord", "OnlineWorker", "WorkerConfig", "WorkerStopped", "register_cli"]
+__all__ = ["OnlineWorker", "WorkerStopped", "register_cli"]
 
 T = TypeVar("T")
 _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -81,174 +75,6 @@ _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 class WorkerStopped(Exception):
     """The worker was asked to stop while it waited for the twin."""
-
-
-def _finite(owner: str, name: str, value: Any, *, low: float = 0.0, strict: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}")
-    if value < low or (strict and value == low):
-        raise ValueError(f"{owner}.{name} must be {'>' if strict else '>='} {low}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Settings of the online re-fit worker.
-
-    Parameters
-    ----------
-    twin : str
-        ``host:port`` of the twin.
-    historian : Path
-        The historian's SQLite file.
-    model : str
-        Name of the model in the twin's registry.
-    decisions : Path
-        JSON-lines log of every decision (appended to).
-    state : Path, optional
-        JSON file of the worker's state (counters, latched sensor faults); None keeps it in memory only.
-    alias : str
-        The alias the worker reads its champion from and moves on promotion.
-    token : str, optional
-        The twin's management token (registering and moving aliases need it).
-    root_certificates : bytes, optional
-        PEM roots to trust: connect with TLS.
-    every_samples : int, optional
-        Re-fit after this many new accepted samples (all cells together).
-    every_plant_s : float, optional
-        Re-fit after this much plant time, s. At least one of the two triggers must be set.
-    replay_s : float
-        Training window before the held-out window, s of plant time.
-    holdout_s : float
-        Held-out window at the end of the data, s; it must hold at least ``horizon`` steps.
-    horizon : int
-        Steps of each evaluation rollout (360 = 1 h of 10 s steps).
-    stride : int
-        Steps between evaluation rollout starts.
-    min_train_steps : int
-        Fewest training transitions (all cells) for a re-fit.
-    cells : tuple of int, optional
-        Cells to learn from (None: every cell in the historian).
-    refit : RefitConfig
-        How challengers are trained (the cycle number is added to its seed).
-    gate : Gate
-        When a challenger is promoted.
-    screen : ScreenConfig, optional
-        Sensor-fault screening; None trusts the data (the gate is then the only guard).
-    register_rejected : bool
-        Register rejected challengers (without an alias) so that they are visible in the registry.
-    poll_s : float
-        Seconds between looks at the historian in :meth:`OnlineWorker.run`.
-    retry_initial_s, retry_max_s : float
-        Backoff of calls while the twin is unavailable.
-    call_timeout_s : float
-        Deadline of each call to the twin.
-    engine : str
-        Rollout engine of the evaluation.
-    """
-
-    twin: str
-    historian: Path
-    model: str
-    decisions: Path
-    state: Path | None = None
-    alias: str = "champion"
-    token: str | None = None
-    root_certificates: bytes | None = None
-    every_samples: int | None = None
-    every_plant_s: float | None = 3600.0
-    replay_s: float = 4 * 3600.0
-    holdout_s: float = 1.5 * 3600.0
-    horizon: int = 360
-    stride: int = 30
-    min_train_steps: int = 360
-    cells: tuple[int, ...] | None = None
-    refit: RefitConfig = field(default_factory=lambda: RefitConfig(lr=1e-3, epochs=20, half_life_steps=540.0))
-    gate: Gate = field(default_factory=Gate)
-    screen: ScreenConfig | None = field(default_factory=ScreenConfig)
-    register_rejected: bool = True
-    poll_s: float = 2.0
-    retry_initial_s: float = 0.2
-    retry_max_s: float = 5.0
-    call_timeout_s: float = 60.0
-    engine: str = "auto"
-
-    def __post_init__(self) -> None:
-        owner = "WorkerConfig"
-        for name in ("twin", "model", "alias"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not v:
-                raise ValueError(f"{owner}.{name} must be a non-empty string, got {v!r}")
-        for name in ("historian", "decisions", "state"):
-            v = getattr(self, name)
-            if v is None and name == "state":
-                continue
-            if not isinstance(v, (str, os.PathLike)) or not os.fspath(v):
-                raise ValueError(f"{owner}.{name} must be a path, got {v!r}")
-            object.__setattr__(self, name, Path(v))
-        if self.every_samples is None and self.every_plant_s is None:
-            raise ValueError(f"{owner}: set every_samples or every_plant_s (or both)")
-        if self.every_samples is not None and (
-            isinstance(self.every_samples, bool) or not isinstance(self.every_samples, int) or self.every_samples < 1
-        ):
-            raise ValueError(f"{owner}.every_samples must be a positive integer or None, got {self.every_samples!r}")
-        if self.every_plant_s is not None:
-            _finite(owner, "every_plant_s", self.every_plant_s)
-        for name in ("replay_s", "holdout_s", "poll_s", "retry_initial_s", "retry_max_s", "call_timeout_s"):
-            _finite(owner, name, getattr(self, name))
-        for name in ("horizon", "stride", "min_train_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{owner}.{name} must be a positive integer, got {v!r}")
-        if self.cells is not None:
-            cells = tuple(self.cells)
-            if not cells or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cells):
-                raise ValueError(f"{owner}.cells must be non-negative integers or None, got {self.cells!r}")
-            object.__setattr__(self, "cells", cells)
-        if self.token is not None and (not isinstance(self.token, str) or not self.token):
-            raise ValueError(f"{owner}.token must be a non-empty string or None")
-        for name, cls in (("refit", RefitConfig), ("gate", Gate)):
-            if not isinstance(getattr(self, name), cls):
-                raise ValueError(f"{owner}.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
-        if self.screen is not None and not isinstance(self.screen, ScreenConfig):
-            raise ValueError(f"{owner}.screen must be a ScreenConfig or None")
-
-
-@dataclass(frozen=True)
-class CycleRecord:
-    """One cycle of the worker, as written to the decisions log."""
-
-    event: str  # "promoted", "rejected", "skipped", "failed"
-    reason: str
-    cycle: int
-    plant_step: int
-    plant_time_s: float
-    champion_version: int
-    challenger_version: int | None
-    decision: Decision | None
-    refit: RefitResult | None
-    faults: tuple[dict[str, Any], ...]
-    seconds: dict[str, float]
-    time_utc: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "time_utc": self.time_utc,
-            "event": self.event,
-            "reason": self.reason,
-            "cycle": self.cycle,
-            "plant_step": self.plant_step,
-            "plant_time_s": self.plant_time_s,
-            "champion_version": self.champion_version,
-            "challenger_version": self.challenger_version,
-            "decision": None if self.decision is None else self.decision.as_dict(),
-            "refit": None if self.refit is None else self.refit.as_dict(),
-            "faults": list(self.faults),
-            "seconds": dict(self.seconds),
-        }
-
-
-def _utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class OnlineWorker:
@@ -293,34 +119,15 @@ class OnlineWorker:
         self.out = out
         self._stop = threading.Event()
         self._champions: dict[int, LoadedModel] = {}
-        self.state = self._load_state()
+        self.state = load_state(config.state)
         self.records: list[CycleRecord] = []
 
     # -- state ------------------------------------------------------------------------------------------------
 
-    def _load_state(self) -> dict[str, Any]:
-        fresh = {"cycles": 0, "count_at_last": 0, "time_at_last": None, "latched": {}}
-        path = self.config.state
-        if path is None or not path.exists():
-            return fresh
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"worker state {path} is unreadable: {exc}") from None
-        if not isinstance(doc, dict) or set(doc) != set(fresh):
-            raise ValueError(f"worker state {path} must hold exactly the keys {sorted(fresh)}")
-        return doc
-
-    def _save_state(self) -> None:
-        if self.config.state is None:
-            return
-        self.config.state.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.config.state, (json.dumps(self.state, indent=1) + "\n").encode("utf-8"))
-
     def reset_faults(self) -> None:
         """Forget every latched sensor fault (after the sensors were repaired)."""
         self.state["latched"] = {}
-        self._save_state()
+        save_state(self.config.state, self.state)
 
     # -- talking to the twin ----------------------------------------------------------------------------------
 
@@ -461,7 +268,7 @@ class OnlineWorker:
         dt = champion.surrogate.dt
         seconds = {"data": time.perf_counter() - t0}
         common = {"cycle": cycle, "plant_step": int(newest), "plant_time_s": float(newest * dt),
-                  "champion_version": version, "faults": tuple(faults), "time_utc": _utc()}  # fmt: skip
+                  "champion_version": version, "faults": tuple(faults), "time_utc": utc_now()}  # fmt: skip
         n_train = sum(s.n_steps for s in train)
         n_roll = rollout_windows(held, cfg.horizon, cfg.stride)[0].shape[0]
         record: CycleRecord
@@ -493,74 +300,23 @@ class OnlineWorker:
         reason = decision.reason
         if decision.promote or cfg.register_rejected:
             t2 = time.perf_counter()
-            challenger_version, event, reason = self._publish(
-                version, champion, result, decision, ev0, ev1, held, faults, cycle, newest
+            challenger = Challenger(
+                uuid.uuid4().hex[:16], cycle, newest, version, champion, result, decision, ev0, ev1, held, faults
             )
+            challenger_version, event, reason = self._publish(challenger)
             seconds["publish"] = time.perf_counter() - t2
         record = CycleRecord(event, reason, challenger_version=challenger_version, decision=decision, refit=result,
                              seconds=seconds, **common)  # fmt: skip
         return self._finish(record, count, newest * dt)
 
-    def _publish(
-        self,
-        version: int,
-        champion: LoadedModel,
-        result: RefitResult,
-        decision: Decision,
-        ev0: Evaluation,
-        ev1: Evaluation,
-        held: list[Segment],
-        faults: list[dict[str, Any]],
-        cycle: int,
-        newest: int,
-    ) -> tuple[int | None, str, str]:
+    def _publish(self, challenger: Challenger) -> tuple[int | None, str, str]:
         """Register the challenger (and move the alias if it was promoted): ``(version, event, reason)``."""
         cfg = self.config
-        marker = uuid.uuid4().hex[:16]
-        origin = champion.provenance.get("origin", champion.provenance)
-        held_range = {
-            str(c): [
-                int(min(s.steps[0] for s in held if s.cell == c)),
-                int(max(s.steps[-1] for s in held if s.cell == c)),
-            ]
-            for c in sorted({s.cell for s in held})
-        }
-        provenance = {
-            "online": {
-                "challenger_id": marker,
-                "cycle": cycle,
-                "parent": {"name": cfg.model, "version": version, "sha256": champion.manifest["weights"]["sha256"]},
-                "historian": os.fspath(cfg.historian),
-                "plant_step": int(newest),
-                "training": result.as_dict(),
-                "held_out_steps": held_range,
-                "sensor_faults": faults,
-                "gate": cfg.gate.as_dict(),
-                "decision": decision.as_dict(),
-            },
-            "origin": origin,
-        }
-        verdict = "promoted" if decision.promote else "rejected"
-        metrics = {
-            "online_decision": verdict,
-            "online_reason": decision.reason,
-            "online_1h_an_rfmse": ev1.error,
-            "champion_1h_an_rfmse": ev0.error,
-            "online_ratio": decision.ratio,
-            "online_rollouts": ev1.n_rollouts,
-            "online_diverged": ev1.n_diverged,
-            "champion_diverged": ev0.n_diverged,
-        }
-        with tempfile.TemporaryDirectory(prefix="alutwin-challenger-") as tmp:
-            directory = save_model(Path(tmp) / "model", result.surrogate, kind=result.kind, provenance=provenance,
-                                   metrics=metrics)  # fmt: skip
-            files = ((directory / "manifest.json").read_bytes(), (directory / "weights.safetensors").read_bytes())
-        label = "PROMOTED" if decision.promote else "REJECTED"
-        description = f"online challenger {marker} (cycle {cycle}, parent v{version}): {label}: {decision.reason}"[
-            :1000
-        ]
+        decision, version = challenger.decision, challenger.version
+        files = challenger_files(cfg, challenger)
+        description = challenger_description(challenger)
         try:
-            new_version = self._register(files, description, marker)
+            new_version = self._register(files, description, challenger.marker)
         except grpc.RpcError as exc:
             # the twin refused the upload (e.g. its smoke rollout did not stay finite): a rejection too
             return None, "rejected", f"rejected: the twin refused the challenger ({exc.code().name}: {exc.details()})"
@@ -587,26 +343,10 @@ class OnlineWorker:
         self.state["cycles"] = record.cycle
         self.state["count_at_last"] = int(count)
         self.state["time_at_last"] = float(plant_time)
-        self._save_state()
-        cfg = self.config
-        cfg.decisions.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record.as_dict(), allow_nan=False) + "\n"
-        with open(cfg.decisions, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        save_state(self.config.state, self.state)
+        append_record(self.config.decisions, record)
         self.records.append(record)
-        d = record.decision
-        figures = ""
-        if d is not None:
-            figures = (
-                f" [1-h AN-RFMSE champion {d.champion['an_rfmse_mean']}, challenger {d.challenger['an_rfmse_mean']}]"
-            )
-        hours = record.plant_time_s / 3600.0
-        version = f" -> v{record.challenger_version}" if record.challenger_version else ""
-        self._say(
-            f"online: cycle {record.cycle} at plant {hours:.2f} h: {record.event}{version}: {record.reason}{figures}"
-        )
+        self._say(summary_line(record))
         return record
 
     # -- the loop ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Layout::
 
     store/
         registry.json              revision, and per model: next version, version records, aliases, alias history
-        models/<name>/<version>/   manifest.json + weights.safetensors (identification/modelfile.py)
+        models/<name>/<version>/   manifest.json + weights.safetensors (identification.modelfile)
         .staging/                  uploads being written and validated (emptied at start)
         .lock                      held (flock) by the one server that owns the store
 
@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from alutwin.fileio import fsync_dir, write_atomic
-from identification.modelfile import MANIFEST_NAME, MAX_MANIFEST_BYTES, WEIGHTS_NAME, LoadedModel, load_model
+from identification.modelfile import MANIFEST_NAME, MAX_MANIFEST_BYTES, WEIGHTS_NAME, load_model_bytes
 
 __all__ = [
     "ALIAS_PATTERN",
@@ -48,7 +48,7 @@ __all__ = [
     "VersionRecord",
     "check_alias",
     "check_name",
-    "load_model_bytes",
+    "load_model_bytes",  # identification.modelfile's, re-exported: what twin.client imports from twin.registry
     "utc_now",
 ]
 
@@ -375,22 +375,3 @@ class ModelStore:
         text = json.dumps(state.as_dict(), indent=1, sort_keys=True).encode("utf-8") + b"\n"
         write_atomic(self.root / STATE_NAME, text)
         fsync_dir(self.root)
-
-
-def load_model_bytes(manifest: bytes, weights: bytes) -> LoadedModel:
-    """Validate and load a model from its two files' bytes (as ExportModel sends them).
-
-    The bytes are written to a temporary directory and read back with
-    :func:`identification.modelfile.load_model`, so every check of the file format applies. The returned
-    ``LoadedModel.path`` is that directory, already removed.
-
-    Raises
-    ------
-    identification.modelfile.ModelFileError
-        The files are malformed, inconsistent or hostile (``.problem`` says why).
-    """
-    with tempfile.TemporaryDirectory(prefix="alutwin-model-") as tmp:
-        directory = Path(tmp)
-        (directory / MANIFEST_NAME).write_bytes(manifest)
-        (directory / WEIGHTS_NAME).write_bytes(weights)
-        return load_model(directory)

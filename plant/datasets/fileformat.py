@@ -1,63 +1,44 @@
-"""Identification data sets on disk: generation, a validated safetensors format, and ``alutwin simulate``.
+"""The data set file format: one safetensors file per set, with the metadata as JSON in its header.
 
-One file per set (``train.safetensors``, ``test.safetensors``) holds the trajectories as tensors and the
-metadata as a JSON string under the key ``"alutwin"`` of the safetensors header. No pickle is ever read:
-:func:`load_dataset` parses the header itself, refuses anything that is not a well-formed data set of this
-format, and checks shapes, dtypes, finiteness, signal names and a SHA-256 of the tensors. ``docs/datasets.md``
-describes the format.
-
-Seeds: a set is drawn from ``numpy.random.SeedSequence(seed).spawn(len(SPLITS))[SPLITS.index(split)]``, whose
-three children draw the initial states, the excitation and the measurement noise. Train and test sets made
-with the same ``seed`` are therefore independent, and no ``(seed, split)`` pair reproduces another's data.
+The trajectories are tensors and the metadata a JSON string under the key ``"alutwin"`` of the safetensors
+header. No pickle is ever read: :func:`load_dataset` parses the header itself, refuses anything that is not a
+well-formed data set of this format, and checks shapes, dtypes, finiteness, signal names and a SHA-256 of the
+tensors. ``docs/datasets.md`` describes the format.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
 import os
-import platform
 import re
 import struct
-import sys
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors
 import safetensors.numpy
-from tqdm import tqdm
 
-from alutwin.cli import CliError
 from alutwin.fileio import fsync_dir, write_atomic
 from plant.domain import Fault
-from plant.excitation import EXCITATIONS, Exogenous, sample_initial_states
 from plant.params import SPEC_VERSION
 from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
-from plant.simulator import DT, ENGINES, MeasurementNoise, Trajectories, simulate
+from plant.simulator import Trajectories
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "METADATA_KEY",
-    "SPLITS",
-    "PUBLISHED_SIZES",
-    "DEFAULT_ENGINE",
+    "Dataset",
     "DatasetError",
     "DatasetMeta",
-    "Dataset",
-    "generate",
-    "save_dataset",
     "load_dataset",
+    "save_dataset",
     "tensor_checksum",
-    "register_cli",
+    "trajectory_tensors",
 ]
 
 FORMAT_NAME = "alutwin.dataset"
@@ -67,18 +48,6 @@ _READABLE_VERSIONS = (1,)
 
 METADATA_KEY = "alutwin"
 """Key of the safetensors header metadata that holds the JSON metadata."""
-
-SPLITS = ("train", "test", "validation")
-"""Names of the sets; the index is the spawn key of the set's seed stream."""
-
-PUBLISHED_SIZES = {"train": 40, "test": 100, "steps": 5000}
-"""Sizes of the published study: 40 training and 100 test trajectories of 5000 steps."""
-
-DEFAULT_ENGINE = "auto" if "auto" in ENGINES else "numpy"
-"""Simulation engine used unless one is named: ``"auto"`` where the simulator offers it."""
-
-_TIME_CHUNK = 250  # steps simulated per engine call (progress granularity; results do not depend on it)
-_TRAJ_CHUNK = 128  # trajectories simulated together (bounds the engines' working memory)
 _MAX_HEADER = 100 * 1024 * 1024  # bytes, as safetensors itself
 
 # tensor name -> (accepted safetensors dtypes, numpy dtype it is held in)
@@ -276,151 +245,7 @@ def tensor_checksum(tensors: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "numpy": np.__version__, "safetensors": safetensors.__version__}
-    try:
-        out["alutwin"] = version("alutwin")
-    except PackageNotFoundError:
-        out["alutwin"] = "unknown"
-    return out
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _simulate_chunked(
-    x0: np.ndarray,
-    exo: Exogenous,
-    dt: float,
-    engine: str,
-    bar: tqdm,
-    traj_chunk: int = _TRAJ_CHUNK,
-    time_chunk: int = _TIME_CHUNK,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Simulate in blocks of trajectories and of time; bit-identical to one call of the engine.
-
-    A later time block starts every trajectory from its last state; a trajectory that faulted earlier is
-    simulated along (so that the batch is the same) but its results are replaced by the held state and the
-    repeated last input, as the simulator does after a fault.
-    """
-    n, t = exo.shape
-    xs = np.empty((n, t + 1, N_STATES))  # (N, T+1, 8)
-    us = np.empty((n, t, N_INPUTS))  # (N, T, 5)
-    fault_step = np.full(n, -1, dtype=np.int64)
-    fault_code = np.zeros(n, dtype=np.int8)
-    xs[:, 0] = x0
-    for b0 in range(0, n, traj_chunk):
-        rows = slice(b0, min(n, b0 + traj_chunk))
-        for k0 in range(0, t, time_chunk):
-            k1 = min(t, k0 + time_chunk)
-            part = Exogenous(
-                exo.current[rows, k0:k1],
-                exo.acd[rows, k0:k1],
-                exo.alumina_extra[rows, k0:k1],
-                exo.alf3_extra[rows, k0:k1],
-            )
-            tr = simulate(xs[rows, k0], part, dt=dt, engine=engine)
-            dead = fault_code[rows] != 0  # faulted in an earlier block
-            x_blk = np.where(dead[:, None, None], xs[rows, k0][:, None, :], tr.x[:, 1:])  # (b, k1-k0, 8)
-            u_blk = np.where(dead[:, None, None], us[rows, k0 - 1][:, None, :] if k0 else tr.u, tr.u)
-            xs[rows, k0 + 1 : k1 + 1] = x_blk
-            us[rows, k0:k1] = u_blk
-            new = ~dead & (tr.fault_code != 0)
-            idx = np.arange(rows.start, rows.stop)[new]
-            fault_step[idx] = tr.fault_step[new] + k0
-            fault_code[idx] = tr.fault_code[new]
-            bar.update((rows.stop - rows.start) * (k1 - k0))
-    return xs, us, fault_step, fault_code
-
-
-def generate(
-    seed: int,
-    n_traj: int,
-    n_steps: int,
-    excitation: str = "aprbs",
-    noise: MeasurementNoise | None = None,
-    engine: str = DEFAULT_ENGINE,
-    progress: bool = True,
-    *,
-    split: str = "train",
-    dt: float = DT,
-) -> tuple[Trajectories, DatasetMeta]:
-    """Simulate a data set of ``n_traj`` trajectories of ``n_steps`` steps.
-
-    Parameters
-    ----------
-    seed : int
-        Non-negative seed. The set draws from child ``SPLITS.index(split)`` of
-        ``numpy.random.SeedSequence(seed)``, which spawns three streams: initial states, excitation, noise.
-        The same ``(seed, split, sizes, excitation, noise, engine)`` gives bit-identical data.
-    n_traj, n_steps : int
-        Number of trajectories N and of steps T per trajectory.
-    excitation : str
-        Name in :data:`plant.excitation.EXCITATIONS`; the cell's feed controllers act on top.
-    noise : MeasurementNoise or None
-        Measurement noise for ``y``; None gives no ``y``.
-    engine : str
-        Simulation engine (:data:`plant.simulator.ENGINES`).
-    progress : bool
-        Show a progress bar (only when stderr is a terminal).
-    split : str
-        One of :data:`SPLITS`.
-    dt : float
-        Sample time in seconds.
-
-    Returns
-    -------
-    (Trajectories, DatasetMeta)
-        The trajectories (x (N, T+1, 8), u (N, T, 5), ...) and their metadata, checksum included.
-    """
-    seed = _check_int("seed", seed, 0)
-    n_traj = _check_int("n_traj", n_traj, 1)
-    n_steps = _check_int("n_steps", n_steps, 1)
-    if excitation not in EXCITATIONS:
-        raise ValueError(f"unknown excitation {excitation!r}; must be one of {sorted(EXCITATIONS)}")
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; must be one of {sorted(ENGINES)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; must be one of {list(SPLITS)}")
-    if noise is not None and not isinstance(noise, MeasurementNoise):
-        raise ValueError(f"noise must be a MeasurementNoise or None, got {type(noise).__name__}")
-    if not (np.isfinite(dt) and dt > 0):
-        raise ValueError(f"dt must be a positive number of seconds, got {dt!r}")
-
-    set_seq = np.random.SeedSequence(seed).spawn(len(SPLITS))[SPLITS.index(split)]
-    init_rng, exc_rng, noise_rng = (np.random.default_rng(s) for s in set_seq.spawn(3))
-    x0 = sample_initial_states(init_rng, n_traj)  # (N, 8)
-    exo = EXCITATIONS[excitation](exc_rng, n_traj, n_steps)  # (N, T) each
-    show = progress and sys.stderr.isatty()
-    with tqdm(total=n_traj * n_steps, unit="step", unit_scale=True, desc=split, disable=not show) as bar:
-        xs, us, fault_step, fault_code = _simulate_chunked(x0, exo, dt, engine, bar)
-    y = noise.apply(noise_rng, xs) if noise is not None else None  # (N, T+1, 8)
-    traj = Trajectories(xs, us, fault_step, fault_code, y, dt)
-    noise_txt = "no measurement noise" if noise is None else f"measurement noise std {list(noise.std)}"
-    meta = DatasetMeta(
-        split=split,
-        seed=seed,
-        excitation=excitation,
-        dt=float(dt),
-        n_traj=n_traj,
-        n_steps=n_steps,
-        noise_std=None if noise is None else tuple(float(s) for s in noise.std),
-        engine=engine,
-        description=(
-            f"{split} set: {n_traj} trajectories of {n_steps} steps (dt {dt:g} s) under the {excitation!r} "
-            f"excitation with the cell's feed controllers, seed {seed}, {noise_txt}"
-        ),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        versions=_versions(),
-        sha256=tensor_checksum(_tensors(traj)),
-    )
-    return traj, meta
-
-
-def _tensors(traj: Trajectories) -> dict[str, np.ndarray]:
+def trajectory_tensors(traj: Trajectories) -> dict[str, np.ndarray]:
     """The tensors of a data set; fault codes are held as int8 (the codes are small)."""
     code = np.asarray(traj.fault_code)
     if code.dtype != np.int8:
@@ -504,7 +329,7 @@ def save_dataset(path: str | os.PathLike[str], traj: Trajectories, meta: Dataset
     exist. Returns the path written.
     """
     path = Path(path)
-    tensors = _tensors(traj)
+    tensors = trajectory_tensors(traj)
     checksum = tensor_checksum(tensors)
     if meta.sha256 and meta.sha256 != checksum:
         raise ValueError(f"{path}: meta.sha256 does not match the tensors being saved (metadata of other data?)")
@@ -620,101 +445,3 @@ def load_dataset(path: str | os.PathLike[str]) -> Dataset:
         meta=meta,
         path=path,
     )
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return v
-
-
-def _positive(text: str) -> int:
-    v = _count(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return v
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``alutwin simulate``: write ``DIR/train.safetensors`` and ``DIR/test.safetensors``."""
-    p = subparsers.add_parser(
-        "simulate",
-        help="simulate identification data sets (train and test) to safetensors files",
-        description=(
-            "Simulate the training and test sets of the published study (40 and 100 trajectories of 5000 "
-            "steps of 10 s by default) and write OUT/train.safetensors and OUT/test.safetensors. The test set "
-            "draws from an independent stream of the same seed. A size of 0 skips that set."
-        ),
-    )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--train", type=_count, default=PUBLISHED_SIZES["train"], metavar="N", help="training trajectories")
-    p.add_argument("--test", type=_count, default=PUBLISHED_SIZES["test"], metavar="N", help="test trajectories")
-    p.add_argument(
-        "--steps", type=_positive, default=PUBLISHED_SIZES["steps"], metavar="T", help="steps per trajectory"
-    )
-    p.add_argument("--seed", type=_count, default=0, help="seed (non-negative integer)")
-    p.add_argument("--excitation", choices=sorted(EXCITATIONS), default="aprbs", help="excitation (default aprbs)")
-    p.add_argument("--noise", action="store_true", help="add measurement noise y (2 degC on the bath temperature)")
-    p.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE, help="simulation engine")
-    p.add_argument("--force", action="store_true", help="overwrite existing files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_simulate)
-
-
-def _describe_faults(traj: Trajectories, dt: float) -> str:
-    idx = np.flatnonzero(traj.fault_step != -1)
-    if idx.size == 0:
-        return "faults: none"
-    parts = [
-        f"#{i} at step {int(traj.fault_step[i])} ({traj.fault_step[i] * dt / 3600:.1f} h): "
-        f"{Fault(int(traj.fault_code[i])).describe()}"
-        for i in idx[:5]
-    ]
-    more = f"; and {idx.size - 5} more" if idx.size > 5 else ""
-    return f"faults: {idx.size} of {traj.n_traj} trajectories stopped early ({'; '.join(parts)}{more})"
-
-
-def _run_simulate(args: argparse.Namespace) -> int:
-    sizes = {"train": args.train, "test": args.test}
-    if not any(sizes.values()):
-        raise CliError("--train and --test are both 0: nothing to simulate")
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} exists and is not a folder")
-    targets = {split: out / f"{split}.safetensors" for split, n in sizes.items() if n > 0}
-    existing = [str(p) for p in targets.values() if p.exists()]
-    if existing and not args.force:
-        raise CliError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    noise = MeasurementNoise() if args.noise else None
-    t_all = time.perf_counter()
-    for split, path in targets.items():
-        t0 = time.perf_counter()
-        traj, meta = generate(
-            args.seed,
-            sizes[split],
-            args.steps,
-            args.excitation,
-            noise,
-            args.engine,
-            progress=not args.no_progress,
-            split=split,
-        )
-        save_dataset(path, traj, meta)
-        mb = path.stat().st_size / 1e6
-        print(
-            f"{split:5s} {meta.n_traj:4d} x {meta.n_steps} steps -> {path} ({mb:.1f} MB, "
-            f"{time.perf_counter() - t0:.1f} s); {_describe_faults(traj, meta.dt)}"
-        )
-    print(
-        f"seed {args.seed}, excitation {args.excitation}, engine {args.engine}, "
-        f"noise {'on' if noise else 'off'}; total {time.perf_counter() - t_all:.1f} s"
-    )
-    return 0

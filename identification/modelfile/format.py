@@ -1,44 +1,25 @@
-"""Model files: a trained surrogate as ``weights.safetensors`` + ``manifest.json`` in one directory.
+"""What a valid model file is: names, size caps, and the validation of untrusted manifest and weights bytes.
 
-Layout of a model directory::
-
-    model_dir/
-        weights.safetensors   float64 tensors layer{i}.weight (M, n_in, n_out), layer{i}.bias (M, n_out) and,
-                              for exactly sparse models, uint8 layer{i}.mask (M, n_in, n_out) (0/1)
-        manifest.json         format name and version, kind, prior, architecture, normalisation, member count,
-                              non-zero weight counts, provenance of the training data, metrics, library versions,
-                              creation time, and the SHA-256 and size of the weights file
-
-Files are written atomically (temporary files in the same directory, ``fsync``, ``os.replace``), weights first
-and manifest last; the manifest's checksum binds the pair, so a crash between the two replacements leaves a
-directory that :func:`load_model` refuses instead of a silently mixed model.
-
-Model files are untrusted input. Nothing is ever unpickled: the weights are parsed by safetensors' own
-(safe) parser after a byte-level sniff and a checksum check, the manifest by a strict JSON parser (no NaN, no
-duplicate keys, size caps), and every field, tensor name, dtype, shape and value is validated before a
-:class:`~identification.surrogate.Surrogate` is built. Every refusal is a :class:`ModelFileError` (a
-``ValueError``) naming the file and the problem.
+Nothing is ever unpickled: the weights are parsed by safetensors' own (safe) parser after a byte-level sniff and
+a checksum check, the manifest by a strict JSON parser (no NaN, no duplicate keys, size caps), and every field,
+tensor name, dtype, shape and value is validated before a :class:`~identification.surrogate.Surrogate` is
+built. Every refusal is a :class:`ModelFileError` (a ``ValueError``) naming the file and the problem.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
-import stat
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import safetensors.numpy
 
-from alutwin.fileio import fsync_dir, write_atomic
-from identification.data import Normalization, TrajectoryLike
+from identification.data import Normalization
 from identification.kinds import KINDS
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import PRIORS, Surrogate
@@ -54,10 +35,11 @@ __all__ = [
     "MAX_UNITS",
     "MAX_WEIGHTS_BYTES",
     "ModelFileError",
+    "SUPPORTED_VERSIONS",
     "WEIGHTS_NAME",
-    "dataset_checksum",
-    "load_model",
-    "save_model",
+    "check_architecture_caps",
+    "check_files",
+    "nonzero_summary",
     "tensor_names",
 ]
 
@@ -72,7 +54,6 @@ MAX_WEIGHTS_BYTES = 64 << 20  # 64 MiB
 MAX_MEMBERS = 64
 MAX_HIDDEN_LAYERS = 8
 MAX_UNITS = 256
-_MAX_JSON_DEPTH = 32
 
 _MANIFEST_KEYS = frozenset(
     {
@@ -106,12 +87,12 @@ class ModelFileError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A validated model read from disk."""
+    """A validated model, read from a model directory or from its two files' bytes."""
 
     surrogate: Surrogate
     kind: str
     manifest: dict[str, Any]
-    path: Path  # the model directory
+    path: Path | None  # the model directory; None when loaded from bytes
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -132,64 +113,8 @@ def tensor_names(n_layers: int, masks: bool) -> tuple[str, ...]:
     return tuple(names)
 
 
-def dataset_checksum(data: TrajectoryLike) -> str:
-    """SHA-256 of a data set's arrays (``x``, ``u``, ``fault_step`` as float64/int64 with their shapes, and ``dt``),
-    for the provenance of a model."""
-    h = hashlib.sha256()
-    for name, arr in (
-        ("x", np.asarray(data.x, dtype=np.float64)),
-        ("u", np.asarray(data.u, dtype=np.float64)),
-        ("fault_step", np.asarray(data.fault_step, dtype=np.int64)),
-        ("dt", np.asarray([data.dt], dtype=np.float64)),
-    ):
-        arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<")))
-        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Saving
-
-
-def _jsonable(value: Any, where: str, depth: int = 0) -> Any:
-    """``value`` as plain JSON types; numpy scalars/arrays and tuples converted, non-finite floats -> None."""
-    if depth > _MAX_JSON_DEPTH:
-        raise ValueError(f"{where} is nested deeper than {_MAX_JSON_DEPTH} levels")
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        # JSON has no NaN or inf: a non-finite number (e.g. the window mean of all-diverged rollouts) is null.
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValueError(f"{where} has a non-string key {k!r}")
-            out[k] = _jsonable(v, f"{where}.{k}", depth + 1)
-        return out
-    raise ValueError(f"{where} holds a {type(value).__name__}, which is not JSON data")
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("alutwin", "numpy", "torch", "casadi", "safetensors"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _check_architecture_caps(arch: Architecture, n_members: int, where: str) -> None:
+def check_architecture_caps(arch: Architecture, n_members: int, where: str) -> None:
+    """ValueError (prefixed by ``where``) if the model exceeds the member, layer or unit caps."""
     if not 1 <= n_members <= MAX_MEMBERS:
         raise ValueError(f"{where}: {n_members} members; at most {MAX_MEMBERS} are allowed")
     if len(arch.hidden) > MAX_HIDDEN_LAYERS:
@@ -199,133 +124,14 @@ def _check_architecture_caps(arch: Architecture, n_members: int, where: str) -> 
         raise ValueError(f"{where}: layer sizes {sizes}; at most {MAX_UNITS} units per layer are allowed")
 
 
-def _nonzero_summary(weights: EnsembleWeights) -> dict[str, Any]:
+def nonzero_summary(weights: EnsembleWeights) -> dict[str, Any]:
+    """The manifest's ``nonzero_weights``: non-zero weight counts per layer, per member and in all."""
     nz = weights.nonzero()  # (M, L)
     return {
         "per_layer": nz.sum(axis=0).astype(int).tolist(),
         "per_member": nz.astype(int).tolist(),
         "total": int(nz.sum()),
     }
-
-
-def save_model(
-    path: str | os.PathLike[str],
-    surrogate: Surrogate,
-    *,
-    kind: str,
-    provenance: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a surrogate as a model directory (``weights.safetensors`` + ``manifest.json``).
-
-    Parameters
-    ----------
-    path : the model directory; created (with its parents) if missing. A path ending in ``manifest.json``
-        names its directory.
-    surrogate : the model.
-    kind : a name of :data:`identification.estimator.KINDS`.
-    provenance : where the training data came from (seed, n_traj, n_steps, excitation, dataset checksum from
-        :func:`dataset_checksum`, ...): JSON data (numpy scalars and arrays are converted).
-    metrics : optional scores (JSON data; NaN and inf are written as null, since JSON has neither).
-    overwrite : replace a model already in the directory.
-
-    Returns
-    -------
-    The model directory.
-
-    Raises
-    ------
-    ValueError : bad arguments (unknown kind, non-JSON provenance, a model beyond the size caps).
-    FileExistsError : the directory already holds a model and ``overwrite`` is false.
-    """
-    if not isinstance(surrogate, Surrogate):
-        raise ValueError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}")
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; must be one of {sorted(KINDS)}")
-    if not isinstance(provenance, dict):
-        raise ValueError(f"provenance must be a dict, got {type(provenance).__name__}")
-    if metrics is not None and not isinstance(metrics, dict):
-        raise ValueError(f"metrics must be a dict or None, got {type(metrics).__name__}")
-    weights = surrogate.weights
-    arch = weights.architecture
-    _check_architecture_caps(arch, weights.n_members, "save_model")
-
-    directory = Path(path)
-    if directory.name == MANIFEST_NAME:
-        directory = directory.parent
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"save_model: {directory} exists and is not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    if (directory / MANIFEST_NAME).exists() and not overwrite:
-        raise FileExistsError(f"{directory} already holds a model; pass overwrite=True to replace it")
-
-    masks = weights.masks is not None
-    tensors: dict[str, np.ndarray] = {}
-    for i, (w, b) in enumerate(zip(weights.weights, weights.biases, strict=True)):
-        tensors[f"layer{i}.weight"] = np.ascontiguousarray(w, dtype="<f8")  # (M, n_in, n_out)
-        tensors[f"layer{i}.bias"] = np.ascontiguousarray(b, dtype="<f8")  # (M, n_out)
-        if masks:
-            tensors[f"layer{i}.mask"] = np.ascontiguousarray(weights.masks[i], dtype=np.uint8)  # (M, n_in, n_out)
-    blob = safetensors.numpy.save(tensors)
-    if len(blob) > MAX_WEIGHTS_BYTES:
-        raise ValueError(f"save_model: the weights take {len(blob)} bytes; at most {MAX_WEIGHTS_BYTES} are allowed")
-
-    manifest = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "prior": surrogate.prior,
-        "architecture": arch.as_dict(),
-        "normalization": surrogate.normalization.as_dict(),
-        "n_members": weights.n_members,
-        "masks": masks,
-        "nonzero_weights": _nonzero_summary(weights),
-        "weights": {
-            "file": WEIGHTS_NAME,
-            "sha256": hashlib.sha256(blob).hexdigest(),
-            "bytes": len(blob),
-            "tensors": list(tensor_names(len(arch.layer_shapes), masks)),
-        },
-        "provenance": _jsonable(provenance, "provenance"),
-        "metrics": None if metrics is None else _jsonable(metrics, "metrics"),
-        "versions": _versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    text = json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8") + b"\n"
-    if len(text) > MAX_MANIFEST_BYTES:
-        raise ValueError(f"save_model: the manifest takes {len(text)} bytes; at most {MAX_MANIFEST_BYTES} are allowed")
-
-    write_atomic(directory / WEIGHTS_NAME, blob)
-    write_atomic(directory / MANIFEST_NAME, text)
-    fsync_dir(directory)
-    return directory
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loading
-
-
-def _read_capped(file: Path, cap: int) -> bytes:
-    """The bytes of a regular file of at most ``cap`` bytes."""
-    try:
-        st = os.stat(file)
-    except FileNotFoundError:
-        raise ModelFileError(file, "the file is missing") from None
-    except OSError as exc:
-        raise ModelFileError(file, f"cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelFileError(file, "is not a regular file")
-    if st.st_size > cap:
-        raise ModelFileError(file, f"is {st.st_size} bytes; at most {cap} are allowed")
-    try:
-        with open(file, "rb") as f:
-            data = f.read(cap + 1)
-    except OSError as exc:
-        raise ModelFileError(file, f"cannot be read ({exc.strerror})") from None
-    if len(data) > cap:
-        raise ModelFileError(file, f"is larger than {cap} bytes")
-    return data
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -341,8 +147,7 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_manifest(file: Path) -> dict[str, Any]:
-    raw = _read_capped(file, MAX_MANIFEST_BYTES)
+def _parse_manifest(raw: bytes, file: Path) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -466,8 +271,7 @@ def _sniff_safetensors(data: bytes, file: Path) -> None:
     raise ModelFileError(file, f"is not a safetensors file ({hint})")
 
 
-def _read_tensors(file: Path, doc: dict[str, Any]) -> dict[str, np.ndarray]:
-    data = _read_capped(file, MAX_WEIGHTS_BYTES)
+def _read_tensors(data: bytes, file: Path, doc: dict[str, Any]) -> dict[str, np.ndarray]:
     _sniff_safetensors(data, file)
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != doc["weights"]["bytes"] or digest != doc["weights"]["sha256"]:
@@ -520,36 +324,33 @@ def _check_tensors(
         raise ModelFileError(file, str(exc)) from None
 
 
-def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Read and validate a model directory written by :func:`save_model`.
+def _as_bytes(data: Any, name: str, file: Path, cap: int) -> bytes:
+    """``data`` (bytes-like) as bytes of at most ``cap``; ValueError for another type, ModelFileError if too big."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{name} must be bytes, got {type(data).__name__}")
+    if len(data) > cap:
+        raise ModelFileError(file, f"is {len(data)} bytes; at most {cap} are allowed")
+    return bytes(data)
 
-    Parameters
-    ----------
-    path : the model directory (or its ``manifest.json``).
 
-    Returns
-    -------
-    The surrogate, its kind and the manifest.
+def check_files(
+    manifest: Any, weights: Any, manifest_file: Path, weights_file: Path
+) -> tuple[dict[str, Any], Surrogate]:
+    """Validate a model's two files' bytes; the manifest document and the surrogate they describe.
 
-    Raises
-    ------
-    ModelFileError : (a ``ValueError``) a missing, malformed, inconsistent or hostile file; the message names the
-        file and the problem.
+    ``manifest_file`` and ``weights_file`` name the files in the errors (:class:`ModelFileError`); a value that
+    is not bytes is a ``ValueError`` naming the argument.
     """
-    directory = Path(path)
-    if directory.name == MANIFEST_NAME:
-        directory = directory.parent
-    if not directory.is_dir():
-        raise ModelFileError(directory, "is not a model directory (missing or not a directory)")
-    manifest_file, weights_file = directory / MANIFEST_NAME, directory / WEIGHTS_NAME
-    doc = _parse_manifest(manifest_file)
+    raw_manifest = _as_bytes(manifest, "manifest", manifest_file, MAX_MANIFEST_BYTES)
+    raw_weights = _as_bytes(weights, "weights", weights_file, MAX_WEIGHTS_BYTES)
+    doc = _parse_manifest(raw_manifest, manifest_file)
     arch, norm = _check_manifest(doc, manifest_file)
-    tensors = _read_tensors(weights_file, doc)
-    weights = _check_tensors(tensors, arch, doc["n_members"], doc["masks"], weights_file)
-    if doc["nonzero_weights"] != _nonzero_summary(weights):
+    tensors = _read_tensors(raw_weights, weights_file, doc)
+    ensemble = _check_tensors(tensors, arch, doc["n_members"], doc["masks"], weights_file)
+    if doc["nonzero_weights"] != nonzero_summary(ensemble):
         raise ModelFileError(manifest_file, "nonzero_weights do not match the weights file")
     try:
-        surrogate = Surrogate(weights, norm, doc["prior"])
+        surrogate = Surrogate(ensemble, norm, doc["prior"])
     except ValueError as exc:
         raise ModelFileError(manifest_file, str(exc)) from None
-    return LoadedModel(surrogate, doc["kind"], doc, directory)
+    return doc, surrogate
