@@ -1,14 +1,42 @@
-"""What alutwin's gRPC services and clients share: a unary handler's exceptions as status codes, and channels."""
+"""What alutwin's gRPC services and clients share: a unary handler's exceptions as status codes, channels, and one
+server lifecycle.
+
+A server is built by :func:`new_server`, gets health checking and reflection from
+:func:`serve_health_and_reflection`, is bound by :func:`bind` (an :class:`OSError` naming the address when it
+cannot listen) and is run by a :class:`GrpcServer` subclass: ``start``, ``begin_shutdown`` (health turns
+NOT_SERVING), ``stop(grace)`` (drain, then stop), ``wait_for_termination``, and ``with``.
+:func:`serve_until_signalled` runs one until SIGTERM or SIGINT and then stops it; :func:`stop_on_signals` is the
+signal handling alone (an event set by either signal) for commands that are not servers.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
-__all__ = ["Abort", "StatusOf", "open_channel", "unary_errors"]
+__all__ = [
+    "Abort",
+    "GrpcServer",
+    "StatusOf",
+    "bind",
+    "format_address",
+    "new_server",
+    "open_channel",
+    "serve_health_and_reflection",
+    "serve_until_signalled",
+    "stop_on_signals",
+    "unary_errors",
+]
 
 
 class Abort(Exception):
@@ -56,3 +84,182 @@ def open_channel(
         creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
         return grpc.secure_channel(address, creds, options=list(options))
     return grpc.insecure_channel(address, options=list(options))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building a server
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:50051``)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def new_server(
+    max_workers: int,
+    thread_name_prefix: str,
+    *,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Server:
+    """A gRPC server on a pool of ``max_workers`` threads that never shares its port with another process
+    (``grpc.so_reuseport`` off: a second server on a taken port fails to bind instead of stealing calls)."""
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+    return grpc.server(pool, interceptors=list(interceptors), options=[("grpc.so_reuseport", 0), *options])
+
+
+def serve_health_and_reflection(
+    server: grpc.Server, services: Sequence[str], health_servicer: health.HealthServicer | None = None
+) -> health.HealthServicer:
+    """Add health checking (``""`` and every name of ``services`` SERVING) and reflection of ``services``, the
+    health service and reflection itself to ``server``; returns the health servicer (``health_servicer`` when
+    given, else a new non-blocking one)."""
+    hs = health.HealthServicer(experimental_non_blocking=True) if health_servicer is None else health_servicer
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    for name in ("", *services):
+        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return hs
+
+
+def bind(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind ``server`` to ``host:port`` (port 0: a free one), with TLS when ``credentials`` are given; returns
+    the port.
+
+    Raises
+    ------
+    OSError
+        The address is in use or not available here (the message names it).
+    """
+    address = format_address(host, port)
+    try:
+        bound = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot listen on {address} (address in use or not available)")
+    return bound
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running a server
+
+
+class GrpcServer:
+    """A bound gRPC server with health checking: :meth:`start`, :meth:`begin_shutdown`, :meth:`stop`; also a
+    context manager (start on enter, stop on exit).
+
+    Subclasses hook in what runs beside the server (:meth:`_started`), what ends before the server stops
+    (:meth:`_drain`: streams, calls in flight) and what is released after (:meth:`_close`).
+
+    Parameters
+    ----------
+    server : grpc.Server
+        Bound, not started.
+    health_servicer : HealthServicer
+        The server's health service.
+    host, port : str, int
+        Where it listens (``address`` is ``host:port``).
+    grace_s : float
+        Default seconds that calls in flight get to finish when the server stops.
+    """
+
+    def __init__(
+        self, server: grpc.Server, health_servicer: health.HealthServicer, host: str, port: int, grace_s: float
+    ) -> None:
+        self.grpc_server = server
+        self.health = health_servicer
+        self.port = port
+        self.address = format_address(host, port)
+        self.grace_s = grace_s
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start serving."""
+        self.grpc_server.start()
+        self._started()
+
+    def begin_shutdown(self) -> None:
+        """Report NOT_SERVING on every health service name; calls are still answered until :meth:`stop`."""
+        self.health.enter_graceful_shutdown()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, drain, stop the server (cancelling the calls still running once ``grace`` s,
+        default ``grace_s``, have passed since the stop began), then release what the server held. Only the
+        first call does anything."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        grace = self.grace_s if grace is None else grace
+        deadline = time.monotonic() + grace
+        self.begin_shutdown()
+        self._drain(grace)
+        self.grpc_server.stop(max(0.0, deadline - time.monotonic())).wait()
+        self._close()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops, or ``timeout`` s pass; True if the timeout passed first (gRPC's own
+        convention)."""
+        return self.grpc_server.wait_for_termination(timeout)
+
+    def _started(self) -> None:
+        """Runs once the gRPC server has started."""
+
+    def _drain(self, grace: float) -> None:
+        """Runs after health turned NOT_SERVING and before the gRPC server stops; may wait up to ``grace`` s."""
+
+    def _close(self) -> None:
+        """Runs after the gRPC server stopped."""
+
+    def __enter__(self) -> GrpcServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[threading.Event]:
+    """An event set on SIGTERM or SIGINT while the block runs.
+
+    The handlers are installed only in the main thread (elsewhere the event is set by nobody but the caller)
+    and the previous handlers are restored when the block ends.
+    """
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve_until_signalled(
+    server: GrpcServer,
+    *,
+    on_serving: Callable[[], None] | None = None,
+    on_signal: Callable[[], None] | None = None,
+    poll_s: float = 0.1,
+) -> None:
+    """Start ``server``, call ``on_serving()``, wait for SIGTERM or SIGINT (:func:`stop_on_signals`), call
+    ``on_signal()`` and stop the server with its default grace; the server is stopped also when anything before
+    raises. ``poll_s`` is how often the wait wakes (signal handlers run between the waits)."""
+    with stop_on_signals() as stop:
+        try:
+            server.start()
+            if on_serving is not None:
+                on_serving()
+            while not stop.wait(poll_s):
+                pass
+            if on_signal is not None:
+                on_signal()
+        finally:
+            server.stop()

@@ -10,10 +10,8 @@ sparse one made from it by pruning (about 300 non-zero weights per member):
     - ``engine``: the rollout engine the twin serves with (``identification.rollout``, "auto"): every
       member's trajectory;
     - ``summary``: the same engine computing the ensemble mean, spread and algebraic outputs itself
-      (``simulate_summary``; for one or two cells it is ``engine`` plus numpy; for a batch of a sparse model,
-      the model's generated kernel, ``RolloutEngine.specialise``, which the twin builds on its first large
-      Predict: the benchmark builds it first, so the twin finds it in the disk cache);
-    - ``predict``: what one Predict computes, in process (:func:`twin.serving.server.predict`: ``summary`` plus the
+      (``simulate_summary``; for one or two cells it is ``engine`` plus numpy);
+    - ``predict``: what one Predict computes, in process (:func:`twin.serving.predict`: ``summary`` plus the
       choice of outputs);
     - ``grpc``: the same Predict through :class:`twin.client.TwinClient` over loopback to ``alutwin twin serve``
       running in another process, raw float64 arrays both ways (exact);
@@ -250,14 +248,9 @@ def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
                     loaded = load_model(d)
                     engine = validate_model(loaded, 60, make_rollout_engine)
                     served = ServedModel(name, 1, loaded, engine, b"", b"")
-                    generated = getattr(engine, "sparse_enough_to_specialise", False) and engine.specialise()
-                    if generated:  # the twin's engine builds the same code on its first large Predict: from the
-                        client.predict(name, *workloads["b"][:2])  # disk cache, so it is ready a moment later
-                        time.sleep(1.0)
                     results["models"][name] = {
                         "nonzero_weights_per_member": float(model.weights.nonzero().sum() / M),
                         "engine": type(engine).__name__,
-                        "generated_kernel": bool(generated),
                     }
                     for wl, (x0, u, repeats) in workloads.items():
                         cell_steps = x0.shape[0] * u.shape[1]

@@ -2,8 +2,8 @@
 
 :func:`create_server` builds a bound, not yet started server (port 0 allowed) with health checking and
 reflection; :func:`serve` runs one until SIGTERM/SIGINT. In real-time mode a clock thread advances the
-potline every ``dt / real_time_factor`` seconds of wall time. Each stream has a bounded queue: a slow reader
-loses its oldest messages (counted) instead of slowing the clock.
+potline every ``dt / real_time_factor`` seconds of wall time. Each stream has a bounded queue
+(:mod:`plant.streams`): a slow reader loses its oldest messages (counted) instead of slowing the clock.
 """
 
 from __future__ import annotations
@@ -12,24 +12,29 @@ import argparse
 import dataclasses
 import logging
 import math
-import signal
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent import futures
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
 from alutwin.cli import CliError
 from alutwin.codec import signal_to_pb
-from alutwin.rpc import Abort, unary_errors
+from alutwin.rpc import (
+    Abort,
+    GrpcServer,
+    bind,
+    new_server,
+    serve_health_and_reflection,
+    serve_until_signalled,
+    unary_errors,
+)
 from alutwin.v1 import common_pb2, plant_pb2, plant_pb2_grpc
+from plant.config import PlantConfig
 from plant.params import SPEC_VERSION
 from plant.potline import (
     COMMANDS,
@@ -37,21 +42,19 @@ from plant.potline import (
     CellFaulted,
     CellSnapshot,
     InvalidCommand,
-    PlantConfig,
     Potline,
     UnknownCell,
 )
 from plant.scenarios import ScenarioStatus
 from plant.signals import INPUTS, STATES
+from plant.streams import Broadcaster, StreamClosed, Subscriber, TooManyStreams
 
 __all__ = [
     "DEFAULT_PORT",
     "SERVICE_NAME",
-    "Broadcaster",
     "PlantRuntime",
     "PlantServer",
     "PlantServicer",
-    "Subscriber",
     "create_server",
     "register_cli",
     "scenario_status_pb",
@@ -67,126 +70,6 @@ SERVICE_NAME = plant_pb2.DESCRIPTOR.services_by_name["PlantService"].full_name
 DEFAULT_PORT = 50051
 
 _POLL_S = 0.25  # how often a waiting stream checks that its client is still there
-
-
-class StreamClosed(Exception):
-    """The stream's subscriber was closed (client gone or server stopping)."""
-
-
-class TooManyStreams(Exception):
-    """All stream slots are taken."""
-
-
-class Subscriber:
-    """One stream's bounded queue of snapshots; when full the oldest message is dropped and counted.
-
-    Parameters
-    ----------
-    cells : frozenset of int, optional
-        Cells to deliver; None for all.
-    every : int
-        Deliver steps whose index is a multiple of this.
-    maxlen : int
-        Capacity of the queue.
-    """
-
-    def __init__(self, cells: frozenset[int] | None, every: int, maxlen: int) -> None:
-        self.cells = cells
-        self.every = every
-        self._queue: deque[CellSnapshot] = deque()
-        self._maxlen = maxlen
-        self._cond = threading.Condition()
-        self._closed = False
-        self.dropped = 0
-
-    def offer(self, snaps: Iterable[CellSnapshot], force: bool = False) -> None:
-        """Queue the snapshots of one step that this subscriber wants (``force``: ignore ``every``)."""
-        with self._cond:
-            if self._closed:
-                return
-            added = False
-            for s in snaps:
-                if (self.cells is not None and s.cell not in self.cells) or (not force and s.step % self.every):
-                    continue
-                if len(self._queue) >= self._maxlen:
-                    self._queue.popleft()
-                    self.dropped += 1
-                self._queue.append(s)
-                added = True
-            if added:
-                self._cond.notify_all()
-
-    def get(self, timeout: float) -> tuple[CellSnapshot, int] | None:
-        """The next snapshot and the drop count so far, or None after ``timeout`` s; StreamClosed once closed."""
-        with self._cond:
-            if not self._queue and not self._closed:
-                self._cond.wait(timeout)
-            if self._closed:
-                raise StreamClosed
-            if not self._queue:
-                return None
-            return self._queue.popleft(), self.dropped
-
-    def close(self) -> None:
-        """End the stream: a waiting :meth:`get` returns at once with StreamClosed."""
-        with self._cond:
-            self._closed = True
-            self._queue.clear()
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        with self._cond:
-            return self._closed
-
-
-class Broadcaster:
-    """Fans each step's snapshots out to the subscribers; never blocks on a slow one."""
-
-    def __init__(self, queue_size: int, max_subscribers: int) -> None:
-        self.queue_size = queue_size
-        self.max_subscribers = max_subscribers
-        self._lock = threading.Lock()
-        self._subs: set[Subscriber] = set()
-        self._closed = False
-
-    def subscribe(self, cells: frozenset[int] | None, every: int, initial: Iterable[CellSnapshot]) -> Subscriber:
-        """A new subscriber whose queue starts with ``initial``; TooManyStreams or StreamClosed if refused."""
-        with self._lock:
-            if self._closed:
-                raise StreamClosed
-            if len(self._subs) >= self.max_subscribers:
-                raise TooManyStreams
-            sub = Subscriber(cells, every, self.queue_size)
-            sub.offer(initial, force=True)
-            self._subs.add(sub)
-            return sub
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        sub.close()
-        with self._lock:
-            self._subs.discard(sub)
-
-    def publish(self, snaps: list[CellSnapshot]) -> None:
-        with self._lock:
-            subs = list(self._subs)
-        for sub in subs:
-            sub.offer(snaps)
-
-    def close(self) -> None:
-        """Close every subscriber and refuse new ones."""
-        with self._lock:
-            self._closed = True
-            subs = list(self._subs)
-            self._subs.clear()
-        for sub in subs:
-            sub.close()
-
-    @property
-    def count(self) -> int:
-        """Subscribers open now."""
-        with self._lock:
-            return len(self._subs)
 
 
 class PlantRuntime:
@@ -464,14 +347,12 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
             broadcaster.unsubscribe(sub)
 
 
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-class PlantServer:
+class PlantServer(GrpcServer):
     """A bound PlantService server: :meth:`start`, :meth:`begin_shutdown`, :meth:`stop`.
 
-    Made by :func:`create_server`; also a context manager (start on enter, stop on exit).
+    Made by :func:`create_server`; also a context manager (start on enter, stop on exit). :meth:`stop` reports
+    NOT_SERVING, stops the clock, ends every stream cleanly, then stops the server (calls in flight get ``grace``
+    s, default ``config.grace_s``).
     """
 
     def __init__(
@@ -482,51 +363,18 @@ class PlantServer:
         host: str,
         port: int,
     ) -> None:
-        self.grpc_server = server
+        super().__init__(server, health_servicer, host, port, runtime.config.grace_s)
         self.runtime = runtime
-        self.health = health_servicer
-        self.port = port
-        self.address = _format_address(host, port)
-        self._stopped = False
 
     @property
     def potline(self) -> Potline:
         return self.runtime.potline
 
-    def start(self) -> None:
-        """Start serving (and the clock in real-time mode)."""
-        self.grpc_server.start()
-        self.runtime.start()
+    def _started(self) -> None:
+        self.runtime.start()  # the clock, in real-time mode
 
-    def begin_shutdown(self) -> None:
-        """Report NOT_SERVING on every health service name; calls are still answered until :meth:`stop`."""
-        self.health.enter_graceful_shutdown()
-
-    def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, stop the clock, end every stream cleanly, then stop the server.
-
-        Parameters
-        ----------
-        grace : float, optional
-            Seconds in-flight calls get to finish; default ``config.grace_s``.
-        """
-        if self._stopped:
-            return
-        self._stopped = True
-        self.begin_shutdown()
+    def _drain(self, grace: float) -> None:
         self.runtime.close()
-        self.grpc_server.stop(self.runtime.config.grace_s if grace is None else grace).wait()
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Block until the server stops (or ``timeout`` s); True if it stopped."""
-        return self.grpc_server.wait_for_termination(timeout)
-
-    def __enter__(self) -> PlantServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def create_server(config: PlantConfig, *, potline: Potline | None = None) -> tuple[PlantServer, int]:
@@ -555,22 +403,10 @@ def create_server(config: PlantConfig, *, potline: Potline | None = None) -> tup
         health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     runtime = PlantRuntime(potline, config, on_clock_failure=clock_failed)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="plant-grpc"),
-        options=[("grpc.so_reuseport", 0)],
-    )
+    server = new_server(config.max_workers, "plant-grpc")
     plant_pb2_grpc.add_PlantServiceServicer_to_server(PlantServicer(runtime), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = _format_address(config.host, config.port)
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot listen on {address} (address in use or not available)")
+    serve_health_and_reflection(server, [SERVICE_NAME], health_servicer)
+    port = bind(server, config.host, config.port)
     return PlantServer(server, runtime, health_servicer, config.host, port), port
 
 
@@ -588,21 +424,16 @@ def serve(config: PlantConfig, *, out: TextIO | None = None) -> None:
     """
     out = sys.stdout if out is None else out
     server, _ = create_server(config)
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
-    try:
-        server.start()
+
+    def serving() -> None:
         print(f"alutwin plant: serving {SERVICE_NAME} on {server.address} ({_describe(config)})", file=out, flush=True)
-        while not stop.wait(0.5):
-            pass
-        print("alutwin plant: shutting down", file=out, flush=True)
-    finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    serve_until_signalled(
+        server,
+        on_serving=serving,
+        on_signal=lambda: print("alutwin plant: shutting down", file=out, flush=True),
+        poll_s=0.5,
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

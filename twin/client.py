@@ -1,5 +1,5 @@
 """A small typed client of the twin (``alutwin.v1.PredictionService`` and ``alutwin.v1.ModelRegistry``): numpy
-arrays and plain dataclasses out, no protobuf. Also the array codec both ends of the contract share.
+arrays and plain dataclasses out (:mod:`twin.results`), no protobuf.
 
 Example::
 
@@ -17,7 +17,6 @@ send the client's ``token``. Errors of the service arrive as :class:`grpc.RpcErr
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,16 +26,29 @@ from typing import Any
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from alutwin.codec import encode_array, serialize_predict_request, split_predict_response
+from alutwin.codec import encode_array, serialize_predict_request
 from alutwin.rpc import open_channel
 from alutwin.v1 import twin_pb2, twin_pb2_grpc
-from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, LoadedModel
-from twin.registry import load_model_bytes
+from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME
+from twin.results import (
+    Dependency,
+    EventType,
+    ExportedModel,
+    LayerSparsity,
+    ModelExplanation,
+    ModelId,
+    ModelSummary,
+    Prediction,
+    RegistryEvent,
+    ServingInfo,
+    VersionInfo,
+)
 
 __all__ = [
     "DEFAULT_MESSAGE_BYTES",
     "PRECISIONS",
     "Dependency",
+    "EventType",
     "ExportedModel",
     "LayerSparsity",
     "ModelExplanation",
@@ -52,215 +64,6 @@ __all__ = [
 ]
 
 DEFAULT_MESSAGE_BYTES = 64 << 20
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Results
-
-
-@dataclass(frozen=True)
-class ModelId:
-    """Which version served a call (``alias`` is the alias the call named, "" for a pinned version)."""
-
-    name: str
-    version: int
-    alias: str = ""
-
-    @classmethod
-    def from_pb(cls, msg: twin_pb2.ResolvedModel) -> ModelId:
-        return cls(msg.name, msg.version, msg.alias)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A Predict result.
-
-    Attributes
-    ----------
-    model : the version that served it.
-    mean : (B, H + 1, 8) ensemble mean of the states; ``mean[:, 0]`` is ``x0``.
-    spread : (B, H + 1, 8) standard deviation over the members.
-    outputs : algebraic output name -> (B, H + 1), evaluated on the ensemble mean.
-    members : (M, B, H + 1, 8) every member's trajectory, or None unless asked for.
-    n_members : M.
-    dt : time of one step, s.
-
-    The arrays of a prediction received over gRPC are read-only views of the response (copy to modify).
-    """
-
-    model: ModelId
-    mean: np.ndarray
-    spread: np.ndarray
-    outputs: dict[str, np.ndarray]
-    members: np.ndarray | None
-    n_members: int
-    dt: float
-
-    @classmethod
-    def build(cls, header: twin_pb2.PredictResponse, arrays: dict[str, np.ndarray]) -> Prediction:
-        """From a response's other fields and its arrays by field name (``members`` may be absent)."""
-        missing = {"mean", "spread", "outputs"} - set(arrays)
-        if missing:
-            raise ValueError(f"the response lacks {sorted(missing)}")
-        names = list(header.output_names)
-        out = arrays["outputs"]
-        if out.shape[-1] != len(names):
-            raise ValueError(f"outputs has {out.shape[-1]} columns for {len(names)} output names")
-        return cls(
-            model=ModelId.from_pb(header.model),
-            mean=arrays["mean"],
-            spread=arrays["spread"],
-            outputs={n: out[..., i] for i, n in enumerate(names)},
-            members=arrays.get("members"),
-            n_members=header.n_members,
-            dt=header.dt_s,
-        )
-
-    @classmethod
-    def from_wire(cls, data: bytes) -> Prediction:
-        """From the wire bytes of a PredictResponse; float64 arrays are read-only views of ``data`` (no copy)."""
-        return cls.build(*split_predict_response(data))
-
-
-@dataclass(frozen=True)
-class ServingInfo:
-    """The server's limits and signal tables (``(name, unit)`` pairs in vector order)."""
-
-    max_batch: int
-    max_horizon: int
-    max_work: int
-    max_message_bytes: int
-    max_concurrent_predictions: int
-    max_upload_bytes: int
-    default_alias: str
-    states: tuple[tuple[str, str], ...]
-    inputs: tuple[tuple[str, str], ...]
-    outputs: tuple[tuple[str, str], ...]
-    default_outputs: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """One model: ``versions`` maps each version to ``(kind, registered, description)``; ``aliases`` to versions."""
-
-    name: str
-    versions: dict[int, tuple[str, str, str]]
-    aliases: dict[str, int]
-
-    @classmethod
-    def from_pb(cls, m: twin_pb2.ModelSummary) -> ModelSummary:
-        return cls(
-            m.name,
-            {v.version: (v.kind, v.registered, v.description) for v in m.versions},
-            dict(m.aliases),
-        )
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """Metadata of one version (``GetModel``)."""
-
-    model: ModelId
-    aliases: tuple[str, ...]
-    kind: str
-    prior: str
-    n_members: int
-    hidden: tuple[int, ...]
-    skip: bool
-    blocks: int
-    dt: float
-    exactly_sparse: bool
-    nonzero_weights: int
-    total_weights: int
-    created: str
-    registered: str
-    description: str
-    weights_sha256: str
-    loaded: bool
-
-
-@dataclass(frozen=True)
-class LayerSparsity:
-    n_in: int
-    n_out: int
-    total: int
-    nonzero: int
-    above_threshold: int
-
-
-@dataclass(frozen=True)
-class Dependency:
-    """``share`` (8, 13): share of members whose derivative of state i depends on input j; ``scores``:
-    precision, recall, f1, entries of the majority matrix against the true structure."""
-
-    share: np.ndarray
-    scores: dict[str, float]
-    rows: tuple[str, ...]
-    cols: tuple[str, ...]
-
-    @classmethod
-    def from_pb(cls, d: twin_pb2.DependencyMatrix) -> Dependency:
-        s = d.scores
-        return cls(
-            np.array(d.share, dtype=np.float64).reshape(d.rows, d.cols),
-            {"precision": s.precision, "recall": s.recall, "f1": s.f1, "entries": s.entries},
-            tuple(d.row_names),
-            tuple(d.col_names),
-        )
-
-
-@dataclass(frozen=True)
-class ModelExplanation:
-    """``ExplainModel``: sparsity per layer, dependency three ways, the manifest's metrics and provenance."""
-
-    model: ModelId
-    layers: tuple[LayerSparsity, ...]
-    weight_threshold: float
-    path: Dependency
-    thresholded_path: Dependency
-    jacobian: Dependency
-    metrics: dict[str, Any] | None
-    provenance: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ExportedModel:
-    """A version's two model files, byte for byte; :meth:`load` validates and rebuilds the model."""
-
-    model: ModelId
-    manifest_json: bytes
-    weights: bytes
-
-    def load(self) -> LoadedModel:
-        """The model (every check of :func:`identification.modelfile.load_model` applies)."""
-        return load_model_bytes(self.manifest_json, self.weights)
-
-
-@dataclass(frozen=True)
-class RegistryEvent:
-    """One message of ``Watch``: a change, or (type ``"SNAPSHOT"``) the whole registry in ``models``."""
-
-    revision: int
-    type: str
-    name: str
-    version: int
-    alias: str
-    previous_version: int
-    time_ms: int
-    models: tuple[ModelSummary, ...]
-
-    @classmethod
-    def from_pb(cls, e: twin_pb2.RegistryEvent) -> RegistryEvent:
-        return cls(
-            e.revision,
-            twin_pb2.RegistryEventType.Name(e.type).removeprefix("REGISTRY_EVENT_TYPE_"),
-            e.name,
-            e.version,
-            e.alias,
-            e.previous_version,
-            e.time_unix_ms,
-            tuple(ModelSummary.from_pb(m) for m in e.models),
-        )
 
 
 class WatchStream:
@@ -369,19 +172,7 @@ class TwinClient:
     def serving_info(self) -> ServingInfo:
         """The server's limits and signal tables."""
         r = self._predict.GetServingInfo(twin_pb2.GetServingInfoRequest(), timeout=self.timeout)
-        return ServingInfo(
-            max_batch=r.max_batch,
-            max_horizon=r.max_horizon,
-            max_work=r.max_work,
-            max_message_bytes=r.max_message_bytes,
-            max_concurrent_predictions=r.max_concurrent_predictions,
-            max_upload_bytes=r.max_upload_bytes,
-            default_alias=r.default_alias,
-            states=tuple((s.name, s.unit) for s in r.states),
-            inputs=tuple((s.name, s.unit) for s in r.inputs),
-            outputs=tuple((s.name, s.unit) for s in r.outputs),
-            default_outputs=tuple(r.default_outputs),
-        )
+        return ServingInfo.from_pb(r)
 
     def predict_request(
         self,
@@ -450,47 +241,17 @@ class TwinClient:
     def get_model(self, model: str, *, version: int | None = None, alias: str | None = None) -> VersionInfo:
         """Metadata of one version (default: the champion's)."""
         r = self._registry.GetModel(twin_pb2.GetModelRequest(model=_ref(model, version, alias)), timeout=self.timeout)
-        a = r.architecture
-        return VersionInfo(
-            model=ModelId.from_pb(r.model),
-            aliases=tuple(r.aliases),
-            kind=r.kind,
-            prior=r.prior,
-            n_members=r.n_members,
-            hidden=tuple(a.hidden),
-            skip=a.skip,
-            blocks=a.blocks,
-            dt=r.dt_s,
-            exactly_sparse=r.exactly_sparse,
-            nonzero_weights=r.nonzero_weights,
-            total_weights=r.total_weights,
-            created=r.created,
-            registered=r.registered,
-            description=r.description,
-            weights_sha256=r.weights_sha256,
-            loaded=r.loaded,
-        )
+        return VersionInfo.from_pb(r)
 
     def explain(self, model: str, *, version: int | None = None, alias: str | None = None) -> ModelExplanation:
         """Sparsity, dependency, metrics and provenance of one version."""
         req = twin_pb2.ExplainModelRequest(model=_ref(model, version, alias))
-        r = self._registry.ExplainModel(req, timeout=self.timeout)
-        return ModelExplanation(
-            model=ModelId.from_pb(r.model),
-            layers=tuple(LayerSparsity(x.n_in, x.n_out, x.total, x.nonzero, x.above_threshold) for x in r.layers),
-            weight_threshold=r.weight_threshold,
-            path=Dependency.from_pb(r.path_dependency),
-            thresholded_path=Dependency.from_pb(r.thresholded_path_dependency),
-            jacobian=Dependency.from_pb(r.jacobian_dependency),
-            metrics=json.loads(r.metrics_json) if r.metrics_json else None,
-            provenance=json.loads(r.provenance_json) if r.provenance_json else {},
-        )
+        return ModelExplanation.from_pb(self._registry.ExplainModel(req, timeout=self.timeout))
 
     def export(self, model: str, *, version: int | None = None, alias: str | None = None) -> ExportedModel:
         """The two model files of one version; ``.load()`` rebuilds the surrogate."""
         req = twin_pb2.ExportModelRequest(model=_ref(model, version, alias))
-        r = self._registry.ExportModel(req, timeout=self.timeout)
-        return ExportedModel(ModelId.from_pb(r.model), r.manifest_json, r.weights)
+        return ExportedModel.from_pb(self._registry.ExportModel(req, timeout=self.timeout))
 
     def watch(self, model: str = "") -> WatchStream:
         """Registry changes (of ``model``, or all): a snapshot first, then one event per change."""

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -20,10 +20,12 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from alutwin.v1 import ingest_pb2, ingest_pb2_grpc
+from plant.config import PlantConfig
 from plant.excitation import sample_initial_states
-from plant.potline import PlantConfig, Potline
+from plant.potline import Potline
 from plant.service import create_server as create_plant_server
 from plant.signals import X
+from twin.cli import register_cli
 from twin.config import HistorianConfig, TwinConfig
 from twin.historian import (
     INGEST_SERVICE,
@@ -36,7 +38,7 @@ from twin.historian import (
     open_historian,
     run_bridge,
 )
-from twin.serving import MANAGEMENT_METHODS, TwinServer, create_server, register_cli
+from twin.serving import MANAGEMENT_METHODS, TwinServer, create_server
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789abcdef"
@@ -68,23 +70,13 @@ def _code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
 
 
 @pytest.fixture
-def make_twin(tmp_path: Path) -> Iterator[Callable[..., TwinServer]]:
-    started: list[TwinServer] = []
-
-    def make(*, token: str | None = TOKEN, store: Path | None = None, **settings) -> TwinServer:
-        cfg = TwinConfig(store=store or tmp_path / f"store{len(started)}", token=token, grace_s=0.0, **settings)
-        server, _ = create_server(cfg)
-        server.start()
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop(0)
+def make_twin(twin_server) -> Callable[..., TwinServer]:
+    """Twins (the shared ``twin_server`` fixture) with this module's token; the servers only."""
+    return lambda token=TOKEN, **settings: twin_server(token=token, **settings)[0]
 
 
 def test_ingest_acknowledges_committed_batches_and_reports_quarantine(make_twin):
-    twin = make_twin(port=0)
+    twin = make_twin()
     assert f"/{INGEST_SERVICE}/Ingest" in MANAGEMENT_METHODS
     bad = Sample(1, 3, 30.0, np.full(8, np.nan), U)
     with IngestClient(twin.address, token=TOKEN, timeout=WAIT) as client:
@@ -120,7 +112,7 @@ def test_ingest_acknowledges_committed_batches_and_reports_quarantine(make_twin)
 
 
 def test_ingest_needs_the_token(make_twin):
-    twin = make_twin(port=0)
+    twin = make_twin()
     for token, code in (
         (None, grpc.StatusCode.UNAUTHENTICATED),
         ("wrong-token-0123456789", grpc.StatusCode.UNAUTHENTICATED),
@@ -128,7 +120,7 @@ def test_ingest_needs_the_token(make_twin):
         with IngestClient(twin.address, token=token, timeout=WAIT) as client:
             assert _code(lambda c=client: c.ingest([sample(0, 0)], batch_size=5))[0] == code
             assert client.info().total_samples == 0  # reading is open
-    off = make_twin(port=0, token=None)
+    off = make_twin(token=None)
     with IngestClient(off.address, token=TOKEN, timeout=WAIT) as client:
         code, details = _code(lambda: client.ingest([sample(0, 0)], batch_size=5))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "no token configured" in details
@@ -136,9 +128,7 @@ def test_ingest_needs_the_token(make_twin):
 
 
 def test_bad_requests_and_limits(make_twin):
-    twin = make_twin(
-        port=0, historian=HistorianConfig(max_batch_samples=4, max_ingest_streams=1, max_quarantine_list=5)
-    )
+    twin = make_twin(historian=HistorianConfig(max_batch_samples=4, max_ingest_streams=1, max_quarantine_list=5))
     channel = grpc.insecure_channel(twin.address)
     stub = ingest_pb2_grpc.IngestServiceStub(channel)
     meta = [("authorization", f"Bearer {TOKEN}")]
@@ -176,7 +166,7 @@ def test_bad_requests_and_limits(make_twin):
 
 
 def test_health_reflection_and_drain(make_twin):
-    twin = make_twin(port=0)
+    twin = make_twin()
     channel = grpc.insecure_channel(twin.address)
     try:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -193,20 +183,20 @@ def test_health_reflection_and_drain(make_twin):
 
 
 def test_historian_config(tmp_path, make_twin):
-    off = make_twin(port=0, historian={"enabled": False})
+    off = make_twin(historian={"enabled": False})
     assert off.ingest is None and not (tmp_path / "store0" / "historian.sqlite").exists()
     with IngestClient(off.address, token=TOKEN, timeout=WAIT) as client:
         assert _code(lambda: client.info())[0] == grpc.StatusCode.UNIMPLEMENTED
-    on = make_twin(port=0)
+    on = make_twin()
     assert on.ingest.historian.path == tmp_path / "store1" / "historian.sqlite"  # inside the store by default
     yaml = tmp_path / "twin.yaml"
     yaml.write_text("store: s\nport: 0\nhistorian:\n  path: data/h.sqlite\n  max_batch_samples: 50\n")
     cfg = TwinConfig.from_yaml(yaml)
     assert cfg.historian_path == tmp_path / "data" / "h.sqlite" and cfg.historian.max_batch_samples == 50
     yaml.write_text("store: s\nport: 0\nhistorian:\n  pth: x\n")
-    with pytest.raises(ValueError, match=r"unknown historian setting\(s\) \['pth'\]"):
+    with pytest.raises(ValueError, match=r"unknown key 'historian\.pth'"):
         TwinConfig.from_yaml(yaml)
-    with pytest.raises(ValueError, match="max_batch_samples must be an integer in"):
+    with pytest.raises(ValueError, match="max_batch_samples: must be >= 1, got 0"):
         HistorianConfig(max_batch_samples=0)
 
 
@@ -218,7 +208,7 @@ def test_historian_config(tmp_path, make_twin):
 # loading every package's sub-commands (torch), so that each restart takes about a second.
 SERVE = """
 import argparse, sys
-from twin.serving import register_cli
+from twin.cli import register_cli
 parser = argparse.ArgumentParser(prog="alutwin")
 register_cli(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(sys.argv[1:])
@@ -312,11 +302,11 @@ def test_nothing_acknowledged_is_lost_when_the_twin_is_killed(tmp_path):
 # The bridge
 
 
-def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin):
+def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin, request):
     plant_cfg = PlantConfig(n_cells=2, seed=3, port=0, grace_s=0.0)
     plant, plant_port = create_plant_server(plant_cfg)
     plant.start()
-    twin = make_twin(port=0, store=tmp_path / "store")
+    twin = make_twin(store=tmp_path / "store")
     twin_port = twin.port
     stop = threading.Event()
     stats = BridgeStats()
@@ -349,7 +339,10 @@ def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin
         twin.stop(0)  # the twin goes away; the plant goes on and the bridge keeps what it reads
         plant.runtime.advance(15)
         assert _until(lambda: stats.last_error.startswith("twin"))
-        twin = make_twin(port=twin_port, store=tmp_path / "store")
+        config = TwinConfig(store=tmp_path / "store", port=twin_port, token=TOKEN, grace_s=0.0)
+        twin, _ = create_server(config)  # the same twin again, on the same port
+        request.addfinalizer(twin.stop)
+        twin.start()
         assert _until(lambda: stored(36)), (historian().count(), stats)
         plant.stop(0)  # now the plant restarts (same seed: it replays steps 0..) on the same port
         plant, _ = create_plant_server(PlantConfig(n_cells=2, seed=3, port=plant_port, grace_s=0.0))
@@ -369,7 +362,7 @@ def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin
     for _ in range(40):
         oracle.step()
         ys.append(np.stack([s.y for s in oracle.snapshots()]))
-    for c in range(2):
+    for c in range(2):  # the served potline and this one run the same code from the same seed: equal exactly
         w = historian().window(c)
         np.testing.assert_array_equal(w.steps, np.arange(41))
         np.testing.assert_array_equal(w.x, np.stack(ys)[:, c])
@@ -378,13 +371,13 @@ def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin
 def test_bridge_stops_on_a_wrong_token(make_twin):
     plant, _ = create_plant_server(PlantConfig(n_cells=1, seed=0, port=0, grace_s=0.0))
     plant.start()
-    twin = make_twin(port=0)
+    twin = make_twin()
     try:
         with pytest.raises(BridgeError, match="UNAUTHENTICATED"):
             run_bridge(plant.address, twin.address, token="wrong-token-0123456789", flush_s=0.05)
     finally:
         plant.stop(0)
-    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size: must be >= 1, got 0"):
         run_bridge("127.0.0.1:1", "127.0.0.1:1", batch_size=0)
 
 
@@ -401,5 +394,5 @@ def test_the_bridge_command_is_registered(capsys):
         "127.0.0.1:1",
         "127.0.0.1:2",
         [0, 2],
-        "ALUTWIN_TWIN_TOKEN",
+        None,  # not given: BridgeConfig's default holds (tests/twin/test_config.py)
     )

@@ -1,5 +1,5 @@
 """The twin's parts without a server: model store (atomic, crash leftovers, exclusive), registry (persistence,
-refusal of tampered files, retention, watchers, failed writes), config, metrics text, array codec."""
+refusal of tampered files, retention, watchers, failed writes), config, metrics families, array codec."""
 
 from __future__ import annotations
 
@@ -7,20 +7,18 @@ import json
 import shutil
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from alutwin.codec import decode_array, encode_array, serialize_predict_response
 from alutwin.v1 import twin_pb2
-from identification.data import Normalization
 from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, ModelFileError, save_model
-from identification.network import Architecture, EnsembleWeights
-from identification.surrogate import Surrogate
-from plant.signals import INPUTS, STATES
 from twin.client import Prediction
 from twin.config import TwinConfig
 from twin.registry import (
-    EventType,
     ModelRegistry,
     ModelStore,
     NotFound,
@@ -29,29 +27,21 @@ from twin.registry import (
     StoreState,
     load_model_bytes,
 )
-from twin.serving import Counter, Gauge, Histogram, MetricsRegistry
+from twin.results import EventType
+from twin.serving import LATENCY_BUCKETS, TwinMetrics
 
 REPO = Path(__file__).resolve().parents[2]
-LOW = np.array([s.low for s in (*STATES, *INPUTS)])
-HIGH = np.array([s.high for s in (*STATES, *INPUTS)])
-
-
-def _model(seed: int, m: int = 2) -> Surrogate:
-    rng = np.random.default_rng(seed)
-    arch = Architecture(hidden=(8, 8))
-    ws = tuple(rng.normal(0, 0.3 / np.sqrt(a), (m, a, b)) for a, b in arch.layer_shapes)
-    bs = tuple(rng.normal(0, 0.05, (m, b)) for _, b in arch.layer_shapes)
-    norm = Normalization((LOW + HIGH) / 2, (HIGH - LOW) / 4, np.zeros(8), np.full(8, 0.01), 10.0)
-    return Surrogate(EnsembleWeights(arch, ws, bs), norm)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[bytes, bytes]]:
-    """The two files of four small models."""
+def files(tmp_path_factory: pytest.TempPathFactory, random_surrogate) -> list[tuple[bytes, bytes]]:
+    """The two files of four small models (2 members, hidden (8, 8), the signals' typical ranges as
+    normalisation)."""
     root = tmp_path_factory.mktemp("registry-models")
     out = []
     for seed in range(4):
-        d = save_model(root / str(seed), _model(seed), kind="dense", provenance={"seed": seed})
+        model = random_surrogate(seed, 2, hidden=(8, 8), weight_std=0.3, bias_std=0.05, norm="box")
+        d = save_model(root / str(seed), model, kind="dense", provenance={"seed": seed})
         out.append(((d / MANIFEST_NAME).read_bytes(), (d / WEIGHTS_NAME).read_bytes()))
     return out
 
@@ -224,7 +214,8 @@ def test_a_slow_watcher_gets_a_fresh_snapshot(tmp_path, files):
     for f in files[2:]:
         reg.register("cell", *f, set_alias="champion")  # 4 events: overflows
     snap = watcher.get(0.1)
-    assert snap.type is EventType.SNAPSHOT and snap.revision == 8 and snap.state.models["cell"].aliases["champion"] == 4
+    assert snap.type is EventType.SNAPSHOT and snap.revision == 8
+    assert [(m.name, m.aliases["champion"], sorted(m.versions)) for m in snap.models] == [("cell", 4, [1, 2, 3, 4])]
     assert watcher.get(0.01) is None and watcher.resyncs == 1
     other = reg.watch("other")
     other.get(0.1)
@@ -252,18 +243,18 @@ def test_config_from_yaml_resolves_paths_against_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("settings", "words"),
     [
-        ({"port": 0, "bogus": 1}, "unknown setting"),
-        ({"port": 0}, "missing required setting"),
-        ({"store": "s", "port": 70000}, "port must be"),
+        ({"port": 0, "bogus": 1}, "unknown key 'bogus'"),
+        ({"port": 0}, "missing required key 'store'"),
+        ({"store": "s", "port": 70000}, "port: must be"),
         ({"store": "s", "port": 0, "max_watchers": 16}, "max_watchers"),
         ({"store": "s", "port": 0, "token": "short"}, "at least 16"),
         ({"store": "s", "port": 0, "token": "x" * 16, "token_env": "T"}, "not both"),
         ({"store": "s", "port": 0, "token_env": "not a name"}, "token_env"),
         ({"store": "s", "port": 0, "tls_cert": "c.pem"}, "go together"),
-        ({"store": "s", "port": 0, "engine": "gpu"}, "engine must be one of"),
+        ({"store": "s", "port": 0, "engine": "gpu"}, "engine: must be one of"),
         ({"store": "s", "port": 0, "grace_s": -1}, "grace_s"),
-        ({"store": "s", "port": 0, "heap_keep_mib": -1}, "heap_keep_mib must be"),
-        ({"store": "s", "port": 0, "heap_keep_mib": 4096}, "heap_keep_mib must be"),
+        ({"store": "s", "port": 0, "heap_keep_mib": -1}, "heap_keep_mib: must be"),
+        ({"store": "s", "port": 0, "heap_keep_mib": 4096}, "heap_keep_mib: must be"),
         ({"store": "s", "port": 0, "max_upload_bytes": 63 << 20}, "max_message_bytes"),
     ],
 )
@@ -286,37 +277,46 @@ def test_token_resolution(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Metrics text and array codec
+# Metrics and array codec
 
 
-def test_metrics_text_format():
-    reg = MetricsRegistry()
-    c = reg.add(Counter("calls_total", "Calls.", ("method", "code")))
-    h = reg.add(Histogram("latency_seconds", "Latency.", ("method",), buckets=(0.1, 1.0)))
-    reg.add(Gauge("version", "Active version.", ("model",), lambda: [(('a"b\\c',), 3)]))
-    c.inc("Predict", "OK")
-    c.inc("Predict", "OK")
-    for v in (0.05, 0.5, 5.0):
-        h.observe(v, "Predict")
-    assert reg.render().splitlines() == [
-        "# HELP calls_total Calls.",
-        "# TYPE calls_total counter",
-        'calls_total{method="Predict",code="OK"} 2',
-        "# HELP latency_seconds Latency.",
-        "# TYPE latency_seconds histogram",
-        'latency_seconds_bucket{method="Predict",le="0.1"} 1',
-        'latency_seconds_bucket{method="Predict",le="1"} 2',
-        'latency_seconds_bucket{method="Predict",le="+Inf"} 3',
-        'latency_seconds_sum{method="Predict"} 5.55',
-        'latency_seconds_count{method="Predict"} 3',
-        "# HELP version Active version.",
-        "# TYPE version gauge",
-        'version{model="a\\"b\\\\c"} 3',
+def _k(name: str, **labels: str) -> tuple[str, frozenset]:
+    return name, frozenset(labels.items())
+
+
+def test_twin_metrics_read_the_server_at_scrape_time():
+    active = [("cell", "champion", 3), ('a"b\\c', "x", 1)]
+    revision = [5]
+    m = TwinMetrics(lambda: active, lambda: 2, lambda: revision[0])
+    for seconds, code in ((0.05, grpc.StatusCode.OK), (0.5, grpc.StatusCode.OK), (5.0, grpc.StatusCode.NOT_FOUND)):
+        m.observe("/alutwin.v1.PredictionService/Predict", code, seconds)
+    m.observe("not-a-method-name", grpc.StatusCode.UNIMPLEMENTED, 0.001)
+
+    def scrape() -> dict[tuple[str, frozenset], float]:
+        text = generate_latest(m.registry).decode()
+        return {_k(x.name, **x.labels): x.value for f in text_string_to_metric_families(text) for x in f.samples}
+
+    got = scrape()
+    call = {"grpc_service": "alutwin.v1.PredictionService", "grpc_method": "Predict"}
+    assert got[_k("grpc_server_handled_total", **call, grpc_code="OK")] == 2
+    assert got[_k("grpc_server_handled_total", **call, grpc_code="NOT_FOUND")] == 1
+    unknown = {"grpc_service": "unknown", "grpc_method": "not-a-method-name", "grpc_code": "UNIMPLEMENTED"}
+    assert got[_k("grpc_server_handled_total", **unknown)] == 1
+    bounds = sorted(float(dict(labels)["le"]) for name, labels in got if name == "grpc_server_handling_seconds_bucket")
+    assert bounds == sorted([*LATENCY_BUCKETS, float("inf")] * 2)  # Predict and the unknown method
+    cumulative = [
+        got[_k("grpc_server_handling_seconds_bucket", **call, le=le)] for le in ("0.02", "0.1", "1.0", "+Inf")
     ]
-    with pytest.raises(ValueError):
-        c.inc("only-one-label")
-    with pytest.raises(ValueError):
-        reg.add(Counter("calls_total", "again"))
+    assert cumulative == [0, 1, 2, 3]
+    assert got[_k("grpc_server_handling_seconds_sum", **call)] == pytest.approx(5.55, rel=1e-12)
+    assert got[_k("alutwin_twin_active_model_version", model="cell", alias="champion")] == 3
+    assert got[_k("alutwin_twin_active_model_version", model='a"b\\c', alias="x")] == 1  # escaped and back
+    assert got[_k("alutwin_twin_predictions_in_flight")] == 2 and got[_k("alutwin_twin_registry_revision")] == 5
+    active.pop()
+    revision[0] = 6
+    again = scrape()  # the gauges follow the server, read when scraped
+    assert again[_k("alutwin_twin_registry_revision")] == 6
+    assert sum(name == "alutwin_twin_active_model_version" for name, _ in again) == 1
 
 
 @pytest.mark.parametrize("encoding", [twin_pb2.ARRAY_ENCODING_RAW, twin_pb2.ARRAY_ENCODING_PACKED])

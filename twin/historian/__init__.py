@@ -1,17 +1,27 @@
-"""Measurements: the crash-safe historian, its IngestService and client, and the plant-to-twin bridge."""
+"""Measurements: the crash-safe historian, its IngestService and client, and the plant-to-twin bridge.
+
+The historian is an interface (``historian``: samples, windows, quarantine), the checks of a sample on its own
+(``samples``: shapes, bounds, domain) and the SQLite store behind it (``sqlite``)."""
 
 from twin.historian.bridge import (
     Backoff,
+    BridgeConfig,
     BridgeError,
     BridgeStats,
     measurement_to_sample,
     register_bridge_cli,
     run_bridge,
 )
+from twin.historian.codec import (
+    INGEST_SERVICE,
+    REASON_FROM_PB,
+    REASON_TO_PB,
+    quarantined_from_pb,
+    quarantined_to_pb,
+    sample_from_pb,
+    sample_to_pb,
+)
 from twin.historian.historian import (
-    DEFAULT_BOUNDS,
-    MAX_INDEX,
-    SCHEMA_VERSION,
     AppendResult,
     Historian,
     HistorianClosed,
@@ -19,32 +29,17 @@ from twin.historian.historian import (
     Quarantined,
     QuarantineReason,
     Sample,
-    SampleBounds,
-    SQLiteHistorian,
     Window,
-    check_sample,
-    open_historian,
 )
 from twin.historian.ingest import DEFAULT_QUARANTINE_LIST, IngestServicer
-from twin.historian.ingest_client import (
-    INGEST_SERVICE,
-    REASON_FROM_PB,
-    REASON_TO_PB,
-    CellHistory,
-    HistorianInfo,
-    IngestAck,
-    IngestClient,
-    IngestStream,
-    StreamEnded,
-    quarantined_from_pb,
-    quarantined_to_pb,
-    sample_from_pb,
-    sample_to_pb,
-)
+from twin.historian.ingest_client import CellHistory, HistorianInfo, IngestAck, IngestClient, IngestStream, StreamEnded
+from twin.historian.samples import DEFAULT_BOUNDS, MAX_INDEX, SampleBounds, check_sample
+from twin.historian.sqlite import SCHEMA_VERSION, SQLiteHistorian, open_historian
 
 __all__ = [
     "AppendResult",
     "Backoff",
+    "BridgeConfig",
     "BridgeError",
     "BridgeStats",
     "CellHistory",

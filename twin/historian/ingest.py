@@ -7,7 +7,7 @@ quarantined by the historian and reported in the acknowledgement.
 
 The requests of a stream are read by a small reader thread, so that the handler can notice a drain (the server
 stopping) while the client is idle and end the stream with UNAVAILABLE instead of holding the shutdown up.
-The bearer token of ``Ingest`` is checked by the server's interceptor (``twin.serving.server.MANAGEMENT_METHODS``).
+The bearer token of ``Ingest`` is checked by the server's interceptor (``twin.serving.MANAGEMENT_METHODS``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import grpc
 from alutwin.rpc import Abort, unary_errors
 from alutwin.v1 import ingest_pb2, ingest_pb2_grpc
 from twin.config import HistorianConfig
+from twin.historian.codec import INGEST_SERVICE, REASON_TO_PB, quarantined_to_pb, sample_from_pb
 from twin.historian.historian import Historian, HistorianClosed, QuarantineReason
-from twin.historian.ingest_client import INGEST_SERVICE, REASON_TO_PB, quarantined_to_pb, sample_from_pb
 
 __all__ = ["DEFAULT_QUARANTINE_LIST", "INGEST_SERVICE", "IngestServicer"]
 

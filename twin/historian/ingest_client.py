@@ -1,5 +1,5 @@
 """A small typed client of ``alutwin.v1.IngestService``: send :class:`~twin.historian.historian.Sample` batches to the twin's
-historian and read what it holds. Also the message codec both ends of the contract share.
+historian and read what it holds (the messages are converted by :mod:`twin.historian.codec`).
 
 Example::
 
@@ -25,106 +25,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alutwin.rpc import open_channel
 from alutwin.v1 import ingest_pb2, ingest_pb2_grpc
+from twin.historian.codec import INGEST_SERVICE, REASON_FROM_PB, quarantined_from_pb, sample_to_pb
 from twin.historian.historian import AppendResult, Quarantined, QuarantineReason, Sample
 
-__all__ = [
-    "INGEST_SERVICE",
-    "CellHistory",
-    "HistorianInfo",
-    "IngestAck",
-    "IngestClient",
-    "IngestStream",
-    "StreamEnded",
-    "REASON_FROM_PB",
-    "REASON_TO_PB",
-    "quarantined_from_pb",
-    "quarantined_to_pb",
-    "sample_from_pb",
-    "sample_to_pb",
-]
-
-INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
-"""``"alutwin.v1.IngestService"``."""
-
-REASON_TO_PB: dict[QuarantineReason, int] = {
-    QuarantineReason.NON_FINITE: ingest_pb2.QUARANTINE_REASON_NON_FINITE,
-    QuarantineReason.OUT_OF_BOUNDS: ingest_pb2.QUARANTINE_REASON_OUT_OF_BOUNDS,
-    QuarantineReason.OUT_OF_ORDER: ingest_pb2.QUARANTINE_REASON_OUT_OF_ORDER,
-    QuarantineReason.DUPLICATE: ingest_pb2.QUARANTINE_REASON_DUPLICATE,
-    QuarantineReason.BAD_SHAPE: ingest_pb2.QUARANTINE_REASON_BAD_SHAPE,
-    QuarantineReason.BAD_INDEX: ingest_pb2.QUARANTINE_REASON_BAD_INDEX,
-}
-REASON_FROM_PB: dict[int, QuarantineReason] = {v: k for k, v in REASON_TO_PB.items()}
+__all__ = ["CellHistory", "HistorianInfo", "IngestAck", "IngestClient", "IngestStream", "StreamEnded"]
 
 _KEEPALIVE = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Codec
-
-
-def _floats(a: Any) -> list[float]:
-    return np.asarray(a, dtype=np.float64).reshape(-1).tolist()
-
-
-def sample_to_pb(sample: Sample) -> ingest_pb2.Sample:
-    """The message of a :class:`Sample` (``x`` and ``u`` flattened, as sent)."""
-    return ingest_pb2.Sample(
-        cell=int(sample.cell),
-        step=int(sample.step),
-        time_s=float(sample.time_s),
-        x=_floats(sample.x),
-        u=_floats(sample.u),
-    )
-
-
-def sample_from_pb(msg: ingest_pb2.Sample) -> Sample:
-    """The :class:`Sample` of a message (``x`` and ``u`` as sent; the historian checks their shapes)."""
-    return Sample(
-        cell=msg.cell,
-        step=msg.step,
-        time_s=msg.time_s,
-        x=np.array(msg.x, dtype=np.float64),
-        u=np.array(msg.u, dtype=np.float64),
-    )
-
-
-def quarantined_to_pb(q: Quarantined) -> ingest_pb2.QuarantinedSample:
-    """The message of a :class:`Quarantined` sample."""
-    msg = ingest_pb2.QuarantinedSample(
-        index=q.index or 0,
-        time_s=q.time_s,
-        x=_floats(q.x),
-        u=_floats(q.u),
-        reason=REASON_TO_PB[q.reason],
-        detail=q.detail,
-        received_at_unix_s=q.received_at,
-    )
-    if q.cell is not None:
-        msg.cell = q.cell
-    if q.step is not None:
-        msg.step = q.step
-    return msg
-
-
-def quarantined_from_pb(msg: ingest_pb2.QuarantinedSample, with_index: bool = True) -> Quarantined:
-    """The :class:`Quarantined` sample of a message (``index`` kept when ``with_index``)."""
-    return Quarantined(
-        cell=msg.cell if msg.HasField("cell") else None,
-        step=msg.step if msg.HasField("step") else None,
-        time_s=msg.time_s,
-        x=np.array(msg.x, dtype=np.float64),
-        u=np.array(msg.u, dtype=np.float64),
-        reason=REASON_FROM_PB.get(msg.reason, QuarantineReason.BAD_SHAPE),
-        detail=msg.detail,
-        received_at=msg.received_at_unix_s,
-        index=msg.index if with_index else None,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

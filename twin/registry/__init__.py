@@ -1,33 +1,25 @@
-"""Model versions: the on-disk store, the registry with aliases and hot swap, and model explanations."""
+"""Model versions: the on-disk store, the registry with aliases and hot swap, and model explanations.
 
-from twin.registry.registry import (
-    DEFAULT_ALIAS,
-    JACOBIAN_POINTS,
-    JACOBIAN_REL_THRESHOLD,
-    MAX_DESCRIPTION,
-    NOMINAL_INPUT,
-    NOMINAL_STATE,
-    WEIGHT_THRESHOLD,
+Modules: ``store`` (versions and aliases on disk), ``registry`` (:class:`ModelRegistry`: loaded versions, hot swap,
+rollback, events), ``served`` (a validated version and its smoke test), ``watch`` (one Watch stream's queue),
+``explain`` (sparsity and dependency of a model), ``errors`` (the refusals). The result types (events,
+explanations, summaries) live in :mod:`twin.results`.
+"""
+
+from twin.registry.errors import (
     Conflict,
-    Dependency,
-    Engine,
-    EventType,
-    Explanation,
     InvalidRequest,
-    LayerStats,
-    ModelRegistry,
+    ModelRejected,
     NotFound,
     NotServable,
     RegistryClosed,
     RegistryError,
-    RegistryEvent,
-    ServedModel,
     TooManyWatchers,
     WatchClosed,
-    Watcher,
-    explain,
-    validate_model,
 )
+from twin.registry.explain import JACOBIAN_POINTS, JACOBIAN_REL_THRESHOLD, WEIGHT_THRESHOLD, dependency_of, explain
+from twin.registry.registry import DEFAULT_ALIAS, MAX_DESCRIPTION, ModelRegistry, model_summaries
+from twin.registry.served import NOMINAL_INPUT, NOMINAL_STATE, Engine, ServedModel, default_engine, validate_model
 from twin.registry.store import (
     ALIAS_PATTERN,
     HISTORY_LIMIT,
@@ -43,22 +35,20 @@ from twin.registry.store import (
     load_model_bytes,
     utc_now,
 )
+from twin.registry.watch import Watcher
 
 __all__ = [
     "ALIAS_PATTERN",
     "Conflict",
     "DEFAULT_ALIAS",
-    "Dependency",
     "Engine",
-    "EventType",
-    "Explanation",
     "HISTORY_LIMIT",
     "InvalidRequest",
     "JACOBIAN_POINTS",
     "JACOBIAN_REL_THRESHOLD",
-    "LayerStats",
     "MAX_DESCRIPTION",
     "ModelRecord",
+    "ModelRejected",
     "ModelRegistry",
     "ModelStore",
     "NAME_PATTERN",
@@ -68,7 +58,6 @@ __all__ = [
     "NotServable",
     "RegistryClosed",
     "RegistryError",
-    "RegistryEvent",
     "STATE_FORMAT",
     "ServedModel",
     "StoreError",
@@ -80,8 +69,11 @@ __all__ = [
     "Watcher",
     "check_alias",
     "check_name",
+    "default_engine",
+    "dependency_of",
     "explain",
     "load_model_bytes",
+    "model_summaries",
     "utc_now",
     "validate_model",
 ]

@@ -6,51 +6,53 @@ How a swap stays safe:
 - A version is loaded and validated before anything points at it: the model files pass
   :func:`identification.modelfile.load_model` (untrusted input, no pickle), and a rollout from a fixed nominal
   state must stay finite and plausible for ``smoke_horizon`` steps (and, where the rollout engine is not the
-  reference :meth:`Surrogate.simulate`, agree with it). An upload is validated in a staging directory and only then
-  renamed into place; a version that fails never becomes active, and the old one keeps serving.
+  reference :meth:`Surrogate.simulate`, agree with it: :func:`~twin.registry.served.validate_model`). An upload
+  is validated in a staging directory and only then renamed into place; a version that fails never becomes
+  active, and the old one keeps serving.
 - Every change (registration, alias move, rollback) happens under one lock, in order: write the new state file
   atomically, then replace the in-memory state and the table of active models (a new dict, swapped in one
   assignment), then publish the events. Predictions never take that lock: they read the active table once and
-  keep the :class:`ServedModel` they got, so a call in flight finishes on the version it started with.
+  keep the :class:`~twin.registry.served.ServedModel` they got, so a call in flight finishes on the version it
+  started with.
 - The targets of every alias, the last ``keep_previous`` targets of each alias (instant rollback) and
   ``cache_size`` further versions (least recently used) stay loaded.
 
-Errors are :class:`RegistryError` subclasses whose message is fit for a client: it names the model, version or
-alias and the problem, never a server path.
+Errors are :class:`~twin.registry.errors.RegistryError` subclasses whose message is fit for a client: it names the
+model, version or alias and the problem, never a server path.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
 import hashlib
 import json
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from identification.metrics import jacobian_dependency, path_dependency, structure_scores
 from identification.modelfile import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     MAX_WEIGHTS_BYTES,
     WEIGHTS_NAME,
-    LoadedModel,
     ModelFileError,
     load_model,
 )
-from identification.rollout import NumpyRolloutEngine, RolloutEngine, make_rollout_engine
 from identification.surrogate import Surrogate
-from plant.engine import CompiledEngineError
-from plant.signals import N_INPUTS, N_STATES, STATES
+from twin.registry.errors import (
+    Conflict,
+    InvalidRequest,
+    ModelRejected,
+    NotFound,
+    NotServable,
+    RegistryClosed,
+    TooManyWatchers,
+)
+from twin.registry.served import Engine, ServedModel, default_engine, validate_model
 from twin.registry.store import (
     ModelRecord,
     ModelStore,
@@ -60,35 +62,10 @@ from twin.registry.store import (
     check_name,
     utc_now,
 )
+from twin.registry.watch import Watcher
+from twin.results import EventType, ModelSummary, RegistryEvent
 
-__all__ = [
-    "DEFAULT_ALIAS",
-    "JACOBIAN_POINTS",
-    "JACOBIAN_REL_THRESHOLD",
-    "MAX_DESCRIPTION",
-    "NOMINAL_INPUT",
-    "NOMINAL_STATE",
-    "WEIGHT_THRESHOLD",
-    "Conflict",
-    "Dependency",
-    "EventType",
-    "Explanation",
-    "InvalidRequest",
-    "LayerStats",
-    "ModelRegistry",
-    "NotFound",
-    "NotServable",
-    "RegistryClosed",
-    "RegistryError",
-    "RegistryEvent",
-    "Engine",
-    "ServedModel",
-    "TooManyWatchers",
-    "WatchClosed",
-    "Watcher",
-    "explain",
-    "validate_model",
-]
+__all__ = ["DEFAULT_ALIAS", "MAX_DESCRIPTION", "ModelRegistry", "model_summaries"]
 
 log = logging.getLogger(__name__)
 
@@ -96,70 +73,7 @@ DEFAULT_ALIAS = "champion"
 """The alias a request means when it names neither a version nor an alias."""
 
 MAX_DESCRIPTION = 1000
-WEIGHT_THRESHOLD = 1e-2
-"""``|w|`` above which a weight counts in the explanation's thresholded figures (the pruning threshold)."""
-JACOBIAN_POINTS = 256
-JACOBIAN_REL_THRESHOLD = 1e-2
-_JACOBIAN_SEED = 20240601
-
-_bath = 13_750.0 / (1.0 - 0.03 - 0.11)
-NOMINAL_STATE = np.array([3260.0, 0.03 * _bath, 0.11 * _bath, 13_750.0, 9875.0, 975.0, 820.0, 582.0])
-"""(8,) the state every version's smoke rollout starts from: mid-range of the spec (3 % alumina, 11 % AlF3)."""
-NOMINAL_INPUT = np.array([0.024, 140_000.0, 0.0, 0.0, 0.05])
-"""(5,) the input held over the smoke rollout: consumption-level alumina feed, 140 kA, ACD 5 cm."""
-_STATE_SCALE = np.array([s.high - s.low for s in STATES])
-_SMOKE_LIMIT = 1e3  # a smoke rollout further than this many typical ranges from the nominal state diverges
-_CONFORMANCE_RTOL = 1e-6  # engine vs reference rollout, relative to each state's typical range
-
-
-class RegistryError(Exception):
-    """A refused registry operation; ``str(exc)`` is the client-facing message."""
-
-
-class InvalidRequest(RegistryError):
-    """Malformed names or arguments, or a refused upload (INVALID_ARGUMENT)."""
-
-
-class NotFound(RegistryError, LookupError):
-    """Unknown model, version or alias (NOT_FOUND)."""
-
-
-class NotServable(RegistryError):
-    """The version exists but cannot serve: its files fail validation, or nothing to roll back to
-    (FAILED_PRECONDITION)."""
-
-
-class Conflict(RegistryError):
-    """A compare-and-set alias move whose expectation no longer holds (ABORTED)."""
-
-
-class TooManyWatchers(RegistryError):
-    """All Watch slots are taken (RESOURCE_EXHAUSTED)."""
-
-
-class RegistryClosed(RegistryError):
-    """The registry is shutting down (UNAVAILABLE)."""
-
-
-class WatchClosed(Exception):
-    """The watcher was closed (client gone or server stopping)."""
-
-
-class ModelRejected(Exception):
-    """A model that fails validation; ``problem`` is fit for a client."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-
-
-Engine = RolloutEngine | NumpyRolloutEngine
-"""What rolls a surrogate out: ``simulate(x0 (B, 8), u (B, H, 5)) -> (M, B, H + 1, 8)``."""
-
-
-def _engine_for(surrogate: Surrogate) -> Engine:
-    """The fastest correct rollout engine here (compiled where a C compiler is found, else numpy)."""
-    return make_rollout_engine(surrogate, "auto")
+"""Characters a version's description may have."""
 
 
 def _arg(check: Callable[[Any], str], value: Any) -> str:
@@ -181,237 +95,16 @@ def _listing(items: Any, limit: int = 20) -> str:
     return f"[{text}{', ...' if len(items) > limit else ''}]"
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Served models and their explanation
-
-
-@dataclass(frozen=True)
-class LayerStats:
-    """Weights of one layer, summed over the members."""
-
-    n_in: int
-    n_out: int
-    total: int
-    nonzero: int
-    above_threshold: int
-
-
-@dataclass(frozen=True)
-class Dependency:
-    """Share of members (0..1) whose derivative of state i depends on input j, ``(8, 13)``, with its structure
-    scores (entries used by at least half the members, against the true structure)."""
-
-    share: np.ndarray  # (8, 13)
-    scores: dict[str, float]
-
-    @classmethod
-    def of(cls, dependency: np.ndarray) -> Dependency:
-        share = np.asarray(dependency, dtype=np.float64).mean(axis=0)  # (M, 8, 13) -> (8, 13)
-        return cls(share, structure_scores(share >= 0.5))
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Why a model predicts what it does: sparsity per layer, input-output dependency three ways, and the
-    manifest's metrics and provenance."""
-
-    layers: tuple[LayerStats, ...]
-    weight_threshold: float
-    path: Dependency
-    thresholded_path: Dependency
-    jacobian: Dependency
-    jacobian_points: int
-    jacobian_rel_threshold: float
-    metrics: dict[str, Any] | None
-    provenance: dict[str, Any]
-
-
-def explain(loaded: LoadedModel) -> Explanation:
-    """The :class:`Explanation` of a loaded model."""
-    weights = loaded.surrogate.weights
-    m = weights.n_members
-    layers = tuple(
-        LayerStats(
-            a,
-            b,
-            a * b * m,
-            int(np.count_nonzero(w)),
-            int(np.count_nonzero(np.abs(w) > WEIGHT_THRESHOLD)),
+def model_summaries(state: StoreState) -> tuple[ModelSummary, ...]:
+    """Every model of ``state`` as a :class:`~twin.results.ModelSummary`."""
+    return tuple(
+        ModelSummary(
+            name,
+            {v: (r.kind, r.registered, r.description) for v, r in rec.versions.items()},
+            dict(rec.aliases),
         )
-        for (a, b), w in zip(weights.architecture.layer_shapes, weights.weights, strict=True)
+        for name, rec in state.models.items()
     )
-    z = np.random.default_rng(_JACOBIAN_SEED).standard_normal((JACOBIAN_POINTS, N_STATES + N_INPUTS))
-    jac, _ = jacobian_dependency(weights, z, JACOBIAN_REL_THRESHOLD)
-    return Explanation(
-        layers=layers,
-        weight_threshold=WEIGHT_THRESHOLD,
-        path=Dependency.of(path_dependency(weights, 0.0)),
-        thresholded_path=Dependency.of(path_dependency(weights, WEIGHT_THRESHOLD)),
-        jacobian=Dependency.of(jac),
-        jacobian_points=JACOBIAN_POINTS,
-        jacobian_rel_threshold=JACOBIAN_REL_THRESHOLD,
-        metrics=loaded.metrics,
-        provenance=loaded.provenance,
-    )
-
-
-@dataclass(frozen=True, eq=False)
-class ServedModel:
-    """One validated version, ready to roll out; immutable, so a call keeps the version it started with.
-
-    ``manifest_bytes`` and ``weights_bytes`` are the files exactly as validated (what ExportModel sends).
-    """
-
-    name: str
-    version: int
-    loaded: LoadedModel
-    engine: Engine
-    manifest_bytes: bytes
-    weights_bytes: bytes
-
-    @property
-    def surrogate(self) -> Surrogate:
-        return self.loaded.surrogate
-
-    @property
-    def n_members(self) -> int:
-        return self.loaded.surrogate.n_members
-
-    @property
-    def dt(self) -> float:
-        return self.loaded.surrogate.dt
-
-    def rollout(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """Every member's free run from ``x0`` ``(B, 8)`` under ``u`` ``(B, H, 5)``: ``(M, B, H + 1, 8)``."""
-        return self.engine.simulate(x0, u)
-
-    @functools.cached_property
-    def explanation(self) -> Explanation:
-        """Computed on first use, then kept."""
-        return explain(self.loaded)
-
-
-def validate_model(
-    loaded: LoadedModel, smoke_horizon: int, engine_for: Callable[[Surrogate], Engine] = _engine_for
-) -> Engine:
-    """The rollout engine of a model that passes the smoke test; ``ModelRejected`` otherwise.
-
-    The smoke test rolls every member out for ``smoke_horizon`` steps from :data:`NOMINAL_STATE` under
-    :data:`NOMINAL_INPUT`: the result must have the right shape, be finite and stay within 1000 typical ranges
-    of each state from the nominal state and, for an engine other than the numpy reference
-    (:meth:`Surrogate.simulate`), agree with that reference to ``1e-6`` of each state's typical range.
-    """
-    surrogate = loaded.surrogate
-    try:
-        engine = engine_for(surrogate)
-    except CompiledEngineError as exc:
-        log.error("the rollout engine cannot be built: %s", exc)
-        raise ModelRejected("the rollout engine this server is configured with is unavailable here") from None
-    x0 = NOMINAL_STATE[None, :]  # (1, 8)
-    u = np.broadcast_to(NOMINAL_INPUT, (1, smoke_horizon, N_INPUTS)).copy()  # (1, H, 5)
-    try:
-        out = np.asarray(engine.simulate(x0, u))
-    except (ValueError, ArithmeticError) as exc:
-        raise ModelRejected(f"its rollout from the nominal state fails ({str(exc)[:200]})") from None
-    expected = (surrogate.n_members, 1, smoke_horizon + 1, N_STATES)
-    if out.shape != expected:
-        raise ModelRejected(f"its rollout has shape {out.shape}, expected {expected}")
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.abs(out - NOMINAL_STATE) <= _SMOKE_LIMIT * _STATE_SCALE)  # NaN compares False: bad
-    if bad.any():
-        member, _, step, i = (int(v) for v in np.argwhere(bad)[0])
-        raise ModelRejected(
-            f"its rollout from the nominal state diverges: member {member} reaches {STATES[i].name} = "
-            f"{out[member, 0, step, i]:.3g} {STATES[i].unit} at step {step} of {smoke_horizon}"
-        )
-    if not isinstance(engine, NumpyRolloutEngine):
-        ref = surrogate.simulate(x0, u)
-        err = float(np.max(np.abs(out - ref) / _STATE_SCALE))
-        if not err <= _CONFORMANCE_RTOL:
-            raise ModelRejected(f"the rollout engine disagrees with the reference rollout (relative error {err:.2e})")
-    return engine
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Events and watchers
-
-
-class EventType(enum.Enum):
-    """Kinds of registry events (numbers as ``alutwin.v1.RegistryEventType``)."""
-
-    SNAPSHOT = 1
-    VERSION_REGISTERED = 2
-    ALIAS_MOVED = 3
-    ROLLED_BACK = 4
-
-
-@dataclass(frozen=True)
-class RegistryEvent:
-    """One change of the registry (or, for SNAPSHOT, the whole state at ``revision``)."""
-
-    revision: int
-    type: EventType
-    name: str = ""
-    version: int = 0
-    alias: str = ""
-    previous_version: int = 0
-    time_ms: int = 0
-    state: StoreState | None = None  # SNAPSHOT only
-
-
-class Watcher:
-    """One Watch stream's bounded queue of events. When it overflows, the queued events are replaced by a
-    fresh snapshot at the next :meth:`get`, and events up to that snapshot's revision are skipped."""
-
-    def __init__(self, name: str, maxlen: int, snapshot: Callable[[], RegistryEvent]) -> None:
-        self.name = name
-        self._maxlen = maxlen
-        self._snapshot = snapshot
-        self._queue: deque[RegistryEvent] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._resync = True  # the first message is a snapshot
-        self.resyncs = 0
-
-    def offer(self, event: RegistryEvent) -> None:
-        if self.name and event.type is not EventType.SNAPSHOT and event.name != self.name:
-            return
-        with self._cond:
-            if self._closed:
-                return
-            if len(self._queue) >= self._maxlen:
-                self._queue.clear()
-                self._resync = True
-                self.resyncs += 1
-            else:
-                self._queue.append(event)
-            self._cond.notify_all()
-
-    def get(self, timeout: float) -> RegistryEvent | None:
-        """The next event, or None after ``timeout`` s; WatchClosed once closed."""
-        with self._cond:
-            if not self._queue and not self._resync and not self._closed:
-                self._cond.wait(timeout)
-            if self._closed:
-                raise WatchClosed
-            resync, self._resync = self._resync, False
-            if not resync:
-                return self._queue.popleft() if self._queue else None
-        snap = self._snapshot()  # takes the registry's lock: never while holding our own
-        with self._cond:
-            while self._queue and self._queue[0].revision <= snap.revision:
-                self._queue.popleft()
-        return snap
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._queue.clear()
-            self._cond.notify_all()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The registry
 
 
 def _now_ms() -> int:
@@ -436,7 +129,7 @@ class ModelRegistry:
     max_watchers, watch_queue_size : int
         Open watchers at once, and events each buffers.
     engine_for : callable, optional
-        Makes the rollout engine of a surrogate (default: the surrogate's own ``simulate``).
+        Makes the rollout engine of a surrogate (default :func:`~twin.registry.served.default_engine`).
     on_change : callable, optional
         Called after every change (and once at start) with no arguments.
     """
@@ -451,7 +144,7 @@ class ModelRegistry:
         max_upload_bytes: int = MAX_WEIGHTS_BYTES,
         max_watchers: int = 8,
         watch_queue_size: int = 256,
-        engine_for: Callable[[Surrogate], Engine] = _engine_for,
+        engine_for: Callable[[Surrogate], Engine] = default_engine,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -546,7 +239,8 @@ class ModelRegistry:
     def snapshot(self) -> RegistryEvent:
         """A SNAPSHOT event of the present state."""
         with self._write_lock:
-            return RegistryEvent(self._state.revision, EventType.SNAPSHOT, time_ms=_now_ms(), state=self._state)
+            state = self._state
+        return RegistryEvent(state.revision, EventType.SNAPSHOT, time_ms=_now_ms(), models=model_summaries(state))
 
     # -- changes -----------------------------------------------------------------------------------------------
 

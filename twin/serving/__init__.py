@@ -1,51 +1,54 @@
-"""The twin's gRPC server: servicers, the prediction runtime, the interceptor (token, drain gate, metrics)."""
+"""The twin's gRPC server, split by concern.
 
-from twin.serving.metrics import (
-    CONTENT_TYPE,
-    LATENCY_BUCKETS,
-    Counter,
-    Gauge,
-    Histogram,
-    MetricsRegistry,
-    MetricsServer,
-)
-from twin.serving.server import (
+Modules: ``prediction`` (what a Predict may ask for and computes; PredictionService), ``registry_servicer``
+(ModelRegistry), ``runtime`` (the registry and the bounded rollout pool the servicers talk to; status codes),
+``interceptor`` (management token, drain gate, metrics of every call), ``gate`` (the drain gate), ``telemetry``
+(Prometheus metrics and the ``/metrics`` endpoint), ``server`` (:func:`create_server`, :class:`TwinServer`,
+:func:`serve`). The ``alutwin twin`` command is :mod:`twin.cli`.
+"""
+
+from twin.serving.gate import Gate
+from twin.serving.interceptor import MANAGEMENT_METHODS, Interceptor
+from twin.serving.prediction import (
     DEFAULT_OUTPUTS,
-    MANAGEMENT_METHODS,
     OUTPUT_FUNCTIONS,
     PREDICTION_SERVICE,
-    REGISTRY_SERVICE,
     Limits,
     PredictionResult,
-    TwinRuntime,
-    TwinServer,
+    PredictionServicer,
+    add_prediction_service,
+    check_output_names,
     check_prediction,
-    create_server,
     predict,
-    register_cli,
-    serve,
 )
+from twin.serving.registry_servicer import REGISTRY_SERVICE, RegistryServicer, version_info
+from twin.serving.runtime import TwinRuntime, status_of
+from twin.serving.server import TwinServer, create_server, serve
+from twin.serving.telemetry import LATENCY_BUCKETS, MetricsServer, TwinMetrics
 
 __all__ = [
-    "CONTENT_TYPE",
-    "Counter",
     "DEFAULT_OUTPUTS",
-    "Gauge",
-    "Histogram",
+    "Gate",
+    "Interceptor",
     "LATENCY_BUCKETS",
     "Limits",
     "MANAGEMENT_METHODS",
-    "MetricsRegistry",
     "MetricsServer",
     "OUTPUT_FUNCTIONS",
     "PREDICTION_SERVICE",
     "PredictionResult",
+    "PredictionServicer",
     "REGISTRY_SERVICE",
+    "RegistryServicer",
+    "TwinMetrics",
     "TwinRuntime",
     "TwinServer",
+    "add_prediction_service",
+    "check_output_names",
     "check_prediction",
     "create_server",
     "predict",
-    "register_cli",
     "serve",
+    "status_of",
+    "version_info",
 ]

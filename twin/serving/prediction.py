@@ -1,0 +1,221 @@
+"""Predictions: what one Predict may ask for (:class:`Limits`, :func:`check_prediction`), what it computes in
+process (:func:`predict`), and ``alutwin.v1.PredictionService``, whose servicer runs it in the rollout pool.
+
+Predict takes its request and returns its response as wire bytes (:func:`alutwin.codec.parse_predict_request`,
+:func:`alutwin.codec.serialize_predict_response`: one copy of the arrays instead of three), so its handler is
+registered without deserialiser and serialiser (:func:`add_prediction_service`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from alutwin.codec import parse_predict_request, serialize_predict_response, signal_to_pb
+from alutwin.v1 import twin_pb2, twin_pb2_grpc
+from identification.rollout import OUTPUT_ORDER
+from plant.physics import OUTPUT_FUNCTIONS
+from plant.potline import OUTPUTS
+from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
+from twin.config import TwinConfig
+from twin.registry import DEFAULT_ALIAS, InvalidRequest, ServedModel
+from twin.results import ModelId
+from twin.serving.runtime import TwinRuntime, unary
+
+__all__ = [
+    "DEFAULT_OUTPUTS",
+    "OUTPUT_FUNCTIONS",
+    "PREDICTION_SERVICE",
+    "Limits",
+    "PredictionResult",
+    "PredictionServicer",
+    "add_prediction_service",
+    "check_output_names",
+    "check_prediction",
+    "predict",
+]
+
+PREDICTION_SERVICE = twin_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
+"""``"alutwin.v1.PredictionService"``."""
+
+_OUTPUT_INDEX = {name: i for i, name in enumerate(OUTPUT_ORDER)}
+DEFAULT_OUTPUTS = ("superheat", "alumina_pct", "alf3_pct", "cell_voltage")
+"""The algebraic outputs a Predict returns when it names none."""
+
+_NO_DEADLINE_S = 1e7  # a call's time_remaining() above this means it has no deadline
+_RESPONSE_OVERHEAD = 4096  # bytes of a PredictResponse besides its arrays (a generous bound)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one Predict may ask for."""
+
+    max_batch: int
+    max_horizon: int
+    max_work: int
+    max_message_bytes: int
+
+    @classmethod
+    def of(cls, config: TwinConfig) -> Limits:
+        return cls(config.max_batch, config.max_horizon, config.max_work, config.max_message_bytes)
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """A prediction of B scenarios over H steps by one version."""
+
+    served: ServedModel
+    mean: np.ndarray  # (B, H + 1, 8)
+    spread: np.ndarray  # (B, H + 1, 8)
+    output_names: tuple[str, ...]
+    outputs: np.ndarray  # (B, H + 1, n_outputs)
+    members: np.ndarray | None  # (M, B, H + 1, 8)
+
+
+def _first_bad(a: np.ndarray) -> str:
+    idx = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+    return f"[{', '.join(map(str, idx))}] = {float(a[idx])!r}"
+
+
+def check_prediction(
+    x0: np.ndarray,
+    u: np.ndarray,
+    n_members: int,
+    n_outputs: int,
+    include_members: bool,
+    limits: Limits,
+    item_bytes: int = 8,
+) -> None:
+    """Refuse (InvalidRequest) a prediction of wrong shapes, non-finite values or beyond ``limits``."""
+    if x0.ndim != 2 or x0.shape[1] != N_STATES:
+        raise InvalidRequest(f"x0 must have shape (B, {N_STATES}), got {list(x0.shape)}")
+    b = x0.shape[0]
+    if u.ndim != 3 or u.shape[0] != b or u.shape[2] != N_INPUTS:
+        raise InvalidRequest(f"u must have shape (B, H, {N_INPUTS}) with B = {b} as in x0, got {list(u.shape)}")
+    h = u.shape[1]
+    if not 1 <= b <= limits.max_batch:
+        raise InvalidRequest(f"B = {b} scenarios; this server takes 1 to {limits.max_batch}")
+    if not 1 <= h <= limits.max_horizon:
+        raise InvalidRequest(f"horizon H = {h} steps; this server takes 1 to {limits.max_horizon}")
+    work = b * h * n_members
+    if work > limits.max_work:
+        raise InvalidRequest(
+            f"B * H * M = {b} * {h} * {n_members} = {work} exceeds this server's limit of {limits.max_work}; "
+            "split the batch or shorten the horizon"
+        )
+    if not np.isfinite(x0).all():
+        raise InvalidRequest(f"x0{_first_bad(x0)} is not a finite number")
+    if not np.isfinite(u).all():
+        raise InvalidRequest(f"u{_first_bad(u)} is not a finite number")
+    per_step = 2 * N_STATES + n_outputs + (n_members * N_STATES if include_members else 0)
+    size = item_bytes * b * (h + 1) * per_step + _RESPONSE_OVERHEAD
+    if size > limits.max_message_bytes:
+        raise InvalidRequest(
+            f"the response would take about {size} bytes, more than this server's max_message_bytes "
+            f"({limits.max_message_bytes}); ask for fewer scenarios, a shorter horizon"
+            + (" or no member trajectories" if include_members else "")
+        )
+
+
+def check_output_names(requested: Sequence[str]) -> tuple[str, ...]:
+    """The outputs a Predict asks for (:data:`DEFAULT_OUTPUTS` when none); InvalidRequest for an unknown or
+    repeated name."""
+    names = tuple(requested) or DEFAULT_OUTPUTS
+    for n in names:
+        if n not in OUTPUT_FUNCTIONS:
+            raise InvalidRequest(f"unknown output {n[:80]!r}; valid outputs are {list(OUTPUT_FUNCTIONS)}")
+    if len(set(names)) != len(names):
+        raise InvalidRequest(f"outputs {list(names)} names an output twice")
+    return names
+
+
+def predict(
+    served: ServedModel,
+    x0: np.ndarray,
+    u: np.ndarray,
+    output_names: Sequence[str] = DEFAULT_OUTPUTS,
+    include_members: bool = False,
+) -> PredictionResult:
+    """What Predict computes, in process: every member's rollout, their mean and spread, and the algebraic
+    outputs of the mean (:meth:`identification.rollout.RolloutEngine.simulate_summary`)."""
+    s = served.engine.simulate_summary(x0, u, members=include_members)
+    idx = [_OUTPUT_INDEX[n] for n in output_names]
+    outputs = s.outputs[..., idx]  # (B, H + 1, n_outputs)
+    return PredictionResult(served, s.mean, s.spread, tuple(output_names), outputs, s.members)
+
+
+def _item_bytes(encoding: int) -> int:
+    return 4 if encoding == twin_pb2.ARRAY_ENCODING_RAW_F32 else 8
+
+
+class PredictionServicer(twin_pb2_grpc.PredictionServiceServicer):
+    """Converts PredictionService messages to :func:`predict` calls in the rollout pool and back."""
+
+    def __init__(self, runtime: TwinRuntime) -> None:
+        self.runtime = runtime
+        self.limits = Limits.of(runtime.config)
+
+    @unary
+    def GetServingInfo(
+        self, request: twin_pb2.GetServingInfoRequest, context: grpc.ServicerContext
+    ) -> twin_pb2.ServingInfo:
+        cfg = self.runtime.config
+        return twin_pb2.ServingInfo(
+            max_batch=cfg.max_batch,
+            max_horizon=cfg.max_horizon,
+            max_work=cfg.max_work,
+            max_message_bytes=cfg.max_message_bytes,
+            max_concurrent_predictions=cfg.max_concurrent_predictions,
+            max_upload_bytes=self.runtime.registry.max_upload_bytes,
+            default_alias=DEFAULT_ALIAS,
+            states=[signal_to_pb(s) for s in STATES],
+            inputs=[signal_to_pb(s) for s in INPUTS],
+            outputs=[signal_to_pb(s) for s in OUTPUTS],
+            default_outputs=list(DEFAULT_OUTPUTS),
+        )
+
+    @unary
+    def Predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        rt = self.runtime
+        try:
+            header, x0, u = parse_predict_request(request)
+        except (ValueError, DecodeError) as exc:
+            raise InvalidRequest(str(exc) if isinstance(exc, ValueError) else "not a PredictRequest") from None
+        names = check_output_names(header.outputs)
+        served, alias = rt.resolve(header.model)
+        include = header.include_members
+        check_prediction(x0, u, served.n_members, len(names), include, self.limits, _item_bytes(header.encoding))
+        remaining = context.time_remaining()  # huge (not None) when the call has no deadline
+        timeout = remaining if remaining < _NO_DEADLINE_S else None
+        result = rt.run(lambda: predict(served, x0, u, names, include), timeout)
+        response = twin_pb2.PredictResponse(
+            model=ModelId(served.name, served.version, alias).to_pb(),
+            output_names=names,
+            n_members=served.n_members,
+            dt_s=served.dt,
+        )
+        arrays = {"mean": result.mean, "spread": result.spread, "outputs": result.outputs}
+        if result.members is not None:
+            arrays["members"] = result.members
+        return serialize_predict_response(response, arrays, header.encoding)  # see add_prediction_service
+
+
+def add_prediction_service(servicer: PredictionServicer, server: grpc.Server) -> None:
+    """What the generated ``add_PredictionServiceServicer_to_server`` does, except that Predict's handler has
+    neither deserialiser nor serialiser: it takes and returns wire bytes."""
+    handlers = {
+        "GetServingInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetServingInfo,
+            request_deserializer=twin_pb2.GetServingInfoRequest.FromString,
+            response_serializer=twin_pb2.ServingInfo.SerializeToString,
+        ),
+        "Predict": grpc.unary_unary_rpc_method_handler(servicer.Predict),
+    }
+    declared = {m.name for m in twin_pb2.DESCRIPTOR.services_by_name["PredictionService"].methods}
+    if set(handlers) != declared:
+        raise RuntimeError(f"PredictionService handlers {sorted(handlers)} differ from the contract {sorted(declared)}")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PREDICTION_SERVICE, handlers),))
