@@ -41,7 +41,7 @@ from identification.metrics import DIVERGENCE_LIMIT, an_rfmse_curve
 from identification.modelfile import load_model
 from identification.online import Gate, RefitConfig, ScreenConfig
 from plant.client import PlantClient
-from plant.potline import PlantConfig
+from plant.config import PlantConfig
 from plant.scenarios import ScenarioEvent
 from plant.service import create_server as create_plant_server
 from twin.client import TwinClient

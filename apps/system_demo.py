@@ -82,8 +82,8 @@ class DemoConfig:
     progress : bool
         Progress bars and the worker's messages on stderr.
     jit : bool
-        Compile the NMPC's problem to C (much faster solves; the first build on a machine takes about a minute,
-        later ones come from the cache). Tests turn it off.
+        Compile the NMPC's problem to C (faster solves; the first build on a machine is slow, later ones come
+        from the cache). Tests turn it off.
     """
 
     def __init__(
@@ -140,9 +140,9 @@ def run_demo(config: DemoConfig, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scenario = Scenario(hours=config.hours, seed=config.seed)
-    # The demo runs plant time about 300x faster than real time: a compile of a minute on the rebuild thread
-    # would span hours of its plant time, so a promoted model is compiled between two solves instead (and the
-    # safety layer covers the pause). At real time the minute is a tenth of one control interval.
+    # The demo runs plant time much faster than real time: a compile on the rebuild thread would span hours of
+    # its plant time, so a promoted model is compiled between two solves instead (and the safety layer covers
+    # the pause). At real time a compile takes a small part of one control interval.
     mpc_config = MPCConfig(jit=config.jit, compile_in_background=False)
     safety = SafetyConfig()
     token = secrets.token_hex(16)

@@ -26,8 +26,9 @@ from controller.mpc import Plan
 from controller.plantlink import PlantLink
 from controller.problem import WINDOWS, controlled
 from controller.safety import SafeController, Watchdog
+from plant.config import PlantConfig
 from plant.excitation import sample_initial_states
-from plant.potline import PlantConfig, Potline
+from plant.potline import Potline
 from plant.signals import N_INPUTS, U
 from plant.simulator import MeasurementNoise
 

@@ -11,9 +11,10 @@ derivative bias (offset-free correction), the cost weights (violation weights pe
 chained ``interval_steps`` times (``casadi.Function.fold``).
 
 The problem is rebuilt only when the model source reports a new revision (a swap in the twin), between
-solves. Compiling a new problem to C takes about a minute: with ``MPCConfig.compile_in_background`` the
-compiler runs on a thread (it touches no CasADi object) while the problem in use keeps solving, and the new
-one takes over at the first solve after it is ready. Each solve is warm-started from the previous solution shifted by one interval (primal, and with
+solves. Compiling a new problem to C is slow (the README gives the figures): with
+``MPCConfig.compile_in_background`` the compiler runs on a thread (it touches no CasADi object) while the
+problem in use keeps solving, and the new one takes over at the first solve after it is ready. Each solve is
+warm-started from the previous solution shifted by one interval (primal, and with
 ``MPCConfig.warm_multipliers`` the multipliers too). A solve stopped by the iteration or wall-time cap is used
 only when its last iterate is feasible and no worse than its first (``MPCConfig.accept_capped``); its status
 then reads ``"<IPOPT status> (feasible iterate)"``.

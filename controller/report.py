@@ -14,11 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from controller.closed_loop import Trace
 from controller.problem import WINDOWS, CostWeights, controlled, cost_rate, violation
@@ -238,7 +236,9 @@ _PANELS = (
 
 
 def _plot(traces: Sequence[Trace], path: Path) -> None:
-    fig, axes = plt.subplots(4, 2, figsize=(13, 11), sharex=True)
+    fig = Figure(figsize=(13, 11))
+    FigureCanvasAgg(fig)  # no pyplot: no process-wide backend or figure registry
+    axes = fig.subplots(4, 2, sharex=True)
     axes = axes.T.ravel()
     for trace in traces:
         t = np.arange(len(trace.u) + 1) * trace.dt / 3600.0
@@ -274,7 +274,6 @@ def _plot(traces: Sequence[Trace], path: Path) -> None:
     fig.suptitle(f"Closed loop, scenario seed {seed} (windows shaded)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def write_report(

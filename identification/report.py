@@ -226,12 +226,6 @@ def write_report(results: dict, out: Path) -> Path:
     return path
 
 
-def _published() -> dict:
-    from identification.study import PUBLISHED
-
-    return PUBLISHED
-
-
 def _claims(runs: dict, sizes: list[int]) -> list[str]:
     lines = ["## Do the paper's claims hold on our plant?", ""]
     small = sizes[0]

@@ -7,6 +7,7 @@ through them are stopped without grace when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
 from plant.client import PlantClient
-from plant.potline import PlantConfig
+from plant.config import PlantConfig
 from plant.service import create_server as create_plant_server
 from plant.signals import INPUTS, STATES
 from twin.client import TwinClient
@@ -154,45 +155,66 @@ def random_surrogate() -> Callable[..., Any]:
 # Servers on 127.0.0.1, port 0
 
 
-@pytest.fixture
-def twin_server(tmp_path: Path) -> Iterator[Callable[..., tuple[Any, Any]]]:
-    """Start twins on fresh stores under ``tmp_path`` (port 0, :data:`TOKEN`, no grace) with a client each:
-    ``server, client = twin_server(store=None, token=TOKEN, **TwinConfig settings)``."""
-
-    started: list[tuple[Any, Any]] = []
-
-    def make(*, token: str | None = TOKEN, store: Path | None = None, **settings: Any) -> tuple[Any, Any]:
-        cfg = TwinConfig(store=store or tmp_path / f"store{len(started)}", port=0, token=token, grace_s=0.0, **settings)
-        server, port = create_twin_server(cfg)
-        assert port > 0 and server.address == f"127.0.0.1:{port}"
-        server.start()
-        client = TwinClient(server.address, token=token, timeout=WAIT)
-        started.append((server, client))
-        return server, client
-
-    yield make
-    for server, client in started:
+@contextlib.contextmanager
+def running_twin(store: Path, *, token: str | None = TOKEN, **settings: Any) -> Iterator[tuple[Any, Any]]:
+    """A twin on 127.0.0.1 port 0 over ``store`` (no grace on stop) and a client with ``token``."""
+    cfg = TwinConfig(store=store, port=0, token=token, **{"grace_s": 0.0, **settings})
+    server, port = create_twin_server(cfg)
+    assert port > 0 and server.address == f"127.0.0.1:{port}"
+    server.start()
+    client = TwinClient(server.address, token=token, timeout=WAIT)
+    try:
+        yield server, client
+    finally:
         client.close()
         server.stop(0)
+
+
+@contextlib.contextmanager
+def running_plant(potline: Any = None, **settings: Any) -> Iterator[tuple[Any, Any]]:
+    """A plant service on 127.0.0.1 port 0 (3 cells, seed 5, no grace unless given) and a client."""
+    cfg = PlantConfig(**{"n_cells": 3, "seed": 5, "port": 0, "grace_s": 0.0, **settings})
+    server, port = create_plant_server(cfg, potline=potline)
+    assert port > 0 and server.address == f"127.0.0.1:{port}"
+    server.start()
+    client = PlantClient(server.address, timeout=WAIT)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def start_twin() -> Callable[..., Any]:
+    """:func:`running_twin`, for fixtures of any scope: ``with start_twin(store) as (server, client): ...``."""
+    return running_twin
+
+
+@pytest.fixture(scope="session")
+def start_plant() -> Callable[..., Any]:
+    """:func:`running_plant`, for fixtures of any scope: ``with start_plant(**settings) as (server, client)``."""
+    return running_plant
+
+
+@pytest.fixture
+def twin_server(tmp_path: Path) -> Iterator[Callable[..., tuple[Any, Any]]]:
+    """Start twins on fresh stores under ``tmp_path`` with a client each, all stopped when the test ends:
+    ``server, client = twin_server(store=None, token=TOKEN, **TwinConfig settings)``."""
+    with contextlib.ExitStack() as stack:
+        count = 0
+
+        def make(*, store: Path | None = None, **settings: Any) -> tuple[Any, Any]:
+            nonlocal count
+            count += 1
+            return stack.enter_context(running_twin(store or tmp_path / f"store{count - 1}", **settings))
+
+        yield make
 
 
 @pytest.fixture
 def plant_server() -> Iterator[Callable[..., tuple[Any, Any]]]:
-    """Start plant services (3 cells, seed 5, port 0, no grace unless given) with a client each:
+    """Start plant services with a client each, all stopped when the test ends:
     ``server, client = plant_server(potline=None, **PlantConfig settings)``."""
-
-    started: list[tuple[Any, Any]] = []
-
-    def make(potline: Any = None, **settings: Any) -> tuple[Any, Any]:
-        cfg = PlantConfig(**{"n_cells": 3, "seed": 5, "port": 0, "grace_s": 0.0, **settings})
-        server, port = create_plant_server(cfg, potline=potline)
-        assert port > 0 and server.address == f"127.0.0.1:{port}"
-        server.start()
-        client = PlantClient(server.address, timeout=WAIT)
-        started.append((server, client))
-        return server, client
-
-    yield make
-    for server, client in started:
-        client.close()
-        server.stop(0)
+    with contextlib.ExitStack() as stack:
+        yield lambda potline=None, **settings: stack.enter_context(running_plant(potline, **settings))

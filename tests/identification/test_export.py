@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from identification.data import Normalization
 from identification.export import compare_sparse_dense, operation_count, to_casadi
-from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import PRIORS, Surrogate
 from plant.physics import rhs
 from plant.signals import INPUTS, STATES
@@ -22,50 +20,12 @@ RTOL = 1e-9
 N_HIDDEN = 80  # 4 x 20 hidden units
 
 
-def _masks(rng: np.random.Generator, shapes, m: int, density: float) -> tuple[np.ndarray, ...]:
-    """Random masks in which every unit keeps at least one input and one output (no constant, no dead-end unit)."""
-    out = []
-    for a, b in shapes:
-        mk = rng.random((m, a, b)) < density
-        members = np.arange(m)[:, None]
-        mk[members, rng.integers(0, a, (m, b)), np.arange(b)[None, :]] = True  # an input for every unit
-        mk[members, np.arange(a)[None, :], rng.integers(0, b, (m, a))] = True  # an output for every row
-        out.append(mk)
-    return tuple(out)
-
-
-def _model(
-    seed: int, m: int = 3, skip: bool = False, density: float | None = None, prior: str = "none", dead: bool = False
-) -> Surrogate:
-    rng = np.random.default_rng(seed)
-    arch = Architecture(hidden=(20, 20, 20, 20), skip=skip)
-    ws = [rng.normal(0, np.sqrt(2 / a), (m, a, b)) for a, b in arch.layer_shapes]
-    bs = [rng.normal(0, 0.1, (m, b)) for _, b in arch.layer_shapes]
-    masks = None
-    if density is not None:
-        masks = list(_masks(rng, arch.layer_shapes, m, density))
-        if dead:  # units without any input: constants the export folds into the next layer
-            masks[1][:, :, 3] = False
-            bs[1][:, 3] = 0.7  # relu(0.7) = 0.7 feeds layer 2 as a constant
-            masks[2][:, :, 5] = False
-            bs[2][:, 5] = -0.2  # relu(-0.2) = 0
-        ws = [w * mk for w, mk in zip(ws, masks, strict=True)]
-    norm = Normalization(
-        (LOW + HIGH) / 2 + rng.normal(0, 1.0, 13),
-        (HIGH - LOW) / 4,
-        rng.normal(0, 0.1, 8),
-        rng.uniform(0.01, 1, 8),
-        10.0,
-    )
-    return Surrogate(EnsembleWeights(arch, tuple(ws), tuple(bs), None if masks is None else tuple(masks)), norm, prior)
-
-
-MODELS = {
-    "dense": lambda: _model(1),
-    "inputskip": lambda: _model(2, skip=True),
-    "sparse": lambda: _model(3, density=0.18, dead=True),
-    "sparse_skip": lambda: _model(4, skip=True, density=0.2),
-    "hybrid": lambda: _model(5, density=0.4, prior="wrong_liquidus"),
+SETTINGS = {  # random_surrogate(seed, **settings); coverage: every unit keeps an input and an output
+    "dense": dict(seed=1),
+    "inputskip": dict(seed=2, skip=True),
+    "sparse": dict(seed=3, density=0.18, coverage=True, dead=True),
+    "sparse_skip": dict(seed=4, skip=True, density=0.2, coverage=True),
+    "hybrid": dict(seed=5, density=0.4, coverage=True, prior="wrong_liquidus"),
 }
 
 
@@ -107,9 +67,9 @@ def close(got: np.ndarray, ref: np.ndarray) -> None:
     assert got.shape == ref.shape and err.max() <= RTOL, err.max()
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_export_equals_torch_and_surrogate(name: str, points):
-    s = MODELS[name]()
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_export_equals_torch_and_surrogate(name: str, points, random_surrogate):
+    s = random_surrogate(**SETTINGS[name])
     x, u = points
     oracle = torch_oracle(s, x, u)  # (M, B, 8)
     numpy_path = s.derivative(x, u)
@@ -127,8 +87,8 @@ def test_export_equals_torch_and_surrogate(name: str, points):
 
 
 @pytest.mark.parametrize("name", ["dense", "sparse", "hybrid"])
-def test_export_step_equals_surrogate_step(name: str, points):
-    s = MODELS[name]()
+def test_export_step_equals_surrogate_step(name: str, points, random_surrogate):
+    s = random_surrogate(**SETTINGS[name])
     x, u = points
     ref = s.step(x, u)  # (M, B, 8)
     close(evaluate(to_casadi(s, member=1, what="step"), x, u), ref[1])
@@ -137,17 +97,17 @@ def test_export_step_equals_surrogate_step(name: str, points):
     assert f.name_in() == ["x", "u"] and f.name_out() == ["x_next"] and f.size_out(0) == (8, 1)
 
 
-def test_function_signature():
-    f = to_casadi(MODELS["dense"](), member=0)
+def test_function_signature(random_surrogate):
+    f = to_casadi(random_surrogate(**SETTINGS["dense"]), member=0)
     assert f.name_in() == ["x", "u"] and f.name_out() == ["dxdt"]
     assert f.size_in(0) == (8, 1) and f.size_in(1) == (5, 1) and f.is_a("SXFunction")
 
 
-def test_op_count_follows_nonzeros():
+def test_op_count_follows_nonzeros(random_surrogate):
     """Each non-zero weight costs one multiplication and one addition, each hidden unit one fmax."""
     counts = []
     for density in (1.0, 0.5, 0.18, 0.05):
-        s = _model(11, m=1, density=density)
+        s = random_surrogate(11, 1, density=density, coverage=True)
         nnz = int(s.weights.nonzero().sum())
         c = operation_count(to_casadi(s))
         assert c["mul"] == nnz and c["add"] == nnz and c["fmax"] == N_HIDDEN
@@ -157,8 +117,8 @@ def test_op_count_follows_nonzeros():
         assert all(a > b for a, b in itertools.pairwise(column)), counts
 
 
-def test_sparse_export_is_smaller_than_dense():
-    dense, sparse = _model(12, m=2), _model(12, m=2, density=0.18)
+def test_sparse_export_is_smaller_than_dense(random_surrogate):
+    dense, sparse = random_surrogate(12, 2), random_surrogate(12, 2, density=0.18, coverage=True)
     for kw in ({"member": 0}, {"mean": True}):
         d = operation_count(to_casadi(dense, **kw))
         sp = operation_count(to_casadi(sparse, **kw))
@@ -176,15 +136,15 @@ def test_sparse_export_is_smaller_than_dense():
     assert mean["sparse"]["mul"] == mean["nonzero_weights"] == int(sparse.weights.nonzero().sum())
 
 
-def test_dead_units_are_folded():
-    s = MODELS["sparse"]()
+def test_dead_units_are_folded(random_surrogate):
+    s = random_surrogate(**SETTINGS["sparse"])
     nnz_member0 = int(s.weights.nonzero()[0].sum())
     c = operation_count(to_casadi(s, member=0))
     assert c["fmax"] <= N_HIDDEN - 2 and c["mul"] < nnz_member0
 
 
-def test_bad_arguments():
-    s = MODELS["dense"]()
+def test_bad_arguments(random_surrogate):
+    s = random_surrogate(**SETTINGS["dense"])
     with pytest.raises(ValueError, match="choose member"):
         to_casadi(s)
     with pytest.raises(ValueError, match="not both"):
