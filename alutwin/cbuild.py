@@ -19,7 +19,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["DEFAULT_FLAGS", "BuildError", "build_shared_library", "cache_dir", "find_compiler", "host_id"]
+__all__ = ["DEFAULT_FLAGS", "BuildError", "build_shared_library", "cache_dir", "check_flags", "find_compiler", "host_id"]
 
 DEFAULT_FLAGS: tuple[str, ...] = ("-O2", "-fPIC", "-shared", "-ffp-contract=off")
 """The flags every build starts with: a shared library, and no FMA contraction, so that the compiled code does
@@ -71,6 +71,19 @@ def _compiler_version(cc: str) -> str:
     return done.stdout.splitlines()[0] if done.stdout else "unknown"
 
 
+def check_flags(flags: tuple[str, ...]) -> tuple[str, ...]:
+    """``flags`` unchanged if they keep the floating-point policy of every build; else a ValueError naming them.
+
+    The policy: no FMA contraction (``-ffp-contract=off``) and no fast-math in any of its forms.
+    """
+    unsafe = [f for f in flags if f in _UNSAFE_MATH or (f.startswith("-ffp-contract=") and f != "-ffp-contract=off")]
+    if unsafe:
+        raise ValueError(
+            f"flags {unsafe} break the floating-point policy of every build (-ffp-contract=off, no fast-math)"
+        )
+    return flags
+
+
 def build_shared_library(
     source: str,
     name: str,
@@ -106,11 +119,7 @@ def build_shared_library(
     for arg, values in (("flags", flags), ("libs", libs)):
         if isinstance(values, str) or not all(isinstance(v, str) for v in values):
             raise ValueError(f"{arg} must be a sequence of strings, got {values!r}")
-    unsafe = [f for f in flags if f in _UNSAFE_MATH or (f.startswith("-ffp-contract=") and f != "-ffp-contract=off")]
-    if unsafe:
-        raise ValueError(
-            f"flags {unsafe} break the floating-point policy of every build (-ffp-contract=off, no fast-math)"
-        )
+    check_flags(flags)
     cc = find_compiler()
     if cc is None:
         raise BuildError("no C compiler found ($CC, cc or gcc)")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
+from alutwin.cbuild import check_flags
 from alutwin.config import (
     Config,
     Flag,
@@ -111,7 +112,8 @@ class MPCConfig(Config):
         Compile the NLP's functions to C (CasADi JIT with the system's C compiler): slower to build, much
         faster to solve. Without a compiler the MPC falls back to CasADi's virtual machine, with a warning.
     jit_flags : tuple of str
-        Flags of the C compiler.
+        Flags of the C compiler, after the common ones (:data:`alutwin.cbuild.DEFAULT_FLAGS`); flags that would
+        break the floating-point policy (fast-math, FMA contraction) are refused.
     compile_in_background : bool
         When the model changes (a new champion in the twin), compile the new problem on a thread and keep
         solving the current one until it is ready, instead of compiling between two solves (a gap the safety
@@ -143,7 +145,7 @@ class MPCConfig(Config):
     )
     tol: PositiveNumber = 1e-6
     jit: Flag = True
-    jit_flags: tuple[Text, ...] = ("-O1",)
+    jit_flags: Annotated[tuple[Text, ...], AfterValidator(check_flags)] = ("-O1",)
     compile_in_background: Flag = True
     bias_gain: Annotated[NonNegativeNumber, Field(le=1)] = 0.5
     acd_rate: PositiveNumber = ACD_RATE

@@ -157,10 +157,10 @@ def random_surrogate() -> Callable[..., Any]:
 
 @contextlib.contextmanager
 def running_twin(store: Path, *, token: str | None = TOKEN, **settings: Any) -> Iterator[tuple[Any, Any]]:
-    """A twin on 127.0.0.1 port 0 over ``store`` (no grace on stop) and a client with ``token``."""
-    cfg = TwinConfig(store=store, port=0, token=token, **{"grace_s": 0.0, **settings})
+    """A twin on 127.0.0.1 over ``store`` (port 0 and no grace on stop unless given) and a client with ``token``."""
+    cfg = TwinConfig(store=store, token=token, **{"port": 0, "grace_s": 0.0, **settings})
     server, port = create_twin_server(cfg)
-    assert port > 0 and server.address == f"127.0.0.1:{port}"
+    assert port > 0 and server.address == f"127.0.0.1:{port}" and cfg.port in (0, port)
     server.start()
     client = TwinClient(server.address, token=token, timeout=WAIT)
     try:

@@ -9,19 +9,21 @@ import ctypes
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from alutwin.cli import CliError
+from alutwin.rpc import stop_on_signals
 from twin.client import TwinClient
 from twin.config import DEFAULT_PORT, TwinConfig
-from twin.historian import HistorianError, register_bridge_cli
+from twin.historian import BridgeConfig, BridgeError, HistorianError, run_bridge
 from twin.registry import StoreError
 from twin.serving import serve
 
-__all__ = ["keep_freed_memory", "register_cli"]
+__all__ = ["config_from_args", "keep_freed_memory", "register_cli"]
 
 log = logging.getLogger(__name__)
 
@@ -128,4 +130,93 @@ def register_cli(subparsers: Any) -> None:
             q.add_argument("--alias", help="move this alias to the new version (e.g. champion)")
             q.add_argument("--description", default="", help="free text kept with the version")
         q.set_defaults(func=func)
-    register_bridge_cli(actions)
+    _register_ingest(actions)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# alutwin twin ingest: the plant-to-twin bridge
+
+_FLAGS = ("plant", "twin", "cells", "every", "batch_size", "flush_s", "token_env", "tls_ca")
+"""The BridgeConfig fields that ``alutwin twin ingest`` has a flag for (the flag's dest is the field's name)."""
+
+
+def config_from_args(args: argparse.Namespace) -> BridgeConfig:
+    """The settings of ``alutwin twin ingest``: ``--config`` (if given), overridden by the flags given.
+
+    Raises
+    ------
+    alutwin.config.ConfigError
+        The file or a flag holds a bad setting (every problem named).
+    alutwin.cli.CliError
+        Neither the file nor the flags name the plant and the twin.
+    """
+    overrides = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
+    if "cells" in overrides:
+        overrides["cells"] = tuple(overrides["cells"])
+    if overrides.get("token_env") == "":  # --token-env '': no token
+        overrides["token_env"] = None
+    if args.config is not None:
+        return dataclasses.replace(BridgeConfig.from_yaml(args.config), **overrides)
+    missing = [f"--{n}" for n in ("plant", "twin") if n not in overrides]
+    if missing:
+        raise CliError(f"give {' and '.join(missing)}, or a --config file that names them")
+    return BridgeConfig(**overrides)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    token = os.environ.get(config.token_env) if config.token_env else None
+    try:
+        roots = config.tls_ca.read_bytes() if config.tls_ca is not None else None
+    except OSError as exc:
+        raise CliError(f"cannot read tls_ca {config.tls_ca}: {exc.strerror or exc}") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"alutwin twin ingest: plant {config.plant} -> twin {config.twin}", flush=True)
+    try:
+        with stop_on_signals() as stop:
+            stats = run_bridge(
+                config.plant,
+                config.twin,
+                token=token,
+                cells=config.cells,
+                every=config.every,
+                batch_size=config.batch_size,
+                flush_s=config.flush_s,
+                stop=stop,
+                backoff=config.backoff,
+                max_buffer=config.max_buffer,
+                ack_timeout_s=config.ack_timeout_s,
+                root_certificates=roots,
+            )
+    except (BridgeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    fields = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(stats).items() if k != "last_error")
+    print(f"alutwin twin ingest: stopped ({fields})", file=sys.stdout, flush=True)
+    return 0
+
+
+def _register_ingest(actions: Any) -> None:
+    """Add ``ingest`` to the ``alutwin twin`` actions."""
+    defaults = {f.name: f.default for f in dataclasses.fields(BridgeConfig)}
+    p = actions.add_parser(
+        "ingest",
+        help="forward the plant service's measurements into the twin's historian",
+        description="Subscribe to the plant's StreamMeasurements and send the measurements to the twin's Ingest in "
+        "batches, reconnecting with backoff when either side restarts and resuming after the twin's last "
+        "acknowledged step. Runs until SIGTERM/SIGINT. Settings from --config (see deploy/bridge.yaml), "
+        "overridden by the flags given.",
+    )
+    p.add_argument("--config", type=Path, help="YAML file of BridgeConfig settings (see deploy/bridge.yaml)")
+    p.add_argument("--plant", help="host:port of the plant service (required without --config)")
+    p.add_argument("--twin", help="host:port of the twin (required without --config)")
+    p.add_argument("--cells", type=int, nargs="*", help="cells to forward (default all)")
+    p.add_argument("--every", type=int, help=f"forward every N-th step (default {defaults['every']})")
+    p.add_argument("--batch-size", type=int, help=f"most samples per batch (default {defaults['batch_size']})")
+    p.add_argument(
+        "--flush-s", type=float, help=f"longest a sample waits for its batch, s (default {defaults['flush_s']})"
+    )
+    p.add_argument(
+        "--token-env", help=f"environment variable holding the twin's token (default {defaults['token_env']})"
+    )
+    p.add_argument("--tls-ca", type=Path, help="PEM file of the roots to trust: connect to the twin with TLS")
+    p.set_defaults(func=_cmd_ingest)

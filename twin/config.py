@@ -126,7 +126,7 @@ class TwinConfig(Config):
         Seconds in-flight calls get to finish when the server drains.
     heap_keep_mib : int
         Freed heap memory (MiB) that ``alutwin twin serve`` keeps mapped for reuse instead of handing it back to
-        the system (glibc's allocator; see :func:`twin.serving.server.keep_freed_memory`). A large Predict
+        the system (glibc's allocator; see :func:`twin.cli.keep_freed_memory`). A large Predict
         allocates large buffers per call; reused pages save the page faults of fresh ones. 0 keeps the
         allocator's defaults.
     historian : HistorianConfig

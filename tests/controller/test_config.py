@@ -121,3 +121,12 @@ def test_one_section_loads_alone(tmp_path):
 
 def test_example_deploy_mpc_yaml_holds_the_defaults():
     assert ControllerConfig.from_yaml(REPO / "deploy" / "mpc.yaml") == ControllerConfig()
+
+
+def test_jit_flags_keep_the_floating_point_policy():
+    """The NMPC's compile goes through alutwin.cbuild, which builds every kernel without fast-math or FMA
+    contraction: flags that would break that are refused in the config, before any build."""
+    assert MPCConfig(jit_flags=("-O2", "-march=native")).jit_flags == ("-O2", "-march=native")
+    for bad in ("-ffast-math", "-Ofast", "-ffp-contract=fast"):
+        with pytest.raises(ValueError, match=f"jit_flags: flags \\['{bad}'\\] break the floating-point policy"):
+            MPCConfig(jit_flags=("-O1", bad))

@@ -14,9 +14,9 @@ import pytest
 from alutwin.cli import CliError
 from alutwin.config import ConfigError
 from identification.rollout import ENGINES
+from twin.cli import _register_ingest, config_from_args
 from twin.config import HISTORIAN_FILE, HistorianConfig, TwinConfig
-from twin.historian import Backoff, BridgeConfig, register_bridge_cli
-from twin.historian.bridge import config_from_args
+from twin.historian import Backoff, BridgeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {"store": "s", "port": 0}
@@ -184,7 +184,7 @@ def test_bridge_yaml_resolves_tls_ca_against_its_folder(tmp_path):
 
 def _ingest_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="alutwin twin")
-    register_bridge_cli(parser.add_subparsers(dest="twin_command", required=True))
+    _register_ingest(parser.add_subparsers(dest="twin_command", required=True))
     return parser.parse_args(["ingest", *argv])
 
 

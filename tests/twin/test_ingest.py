@@ -23,7 +23,6 @@ from alutwin.v1 import ingest_pb2, ingest_pb2_grpc
 from plant.config import PlantConfig
 from plant.excitation import sample_initial_states
 from plant.potline import Potline
-from plant.service import create_server as create_plant_server
 from plant.signals import X
 from twin.cli import register_cli
 from twin.config import HistorianConfig, TwinConfig
@@ -38,7 +37,7 @@ from twin.historian import (
     open_historian,
     run_bridge,
 )
-from twin.serving import MANAGEMENT_METHODS, TwinServer, create_server
+from twin.serving import MANAGEMENT_METHODS, TwinServer
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789abcdef"
@@ -302,10 +301,9 @@ def test_nothing_acknowledged_is_lost_when_the_twin_is_killed(tmp_path):
 # The bridge
 
 
-def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin, request):
-    plant_cfg = PlantConfig(n_cells=2, seed=3, port=0, grace_s=0.0)
-    plant, plant_port = create_plant_server(plant_cfg)
-    plant.start()
+def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin, plant_server):
+    plant, _ = plant_server(n_cells=2, seed=3)
+    plant_port = plant.port
     twin = make_twin(store=tmp_path / "store")
     twin_port = twin.port
     stop = threading.Event()
@@ -339,14 +337,10 @@ def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin
         twin.stop(0)  # the twin goes away; the plant goes on and the bridge keeps what it reads
         plant.runtime.advance(15)
         assert _until(lambda: stats.last_error.startswith("twin"))
-        config = TwinConfig(store=tmp_path / "store", port=twin_port, token=TOKEN, grace_s=0.0)
-        twin, _ = create_server(config)  # the same twin again, on the same port
-        request.addfinalizer(twin.stop)
-        twin.start()
+        twin = make_twin(store=tmp_path / "store", port=twin_port)  # the same twin again, on the same port
         assert _until(lambda: stored(36)), (historian().count(), stats)
         plant.stop(0)  # now the plant restarts (same seed: it replays steps 0..) on the same port
-        plant, _ = create_plant_server(PlantConfig(n_cells=2, seed=3, port=plant_port, grace_s=0.0))
-        plant.start()
+        plant, _ = plant_server(n_cells=2, seed=3, port=plant_port)
         assert _until(lambda: stats.plant_connects >= 2)  # the plant has no history: reconnect, then step
         plant.runtime.advance(40)
         assert _until(lambda: stored(41)), (historian().count(), stats)
@@ -357,7 +351,7 @@ def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin
     assert not bridge.is_alive() and result and result[0] is stats
     assert stats.twin_connects >= 2 and stats.plant_connects >= 2 and stats.skipped > 0
     assert sum(historian().quarantine_counts().values()) == 0  # nothing was sent twice
-    oracle = Potline.from_config(plant_cfg)
+    oracle = Potline.from_config(PlantConfig(n_cells=2, seed=3, port=0))
     ys = [np.stack([s.y for s in oracle.snapshots()])]
     for _ in range(40):
         oracle.step()
@@ -368,15 +362,11 @@ def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin
         np.testing.assert_array_equal(w.x, np.stack(ys)[:, c])
 
 
-def test_bridge_stops_on_a_wrong_token(make_twin):
-    plant, _ = create_plant_server(PlantConfig(n_cells=1, seed=0, port=0, grace_s=0.0))
-    plant.start()
+def test_bridge_stops_on_a_wrong_token(make_twin, plant_server):
+    plant, _ = plant_server(n_cells=1, seed=0)
     twin = make_twin()
-    try:
-        with pytest.raises(BridgeError, match="UNAUTHENTICATED"):
-            run_bridge(plant.address, twin.address, token="wrong-token-0123456789", flush_s=0.05)
-    finally:
-        plant.stop(0)
+    with pytest.raises(BridgeError, match="UNAUTHENTICATED"):
+        run_bridge(plant.address, twin.address, token="wrong-token-0123456789", flush_s=0.05)
     with pytest.raises(ValueError, match="batch_size: must be >= 1, got 0"):
         run_bridge("127.0.0.1:1", "127.0.0.1:1", batch_size=0)
 

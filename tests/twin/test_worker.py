@@ -24,11 +24,9 @@ from identification.rollout import make_rollout_engine
 from plant.potline import Potline
 from plant.scenarios import ScenarioEvent
 from twin.client import TwinClient
-from twin.config import TwinConfig
 from twin.historian import IngestClient, Sample
 from twin.online import OnlineWorker, WorkerConfig
 from twin.online.records import fresh_state, load_state, save_state
-from twin.serving import create_server
 
 TOKEN = "test-token-0123456789abcdef"
 HOUR = 360
@@ -186,20 +184,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _twin_on(store: Path, port: int):
-    """A twin on a fixed port (the twin_server fixture binds port 0, and a restarted twin must come back on the
-    address the worker knows)."""
-    server, _ = create_server(TwinConfig(store=store, port=port, token=TOKEN, grace_s=0.0))
-    server.start()
-    return server
-
-
-def test_worker_survives_the_twin_restarting(tmp_path, drift_samples):
+def test_worker_survives_the_twin_restarting(tmp_path, drift_samples, twin_server):
     port = _free_port()
     twin = f"127.0.0.1:{port}"
-    server = _twin_on(tmp_path / "store", port)
-    with TwinClient(twin, token=TOKEN) as client:
-        client.register("cell", DEFAULT_SEED_MODEL, set_alias="champion")
+    server, client = twin_server(store=tmp_path / "store", port=port)  # the address the worker knows
+    client.register("cell", DEFAULT_SEED_MODEL, set_alias="champion")
     ingest(twin, drift_samples)
     server.stop(0)  # the twin goes away before the worker's first call
     worker = OnlineWorker(worker_config(tmp_path, twin, gate=Gate(margin=1.0, cell_tolerance=100.0)))
@@ -208,7 +197,7 @@ def test_worker_survives_the_twin_restarting(tmp_path, drift_samples):
     thread.start()
     time.sleep(1.0)
     assert thread.is_alive() and not records  # retrying
-    server = _twin_on(tmp_path / "store", port)
+    server, _ = twin_server(store=tmp_path / "store", port=port)  # back on the same address
     try:
         thread.join(timeout=120)
         assert records and records[0].challenger_version == 2

@@ -9,7 +9,6 @@ from twin.historian.bridge import (
     BridgeError,
     BridgeStats,
     measurement_to_sample,
-    register_bridge_cli,
     run_bridge,
 )
 from twin.historian.codec import (
@@ -70,7 +69,6 @@ __all__ = [
     "open_historian",
     "quarantined_from_pb",
     "quarantined_to_pb",
-    "register_bridge_cli",
     "run_bridge",
     "sample_from_pb",
     "sample_to_pb",

@@ -4,11 +4,11 @@ memory, atomic hot swap, rollback, and a stream of changes.
 How a swap stays safe:
 
 - A version is loaded and validated before anything points at it: the model files pass
-  :func:`identification.modelfile.load_model` (untrusted input, no pickle), and a rollout from a fixed nominal
+  :func:`identification.modelfile.load_model_bytes` (untrusted input, no pickle), and a rollout from a fixed nominal
   state must stay finite and plausible for ``smoke_horizon`` steps (and, where the rollout engine is not the
   reference :meth:`Surrogate.simulate`, agree with it: :func:`~twin.registry.served.validate_model`). An upload
-  is validated in a staging directory and only then renamed into place; a version that fails never becomes
-  active, and the old one keeps serving.
+  is validated from its bytes, then written to a staging directory and renamed into place; a version that
+  fails never reaches the disk nor becomes active, and the old one keeps serving.
 - Every change (registration, alias move, rollback) happens under one lock, in order: write the new state file
   atomically, then replace the in-memory state and the table of active models (a new dict, swapped in one
   assignment), then publish the events. Predictions never take that lock: they read the active table once and
@@ -24,8 +24,6 @@ model, version or alias and the problem, never a server path.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -40,7 +38,7 @@ from identification.modelfile import (
     MAX_WEIGHTS_BYTES,
     WEIGHTS_NAME,
     ModelFileError,
-    load_model,
+    load_model_bytes,
 )
 from identification.surrogate import Surrogate
 from twin.registry.errors import (
@@ -270,15 +268,15 @@ class ModelRegistry:
                 raise InvalidRequest(f"{what} is empty")
             if len(data) > cap:
                 raise InvalidRequest(f"{what} is {len(data)} bytes; this server accepts at most {cap}")
+        try:  # validated from the uploaded bytes: a refused upload never touches the disk
+            loaded = load_model_bytes(manifest, weights)
+            engine = validate_model(loaded, self.smoke_horizon, self._engine_for)
+        except ModelFileError as exc:
+            raise InvalidRequest(f"model refused: {_problem(exc)}") from None
+        except ModelRejected as exc:
+            raise InvalidRequest(f"model refused: {exc.problem}") from None
         staging = self.store.stage(manifest, weights)
         try:
-            try:
-                loaded = load_model(staging)
-                engine = validate_model(loaded, self.smoke_horizon, self._engine_for)
-            except ModelFileError as exc:
-                raise InvalidRequest(f"model refused: {_problem(exc)}") from None
-            except ModelRejected as exc:
-                raise InvalidRequest(f"model refused: {exc.problem}") from None
             with self._write_lock:
                 self._check_open()
                 state = self._state
@@ -483,16 +481,13 @@ class ModelRegistry:
 
     def _load(self, name: str, version: int) -> ServedModel:
         """Load and validate a stored version; ModelRejected with the problem (no paths) if it fails."""
-        try:
-            loaded = load_model(self.store.version_dir(name, version))
-        except ModelFileError as exc:
-            raise ModelRejected(_problem(exc)) from None
-        try:
+        try:  # read once: the bytes validated are the bytes served and exported
             manifest, weights = self.store.read_files(name, version, MAX_WEIGHTS_BYTES)
-            same = json.loads(manifest) == loaded.manifest
         except (OSError, ValueError):
             raise ModelRejected("its files cannot be read") from None
-        if not same or hashlib.sha256(weights).hexdigest() != loaded.manifest["weights"]["sha256"]:
-            raise ModelRejected("its files changed while it was being loaded")
+        try:
+            loaded = load_model_bytes(manifest, weights, source=self.store.version_dir(name, version))
+        except ModelFileError as exc:
+            raise ModelRejected(_problem(exc)) from None
         engine = validate_model(loaded, self.smoke_horizon, self._engine_for)
         return ServedModel(name, version, loaded, engine, manifest, weights)
