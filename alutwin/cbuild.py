@@ -19,7 +19,15 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["DEFAULT_FLAGS", "BuildError", "build_shared_library", "cache_dir", "check_flags", "find_compiler", "host_id"]
+__all__ = [
+    "DEFAULT_FLAGS",
+    "BuildError",
+    "build_shared_library",
+    "cache_dir",
+    "check_flags",
+    "find_compiler",
+    "host_id",
+]
 
 DEFAULT_FLAGS: tuple[str, ...] = ("-O2", "-fPIC", "-shared", "-ffp-contract=off")
 """The flags every build starts with: a shared library, and no FMA contraction, so that the compiled code does
