@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alutwin-installed
 
-.PHONY: setup test test-slow demo bench lint format proto clean
+.PHONY: setup test test-fast test-slow demo bench lint format proto schemas clean
 
 setup: $(STAMP)
 
@@ -24,8 +24,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Every test, the long runs (marker `slow`) included: what CI runs.
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The quick loop while developing: everything but the long runs.
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -34,10 +39,13 @@ demo: $(STAMP)
 	$(BIN)/alutwin demo --out demo-output
 
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
+
+schemas: $(STAMP)
+	$(BIN)/python deploy/schemas/generate.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

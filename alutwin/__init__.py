@@ -1,8 +1,9 @@
-"""The shared layer of alutwin: what every package uses and nothing of ours is imported by.
+"""The shared layer of alutwin: what every package uses; it imports nothing of ours but its own generated code.
 
-``alutwin.cli`` (the ``alutwin`` command's dispatch and :class:`~alutwin.cli.CliError`), ``alutwin.rpc`` (gRPC
-status mapping, channels, server binding and one server lifecycle), ``alutwin.fileio`` (crash-safe writes),
-``alutwin.cbuild`` (the C build cache), and ``alutwin.v1`` (the code generated from ``proto/alutwin/v1``).
+``alutwin.cli`` (the ``alutwin`` command's dispatch, :class:`~alutwin.cli.CliError`), ``alutwin.rpc`` (gRPC status
+mapping, channels, binding, one server lifecycle, signals), ``alutwin.codec`` (numpy <-> protobuf),
+``alutwin.config`` (the base of every settings file), ``alutwin.cbuild`` (the C build cache and its floating-point
+policy), ``alutwin.fileio`` (crash-safe writes) and ``alutwin.v1`` (the code generated from ``proto/alutwin/v1``).
 """
 
 __version__ = "0.1.0"

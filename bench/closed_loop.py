@@ -28,18 +28,15 @@ Timings on a machine shared with other work are noisy; the load average at the s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime as dt_
-import json
 import os
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import casadi as ca
+from _common import check_positive, load_average, machine, parser, write_results
 
 from apps.control import control
 from apps.runner import SystemConfig
@@ -81,7 +78,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run the scenarios (and the dense solve-time comparison when ``dense_hours > 0`` and ``dense`` is not among
     ``controllers``); return the report document plus the machine and the goals' verdicts."""
-    load_start = os.getloadavg()
+    load_start = load_average()
     dense = {"dense": dense_mpc} if dense_mpc is not None else {}
     config = SystemConfig(
         scenarios=tuple(Scenario(hours=hours, seed=s) for s in seeds),
@@ -111,15 +108,7 @@ def run_benchmark(
     doc["wall_s"] = time.perf_counter() - t0
     doc["report_dir"] = str(out)
     doc["goals"] = goals(doc)
-    doc["machine"] = {
-        "python": platform.python_version(),
-        "casadi": ca.__version__,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-        "date": dt_.datetime.now(dt_.timezone.utc).isoformat(timespec="seconds"),
-    }
+    doc["machine"] = machine(load_start, casadi=ca.__version__)
     return doc
 
 
@@ -217,7 +206,7 @@ def _print(doc: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table and write the JSON results."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, DEFAULT_OUT)
     p.add_argument("--hours", type=float, default=24.0, help="plant hours per scenario (default 24)")
     p.add_argument("--scenarios", type=int, default=3, help="number of scenarios, seeds 0.. (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first scenario (default 0)")
@@ -241,17 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "60 iterations, ~9 s each)",
     )
     p.add_argument("--report", type=Path, default=None, help="also keep the markdown/PNG report in this folder")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
-    if args.scenarios < 1:
-        p.error("--scenarios must be at least 1")
-    if not args.hours > 0:
-        p.error("--hours must be positive")
-    seeds = range(args.first_seed, args.first_seed + args.scenarios)
     if args.dense_max_wall_s is None:
         args.dense_max_wall_s = args.max_wall_s
-    if not (args.max_wall_s > 0 and args.dense_max_wall_s > 0):
-        p.error("--max-wall-s and --dense-max-wall-s must be positive")
+    check_positive(p, args, "scenarios", "hours", "horizon", "max_wall_s", "dense_max_wall_s")
+    seeds = range(args.first_seed, args.first_seed + args.scenarios)
     mpc = dataclasses.replace(MPCConfig(), horizon=args.horizon, max_wall_s=args.max_wall_s)
     try:
         doc = run_benchmark(
@@ -270,9 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     _print(doc)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    print(f"wrote {args.out}")
+    write_results(doc, args.out, default=str)
     return 0
 
 

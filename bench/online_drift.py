@@ -21,25 +21,18 @@ measurement noise). Prints a table and writes ``bench/results/online_drift.json`
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt_
-import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _common import check_positive, load_average, machine, parser, write_results
 
 from apps.online_demo import ScenarioConfig, drift_config, json_safe, recovery, run_scenario, write_report
 from plant.scenarios import ScenarioEvent
 
 HERE = Path(__file__).resolve().parent
 DRIFT_H = 8.0
-
-
-def _load() -> list[float]:
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else []
 
 
 def _row(name: str, s: dict[str, Any]) -> str:
@@ -50,12 +43,15 @@ def _row(name: str, s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "online_drift.json")
-    parser.add_argument("--report", type=Path, help="also write each run's plot and README under this folder")
-    parser.add_argument("--only", choices=("drift", "poison"), help="run only the drift or only the poison runs")
-    parser.add_argument("--hours", type=float, default=18.0)
-    args = parser.parse_args(argv)
+    """Run the scenarios, print the table and write the JSON results; 0 when every acceptance is met."""
+    p = parser(__doc__, HERE / "results" / "online_drift.json")
+    p.add_argument("--report", type=Path, help="also write each run's plot and README under this folder")
+    p.add_argument("--only", choices=("drift", "poison"), help="run only the drift or only the poison runs")
+    p.add_argument("--hours", type=float, default=18.0, help="plant hours of the drift run (default 18)")
+    args = p.parse_args(argv)
+    check_positive(p, args, "hours")
+    if args.only != "poison" and not args.hours > DRIFT_H:
+        p.error(f"--hours must be above the drift's {DRIFT_H:g} h, got {args.hours}")
 
     offset = ScenarioEvent("offset_sensor", 3 * 3600.0, state="T_bath", offset=5.0, cells=(2,))
     runs: dict[str, ScenarioConfig] = {}
@@ -64,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "poison"):
         runs["poison_gate_only"] = ScenarioConfig(hours=9.0, events=(offset,), screen=False)
         runs["poison_screened"] = ScenarioConfig(hours=9.0, events=(offset,), screen=True)
-    load0 = _load()
+    load_start = load_average()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="alutwin-bench-online-") as tmp:
         for name, cfg in runs.items():
@@ -108,14 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         ok &= not bad
     doc = {
         "benchmark": "online_drift",
-        "date": dt_.datetime.now(dt_.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_start": load0, "load_end": _load()},
+        "machine": machine(load_start),
         "acceptance_met": bool(ok),
         "runs": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    print(f"\nwrote {args.out}")
+    write_results(json_safe(doc), args.out)
     return 0 if ok else 1
 
 

@@ -32,13 +32,8 @@ Timings on a machine shared with other work are noisy; the load average at the s
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt_
-import json
 import os
-import platform
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +41,7 @@ from pathlib import Path
 
 import casadi as ca
 import numpy as np
+from _common import check_positive, load_average, machine, parser, write_results
 
 from alutwin.cbuild import find_compiler
 from plant import DEFAULT_LIMITS, DEFAULT_PARAMS, aprbs, rk4_step, sample_initial_states, simulate
@@ -131,39 +127,17 @@ def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / scale))
 
 
-def _machine() -> dict:
-    try:
-        n_avail = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n_avail = os.cpu_count()
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+def _c_compiler() -> str | None:
     cc = find_compiler()
-    cc_version = None
-    if cc:
-        done = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
-        cc_version = done.stdout.splitlines()[0] if done.stdout else None
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_available": n_avail,
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "casadi": ca.__version__,
-        "c_compiler": cc_version,
-        "date_utc": dt_.datetime.now(dt_.timezone.utc).isoformat(timespec="seconds"),
-    }
+    if not cc:
+        return None
+    done = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
+    return done.stdout.splitlines()[0] if done.stdout else None
 
 
 def run_benchmark(n_traj: int, n_steps: int, baseline_traj: int, seed: int, repeats: int) -> dict:
     """Time the three engines on one seeded workload and check that they agree; returns the figures."""
-    load_start = os.getloadavg()
+    load_start = load_average()
     rng = np.random.default_rng(seed)
     x0 = sample_initial_states(rng, n_traj)  # (B, 8)
     exo = aprbs(rng, n_traj, n_steps)  # (B, T) each
@@ -257,7 +231,7 @@ def run_benchmark(n_traj: int, n_steps: int, baseline_traj: int, seed: int, repe
             "compiled_speedup_vs_baseline_ge_100": engines[2]["speedup_vs_baseline"] >= 100.0,
             "compiled_under_1s": comp_s < 1.0,
         },
-        "machine": {**_machine(), "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg())},
+        "machine": machine(load_start, numpy=np.__version__, casadi=ca.__version__, c_compiler=_c_compiler()),
     }
 
 
@@ -282,29 +256,21 @@ def _print(result: dict) -> None:
     g = result["goals"]
     print(f"goals: compiled >= 100x baseline: {g['compiled_speedup_vs_baseline_ge_100']}; "
           f"compiled under 1 s: {g['compiled_under_1s']}")  # fmt: skip
-    m = result["machine"]
-    print(f"machine: {m['cpu']}, {m['cpus_available']} CPUs; load average {m['loadavg_start'][0]:.2f} at start, "
-          f"{m['loadavg_end'][0]:.2f} at end")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table and write the JSON results."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, DEFAULT_OUT)
     p.add_argument("--n-traj", type=int, default=100, help="trajectories (default 100)")
     p.add_argument("--n-steps", type=int, default=5000, help="steps per trajectory (default 5000)")
     p.add_argument("--baseline-traj", type=int, default=10, help="trajectories the baseline runs (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="warm runs of the compiled engine (best is kept)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
-    for name in ("n_traj", "n_steps", "baseline_traj", "repeats"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_positive(p, args, "n_traj", "n_steps", "baseline_traj", "repeats")
     result = run_benchmark(args.n_traj, args.n_steps, args.baseline_traj, args.seed, args.repeats)
     _print(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(result, args.out)
     return 0
 
 

@@ -17,16 +17,13 @@ Usage: ``python bench/train_ensemble.py [--ref-epochs 2] [--epochs 100]``; write
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import check_positive, load_average, machine, parser, write_results
 
 from identification.data import fit_normalization, make_samples
 from identification.network import Architecture, forward
@@ -43,14 +40,16 @@ def validation_mse(weights, z, y) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--ref-epochs", type=int, default=2, help="epochs timed for the torch rows (extrapolated)")
-    ap.add_argument("--members", type=int, default=10)
-    ap.add_argument("--train", type=int, default=40)
-    ap.add_argument("--steps", type=int, default=5000)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args(argv)
+    """Run the benchmark, print the table, write the JSON results and return them."""
+    p = parser(__doc__, RESULTS)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--ref-epochs", type=int, default=2, help="epochs timed for the torch rows (extrapolated)")
+    p.add_argument("--members", type=int, default=10)
+    p.add_argument("--train", type=int, default=40, help="training trajectories (default 40)")
+    p.add_argument("--steps", type=int, default=5000, help="steps per trajectory (default 5000)")
+    args = p.parse_args(argv)
+    check_positive(p, args, "epochs", "ref_epochs", "members", "train", "steps")
+    load_start = load_average()
     torch.set_num_threads(os.cpu_count() or 1)
 
     train, _ = generate(0, args.train, args.steps, split="train", progress=False)
@@ -113,13 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     result = {
         "benchmark": "train_ensemble",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "processor": platform.processor(),
-        },
+        "machine": machine(
+            load_start, numpy=np.__version__, torch=torch.__version__, torch_threads=torch.get_num_threads()
+        ),
         "protocol": {
             "members": args.members,
             "train_trajectories": args.train,
@@ -143,8 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         "goals": {"speedup_at_least": 5.0, "seconds_at_most": 120.0},
         "met": {"speedup": base / t_fast >= 5.0, "under_2_min": t_fast <= 120.0},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_results(result, args.out)
     return result
 
 

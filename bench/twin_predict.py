@@ -37,11 +37,7 @@ Timings on a machine shared with other work are noisy; the load average at the s
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt_
-import json
 import os
-import platform
 import secrets
 import subprocess
 import sys
@@ -54,6 +50,7 @@ from typing import Any
 import grpc
 import numpy as np
 import torch
+from _common import check_positive, load_average, machine, parser, write_results
 
 from alutwin.codec import serialize_predict_response
 from alutwin.v1 import twin_pb2
@@ -226,9 +223,19 @@ class _Server:
 
 
 def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
-    """Time every way on both workloads and both models; returns the figures."""
-    load_start = os.getloadavg()
-    torch.set_num_threads(1)  # tiny matrices: more threads only wait on each other (badly on a loaded machine)
+    """Time every way on both workloads and both models with one torch thread (tiny matrices: more threads only
+    wait on each other, badly on a loaded machine; the process's setting is restored afterwards); returns the
+    figures."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(repeats_a, repeats_b, seed)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
+    load_start = load_average()
     models = make_models(seed)
     rng = np.random.default_rng(seed + 1)
     x0_b = sample_initial_states(rng, POTLINE)
@@ -287,16 +294,13 @@ def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
         "repeats_b": repeats_b,
         "server": "alutwin twin serve in a subprocess, loopback, raw float64 arrays",
     }
-    results["machine"] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-        "date": dt_.datetime.now(dt_.timezone.utc).isoformat(timespec="seconds"),
-    }
+    results["machine"] = machine(
+        load_start,
+        numpy=np.__version__,
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        grpc=grpc.__version__,
+    )
     return results
 
 
@@ -317,26 +321,19 @@ def _print(result: dict[str, Any]) -> None:
                 f"{row['message_bytes']['response'] / 1e6:.1f} MB down) takes {100 * row['grpc_echo_vs_predict']:.1f} % "
                 "of the in-process predict"
             )
-    m = result["machine"]
-    print(f"\nload average {m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f} on {m['cpus']} CPUs")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table and write the JSON results."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, DEFAULT_OUT)
     p.add_argument("--repeats-a", type=int, default=300, help="timed calls of workload (a) (default 300)")
     p.add_argument("--repeats-b", type=int, default=20, help="timed calls of workload (b) (default 20)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
-    for name in ("repeats_a", "repeats_b"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    check_positive(p, args, "repeats_a", "repeats_b")
     result = run_benchmark(args.repeats_a, args.repeats_b, args.seed)
     _print(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(result, args.out)
     return 0
 
 

@@ -37,18 +37,13 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt_
-import json
-import os
-import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import check_positive, load_average, machine, parser, write_results
 
 from identification.data import Normalization, fit_normalization, make_samples
 from identification.network import Architecture, EnsembleWeights
@@ -162,31 +157,6 @@ def _diverged(out: np.ndarray) -> int:
     return int(np.sum(~np.all(np.isfinite(out), axis=(-2, -1))))
 
 
-def _machine() -> dict:
-    try:
-        n_avail = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n_avail = os.cpu_count()
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_available": n_avail,
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "date_utc": dt_.datetime.now(dt_.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def run_benchmark(cells: int, horizon: int, repeats: int, seed: int, torch_threads: int = 1) -> dict:
     """Time every engine on workloads (a) and (b) for every model with ``torch_threads`` torch threads (the
     process's setting is restored afterwards); returns the figures."""
@@ -199,7 +169,7 @@ def run_benchmark(cells: int, horizon: int, repeats: int, seed: int, torch_threa
 
 
 def _run(cells: int, horizon: int, repeats: int, seed: int) -> dict:
-    load_start = os.getloadavg()
+    load_start = load_average()
     models = make_models(seed)
     rng = np.random.default_rng(seed + 2)
     x0_all = sample_initial_states(rng, cells)
@@ -279,7 +249,9 @@ def _run(cells: int, horizon: int, repeats: int, seed: int) -> dict:
         "rows": rows,
         "targets_ms": TARGETS_MS,
         "goals": goals,
-        "machine": {**_machine(), "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg())},
+        "machine": machine(
+            load_start, numpy=np.__version__, torch=torch.__version__, torch_threads=torch.get_num_threads()
+        ),
     }
 
 
@@ -301,14 +273,11 @@ def _print(result: dict) -> None:
         + ", ".join(f"{k} {v:.2g}" for k, v in result["model_sensitivity"].items())
     )
     print("targets (compiled, p50): " + ", ".join(f"{k}: {v}" for k, v in result["goals"].items()))
-    m = result["machine"]
-    print(f"machine: {m['cpu']}, {m['cpus_available']} CPUs, torch threads {m['torch_threads']}; load average "
-          f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table and write the JSON results."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, DEFAULT_OUT)
     p.add_argument("--cells", type=int, default=300, help="cells in workload (b) (default 300)")
     p.add_argument("--horizon", type=int, default=360, help="steps of every rollout (default 360)")
     p.add_argument("--repeats", type=int, default=50, help="timed calls per engine (a tenth for slow ones on b)")
@@ -320,16 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="torch intra-op threads (default 1: on CPUs shared with other work, torch's spinning threads "
         "make these tiny products slower with more)",
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
-    for name in ("cells", "horizon", "repeats", "torch_threads"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_positive(p, args, "cells", "horizon", "repeats", "torch_threads")
     result = run_benchmark(args.cells, args.horizon, args.repeats, args.seed, args.torch_threads)
     _print(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(result, args.out)
     return 0
 
 

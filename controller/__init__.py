@@ -3,5 +3,5 @@ serves (rebuilt when the twin's champion changes), its safety layer (fallback to
 clipping, watchdog), the closed loop against the plant, and its report (``control.md``).
 
 Dependencies point down only: ``plant`` (equations, service client), ``identification`` (CasADi export, model
-files) and ``twin`` (client).
+files) and the twin's client, which callers hand in (``controller`` starts no server: ``apps`` does).
 """

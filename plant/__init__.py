@@ -1,7 +1,8 @@
 """The Hall-Heroult cell: its equations (numpy and CasADi from one source), a batched simulator with the
 cell's own feed controllers and a validity guard, data sets, and a gRPC plant service.
 
-Lowest layer of alutwin: ``plant`` imports nothing from ``identification``, ``twin`` or ``controller``.
+Above only the shared layer ``alutwin``: ``plant`` imports nothing from ``identification``, ``twin``, ``controller``
+or ``apps``.
 """
 
 from plant.excitation import Exogenous, aprbs, constant, oper, sample_initial_states

@@ -1,4 +1,6 @@
-"""The gRPC digital twin: model registry, multi-step rollouts, ingest and online re-fit.
+"""The gRPC digital twin: ``serving/`` (Predict, the registry RPCs, token, drain, metrics), ``registry/`` (versions,
+aliases, hot swap, explanations), ``historian/`` (ingest, historian, bridge), ``online/`` (the re-fit worker),
+and the client (``client``, ``results``) that the controller and other callers use.
 
-Uses ``identification`` and ``plant``; never imports ``controller``.
+Uses ``identification``, ``plant`` and ``alutwin``; never imports ``controller`` or ``apps``.
 """

@@ -10,6 +10,7 @@ import pytest
 from apps.system_demo import DemoConfig, main, run_demo
 
 
+@pytest.mark.slow
 def test_the_whole_system_runs_reports_and_shuts_down(tmp_path):
     out = tmp_path / "demo"
     before = _listening()

@@ -330,14 +330,16 @@ def test_auto_picks_compiled(models):
     assert isinstance(make_rollout_engine(models["dense"], engine="auto"), RolloutEngine)
 
 
-def test_benchmark_script_runs_shrunken(tmp_path):
+def test_benchmark_script_runs_shrunken(tmp_path, monkeypatch):
     path = Path(__file__).resolve().parents[2] / "bench" / "twin_predict_engine.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python bench/NAME.py` has it: for `from _common import`
     spec = importlib.util.spec_from_file_location("twin_predict_engine", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "result.json"
     assert bench.main(["--horizon", "4", "--cells", "3", "--repeats", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["machine"]["cpu"] and result["machine"]["cpus_available"] >= 1
     engines = {r["engine"] for r in result["rows"]}
     assert {"numpy", "torch-f64", "torch-f32"} <= engines
     for r in result["rows"]:
