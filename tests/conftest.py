@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -42,6 +44,38 @@ def plant_vectors() -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"the spec's test vectors are missing: {path}")
     return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Waiting and failing calls
+
+
+def _until(cond: Callable[[], bool], timeout: float = WAIT) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+@pytest.fixture(scope="session")
+def until() -> Callable[..., bool]:
+    """``until(cond, timeout=WAIT)``: poll ``cond()`` every 10 ms until it holds (True) or the time is up (its
+    last value)."""
+    return _until
+
+
+def _rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+@pytest.fixture(scope="session")
+def rpc_error() -> Callable[[Callable[[], object]], tuple[grpc.StatusCode, str]]:
+    """``code, details = rpc_error(call)``: the status of a call that must fail with :class:`grpc.RpcError`."""
+    return _rpc_error
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -32,21 +31,6 @@ from plant.streams import Broadcaster, Subscriber
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 5.0  # s, the most any test waits for something that should happen at once
-
-
-def _until(cond: Callable[[], bool], timeout: float = WAIT) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
-def _code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value.code(), err.value.details()
 
 
 def test_info(plant_server):
@@ -143,40 +127,40 @@ def _cmd(cell: int, **fields: float) -> plant_pb2.CellCommand:
         ([_cmd(0, acd=0.05), _cmd(17, acd=0.05)], "NOT_FOUND", ["cell 17", "0..2"]),
     ],
 )
-def test_bad_commands_are_refused_with_the_field_named(plant_server, commands, code, words):
+def test_bad_commands_are_refused_with_the_field_named(plant_server, commands, code, words, rpc_error):
     server, client = plant_server()
-    got, details = _code(lambda: client.set_many(commands))
+    got, details = rpc_error(lambda: client.set_many(commands))
     assert got == getattr(grpc.StatusCode, code)
     for w in words:
         assert w in details
     assert np.isnan(server.potline.manual).all()  # nothing was applied, not even the good commands
 
 
-def test_other_bad_requests(plant_server):
+def test_other_bad_requests(plant_server, rpc_error):
     _, client = plant_server(max_steps_per_call=100)
-    assert _code(lambda: client.state(3))[0] == grpc.StatusCode.NOT_FOUND
-    assert _code(lambda: next(client.measurements([0, 9])))[0] == grpc.StatusCode.NOT_FOUND
-    code, details = _code(lambda: client.step(0))
+    assert rpc_error(lambda: client.state(3))[0] == grpc.StatusCode.NOT_FOUND
+    assert rpc_error(lambda: next(client.measurements([0, 9])))[0] == grpc.StatusCode.NOT_FOUND
+    code, details = rpc_error(lambda: client.step(0))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "n = 0" in details
-    code, details = _code(lambda: client.step(101))
+    code, details = rpc_error(lambda: client.step(101))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "[1, 100]" in details
     assert client.info().step == 0
 
 
-def test_an_unexpected_error_is_internal_without_details(plant_server, monkeypatch):
+def test_an_unexpected_error_is_internal_without_details(plant_server, monkeypatch, rpc_error):
     server, client = plant_server()
 
     def broken(cell):
         raise RuntimeError("boom in /home/secret/plant/potline.py")
 
     monkeypatch.setattr(server.potline, "snapshot", broken)
-    code, details = _code(lambda: client.state(0))
+    code, details = rpc_error(lambda: client.state(0))
     assert code == grpc.StatusCode.INTERNAL
     assert "secret" not in details and "Traceback" not in details and "boom" not in details
     assert client.step(2) == 2  # the server goes on
 
 
-def test_a_faulted_cell_reports_its_fault_and_never_nan(plant_server):
+def test_a_faulted_cell_reports_its_fault_and_never_nan(plant_server, rpc_error):
     _, client = plant_server()
     client.set_inputs(0, alumina_feed=22.0)  # 220 kg of alumina per step: out of the 1-8 % window in a few steps
     client.step(12)
@@ -184,7 +168,7 @@ def test_a_faulted_cell_reports_its_fault_and_never_nan(plant_server):
     assert m.fault is Fault.ALUMINA_OUT_OF_RANGE and "alumina" in m.fault_text
     assert m.fault_step is not None and m.fault_step < 12
     assert np.isfinite(m.x).all() and np.isfinite(m.u).all() and np.isfinite(list(m.outputs.values())).all()
-    code, details = _code(lambda: client.set_inputs(0, alumina_feed=AUTOMATIC))
+    code, details = rpc_error(lambda: client.set_inputs(0, alumina_feed=AUTOMATIC))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "cell 0" in details
     assert client.state(1).fault is Fault.NONE
     client.step(3)
@@ -202,19 +186,19 @@ def test_min_ledge_mass_from_config_faults_the_thin_ledges(plant_server):
         assert np.isfinite(m.x).all()
 
 
-def test_health_serving_then_not_serving_when_shutdown_begins(plant_server):
+def test_health_serving_then_not_serving_when_shutdown_begins(plant_server, rpc_error):
     server, client = plant_server()
     assert client.health() == "SERVING" and client.health(SERVICE_NAME) == "SERVING"
-    assert _code(lambda: client.health("no.such.Service"))[0] == grpc.StatusCode.NOT_FOUND
+    assert rpc_error(lambda: client.health("no.such.Service"))[0] == grpc.StatusCode.NOT_FOUND
     server.begin_shutdown()
     assert client.health() == "NOT_SERVING" and client.health(SERVICE_NAME) == "NOT_SERVING"
 
 
-def test_calls_while_shutting_down_are_unavailable(plant_server):
+def test_calls_while_shutting_down_are_unavailable(plant_server, rpc_error):
     server, client = plant_server()
     server.runtime.close()  # what stop() does before it stops the gRPC server
     for call in (client.info, lambda: client.step(1), lambda: next(client.measurements())):
-        code, details = _code(call)
+        code, details = rpc_error(call)
         assert code == grpc.StatusCode.UNAVAILABLE and "shutting down" in details
 
 
@@ -233,13 +217,13 @@ def test_reflection_lists_and_describes_the_service(plant_server):
     assert len(files) >= 1 and b"alutwin/v1/plant.proto" in files[0]
 
 
-def test_a_client_that_disconnects_mid_stream_is_cleaned_up(plant_server):
+def test_a_client_that_disconnects_mid_stream_is_cleaned_up(plant_server, until):
     server, client = plant_server()
     stream = client.measurements()
     next(stream)
     assert server.runtime.broadcaster.count == 1
     stream.cancel()
-    assert _until(lambda: server.runtime.broadcaster.count == 0)
+    assert until(lambda: server.runtime.broadcaster.count == 0)
     client.step(3)  # publishing after the disconnect is harmless
     with client.measurements([1]) as again:
         assert next(again).step == 3
@@ -248,14 +232,14 @@ def test_a_client_that_disconnects_mid_stream_is_cleaned_up(plant_server):
     s2 = other.measurements()
     next(s2)
     other.close()
-    assert _until(lambda: server.runtime.broadcaster.count == 0)
+    assert until(lambda: server.runtime.broadcaster.count == 0)
 
 
-def test_too_many_streams_is_resource_exhausted(plant_server):
+def test_too_many_streams_is_resource_exhausted(plant_server, rpc_error):
     _, client = plant_server(max_streams=1, max_workers=3)
     with client.measurements() as s1:
         next(s1)
-        code, details = _code(lambda: next(client.measurements()))
+        code, details = rpc_error(lambda: next(client.measurements()))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "streams" in details
         assert client.step(1) == 1  # unary calls still get a thread
 
@@ -292,7 +276,7 @@ def test_slow_stream_over_grpc_reports_drops(plant_server):
     assert got[-1].dropped > 0 and len(got) + got[-1].dropped == n
 
 
-def test_real_time_mode_advances_on_its_own(plant_server):
+def test_real_time_mode_advances_on_its_own(plant_server, until, rpc_error):
     _, client = plant_server(real_time_factor=5000.0)  # one 10 s step every 2 ms
     info = client.info()
     assert not info.stepped and info.real_time_factor == 5000.0
@@ -300,8 +284,8 @@ def test_real_time_mode_advances_on_its_own(plant_server):
         steps = [next(stream).step for _ in range(6)]
     assert steps == sorted(steps) and steps[-1] > steps[0]
     k = client.state(0).step
-    assert _until(lambda: client.state(0).step >= k + 20)
-    code, details = _code(lambda: client.step(1))
+    assert until(lambda: client.state(0).step >= k + 20)
+    code, details = rpc_error(lambda: client.step(1))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "stepped mode" in details
 
 

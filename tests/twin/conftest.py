@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 
@@ -35,18 +34,6 @@ def make_scenarios(b: int = 3, h: int = 12, seed: int = 0) -> tuple[np.ndarray, 
 def scenarios() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """:func:`make_scenarios`: ``x0, u = scenarios(b, h, seed)``."""
     return make_scenarios
-
-
-def _rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value.code(), err.value.details()
-
-
-@pytest.fixture(scope="session")
-def rpc_error() -> Callable[[Callable[[], object]], tuple[grpc.StatusCode, str]]:
-    """``code, details = rpc_error(call)``: the status of a call that must fail with :class:`grpc.RpcError`."""
-    return _rpc_error
 
 
 @pytest.fixture(scope="session")

@@ -53,21 +53,6 @@ def sample(cell: int, step: int) -> Sample:
     return Sample(cell, step, 10.0 * step, x, U)
 
 
-def _until(cond: Callable[[], bool], timeout: float = WAIT) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
-def _code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value.code(), err.value.details()
-
-
 @pytest.fixture
 def make_twin(twin_server) -> Callable[..., TwinServer]:
     """Twins (the shared ``twin_server`` fixture) with this module's token; the servers only."""
@@ -110,23 +95,23 @@ def test_ingest_acknowledges_committed_batches_and_reports_quarantine(make_twin)
     np.testing.assert_array_equal(window.x, np.stack([sample(0, k).x for k in range(6)]))
 
 
-def test_ingest_needs_the_token(make_twin):
+def test_ingest_needs_the_token(make_twin, rpc_error):
     twin = make_twin()
     for token, code in (
         (None, grpc.StatusCode.UNAUTHENTICATED),
         ("wrong-token-0123456789", grpc.StatusCode.UNAUTHENTICATED),
     ):
         with IngestClient(twin.address, token=token, timeout=WAIT) as client:
-            assert _code(lambda c=client: c.ingest([sample(0, 0)], batch_size=5))[0] == code
+            assert rpc_error(lambda c=client: c.ingest([sample(0, 0)], batch_size=5))[0] == code
             assert client.info().total_samples == 0  # reading is open
     off = make_twin(token=None)
     with IngestClient(off.address, token=TOKEN, timeout=WAIT) as client:
-        code, details = _code(lambda: client.ingest([sample(0, 0)], batch_size=5))
+        code, details = rpc_error(lambda: client.ingest([sample(0, 0)], batch_size=5))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "no token configured" in details
     assert twin.ingest.historian.count() == 0 and off.ingest.historian.count() == 0
 
 
-def test_bad_requests_and_limits(make_twin):
+def test_bad_requests_and_limits(make_twin, rpc_error):
     twin = make_twin(historian=HistorianConfig(max_batch_samples=4, max_ingest_streams=1, max_quarantine_list=5))
     channel = grpc.insecure_channel(twin.address)
     stub = ingest_pb2_grpc.IngestServiceStub(channel)
@@ -139,13 +124,13 @@ def test_bad_requests_and_limits(make_twin):
                 "5 samples is more than this server's max_batch_samples (4)",
             ),
         ):
-            code, details = _code(lambda r=request: list(stub.Ingest(iter([r]), metadata=meta, timeout=WAIT)))
+            code, details = rpc_error(lambda r=request: list(stub.Ingest(iter([r]), metadata=meta, timeout=WAIT)))
             assert code == grpc.StatusCode.INVALID_ARGUMENT and words in details
-        code, details = _code(lambda: stub.ListQuarantine(ingest_pb2.ListQuarantineRequest(limit=6), timeout=WAIT))
+        code, details = rpc_error(lambda: stub.ListQuarantine(ingest_pb2.ListQuarantineRequest(limit=6), timeout=WAIT))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_quarantine_list (5)" in details
         with IngestClient(twin.address, token=TOKEN, timeout=WAIT) as client, client.stream() as first:
             first.send([sample(0, 0)])
-            code, details = _code(lambda: client.ingest([sample(0, 1)], batch_size=1))
+            code, details = rpc_error(lambda: client.ingest([sample(0, 1)], batch_size=1))
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "(1)" in details
             first.send([sample(0, 1)])  # the open stream is unaffected
         # a wrongly shaped sample over the wire is quarantined, not an error of the call
@@ -164,7 +149,7 @@ def test_bad_requests_and_limits(make_twin):
         channel.close()
 
 
-def test_health_reflection_and_drain(make_twin):
+def test_health_reflection_and_drain(make_twin, rpc_error):
     twin = make_twin()
     channel = grpc.insecure_channel(twin.address)
     try:
@@ -178,14 +163,14 @@ def test_health_reflection_and_drain(make_twin):
         start = time.monotonic()
         twin.stop(grace=5.0)  # an idle open stream must not hold the shutdown for the whole grace
         assert time.monotonic() - start < 2.0
-        assert _code(lambda: stream.send([sample(0, 1)]))[0] == grpc.StatusCode.UNAVAILABLE
+        assert rpc_error(lambda: stream.send([sample(0, 1)]))[0] == grpc.StatusCode.UNAVAILABLE
 
 
-def test_historian_config(tmp_path, make_twin):
+def test_historian_config(tmp_path, make_twin, rpc_error):
     off = make_twin(historian={"enabled": False})
     assert off.ingest is None and not (tmp_path / "store0" / "historian.sqlite").exists()
     with IngestClient(off.address, token=TOKEN, timeout=WAIT) as client:
-        assert _code(lambda: client.info())[0] == grpc.StatusCode.UNIMPLEMENTED
+        assert rpc_error(lambda: client.info())[0] == grpc.StatusCode.UNIMPLEMENTED
     on = make_twin()
     assert on.ingest.historian.path == tmp_path / "store1" / "historian.sqlite"  # inside the store by default
     yaml = tmp_path / "twin.yaml"
@@ -238,7 +223,7 @@ def _check_everything_acked_is_stored(client: IngestClient, acked: dict[int, int
     return last
 
 
-def test_nothing_acknowledged_is_lost_when_the_twin_is_killed(tmp_path):
+def test_nothing_acknowledged_is_lost_when_the_twin_is_killed(tmp_path, until):
     config = tmp_path / "twin.yaml"
     config.write_text("store: store\nport: 0\ngrace_s: 0\nengine: numpy\ntoken_env: ALUTWIN_TWIN_TOKEN\n")
     rng = np.random.default_rng(0)
@@ -269,7 +254,7 @@ def test_nothing_acknowledged_is_lost_when_the_twin_is_killed(tmp_path):
 
                 t = threading.Thread(target=feed)
                 t.start()
-                assert _until(lambda n_acks=n_acks: n_acks[0] >= 3), "no acknowledgements"
+                assert until(lambda n_acks=n_acks: n_acks[0] >= 3), "no acknowledgements"
                 time.sleep(float(rng.uniform(0.0, 0.05)))  # a random moment, batches in flight
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(WAIT)
@@ -301,7 +286,7 @@ def test_nothing_acknowledged_is_lost_when_the_twin_is_killed(tmp_path):
 # The bridge
 
 
-def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin, plant_server):
+def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin, plant_server, until):
     plant, _ = plant_server(n_cells=2, seed=3)
     plant_port = plant.port
     twin = make_twin(store=tmp_path / "store")
@@ -331,19 +316,19 @@ def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin
         return h.count(0) == n and h.count(1) == n
 
     try:
-        assert _until(lambda: stats.plant_connects >= 1 and stats.twin_connects >= 1)
+        assert until(lambda: stats.plant_connects >= 1 and stats.twin_connects >= 1)
         plant.runtime.advance(20)
-        assert _until(lambda: stored(21)), (historian().count(), stats)
+        assert until(lambda: stored(21)), (historian().count(), stats)
         twin.stop(0)  # the twin goes away; the plant goes on and the bridge keeps what it reads
         plant.runtime.advance(15)
-        assert _until(lambda: stats.last_error.startswith("twin"))
+        assert until(lambda: stats.last_error.startswith("twin"))
         twin = make_twin(store=tmp_path / "store", port=twin_port)  # the same twin again, on the same port
-        assert _until(lambda: stored(36)), (historian().count(), stats)
+        assert until(lambda: stored(36)), (historian().count(), stats)
         plant.stop(0)  # now the plant restarts (same seed: it replays steps 0..) on the same port
         plant, _ = plant_server(n_cells=2, seed=3, port=plant_port)
-        assert _until(lambda: stats.plant_connects >= 2)  # the plant has no history: reconnect, then step
+        assert until(lambda: stats.plant_connects >= 2)  # the plant has no history: reconnect, then step
         plant.runtime.advance(40)
-        assert _until(lambda: stored(41)), (historian().count(), stats)
+        assert until(lambda: stored(41)), (historian().count(), stats)
     finally:
         stop.set()
         bridge.join(WAIT)
