@@ -1,11 +1,12 @@
 """Compile a C source into a shared library once and cache it, safely across processes.
 
 Every build starts from :data:`DEFAULT_FLAGS`, the project's one floating-point policy (no fused multiply-add
-contraction, no fast-math); callers add flags (an optimisation level, ``-march=native``, definitions) but none
-that would break it. The cache key is a hash of the source, the compiler, its version and the flags (plus any
-caller-supplied material, such as a code generator's version), so an edited kernel or another compiler never
-reuses a stale library. Libraries are compiled in a temporary folder and renamed into place, so concurrent
-processes never load a half-written file.
+contraction, no fast-math); callers add flags (an optimisation level, :data:`NATIVE_FLAGS`, definitions) but
+none that would break it. The cache key is a hash of the source, the compiler, its version and the flags (plus
+any caller-supplied material, such as a code generator's version, and :func:`host_id` for flags that tune for
+this CPU), so an edited kernel, another compiler or another host type never reuses a stale library. Libraries
+are compiled in a temporary folder and renamed into place, so concurrent processes never load a half-written
+file. :class:`LibraryCache` loads a built library once per process and remembers why it could not be had.
 """
 
 from __future__ import annotations
@@ -16,23 +17,38 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Hashable
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+from typing import Generic, TypeVar
 
 __all__ = [
     "DEFAULT_FLAGS",
+    "NATIVE_FLAGS",
     "BuildError",
+    "LibraryCache",
     "build_shared_library",
     "cache_dir",
     "check_flags",
+    "compiler_version",
     "find_compiler",
     "host_id",
+    "package_source",
+    "usable_cpus",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_FLAGS: tuple[str, ...] = ("-O2", "-fPIC", "-shared", "-ffp-contract=off")
 """The flags every build starts with: a shared library, and no FMA contraction, so that the compiled code does
 the roundings its source writes, whatever the compiler's default (GCC contracts by default)."""
 
+NATIVE_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fno-math-errno", "-pthread")
+"""The flags of the hand-written kernels (rollout, training): tuned for this CPU, so their libraries are cached
+per host type (:func:`host_id` joins the cache key of every build with ``-march=native`` or ``-mtune=native``)."""
+
+_NATIVE = ("-march=native", "-mtune=native", "-mcpu=native")
 _UNSAFE_MATH = ("-ffast-math", "-Ofast", "-funsafe-math-optimizations", "-fassociative-math", "-freciprocal-math")
 
 
@@ -71,12 +87,27 @@ def host_id() -> str:
 
 
 @lru_cache(maxsize=8)
-def _compiler_version(cc: str) -> str:
+def compiler_version(cc: str) -> str | None:
+    """The first line of ``cc --version`` (cached per compiler path), or None where it cannot be run."""
     try:
         done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return done.stdout.splitlines()[0] if done.stdout else "unknown"
+        return None
+    return done.stdout.splitlines()[0] if done.stdout else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@lru_cache(maxsize=16)
+def package_source(package: str, name: str) -> str:
+    """The text of ``name``, a C file shipped as package data of ``package`` (read once per process)."""
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
 
 
 def check_flags(flags: tuple[str, ...]) -> tuple[str, ...]:
@@ -107,7 +138,8 @@ def build_shared_library(
     ----------
     source : the C source.
     name : the library's name (a prefix of its file name in the cache).
-    flags : compiler flags after :data:`DEFAULT_FLAGS` (a later ``-O`` level replaces ``-O2``).
+    flags : compiler flags after :data:`DEFAULT_FLAGS` (a later ``-O`` level replaces ``-O2``); with
+        ``-march=native`` or ``-mtune=native`` among them, the library is cached per host type (:func:`host_id`).
     libs : libraries to link.
     key_extra : more material for the cache key (a code generator's version).
     directory : replaces the cache folder (tests, cold-build timing).
@@ -132,7 +164,8 @@ def build_shared_library(
     if cc is None:
         raise BuildError("no C compiler found ($CC, cc or gcc)")
     command_flags = (*DEFAULT_FLAGS, *flags)
-    key = "\0".join((source, cc, _compiler_version(cc), *command_flags, *libs, key_extra))
+    host = (host_id(),) if any(f in _NATIVE for f in flags) else ()
+    key = "\0".join((source, cc, compiler_version(cc) or "unknown", *command_flags, *libs, key_extra, *host))
     folder = directory if directory is not None else cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -155,3 +188,49 @@ def build_shared_library(
             raise BuildError(f"compiling {name} with {cc} failed:\n{done.stderr[-4000:]}")
         os.replace(out, target)  # atomic: a concurrent process sees nothing or the whole file
     return target, True
+
+
+class LibraryCache(Generic[T]):
+    """A compiled library loaded once per key and process, or the error that says why it cannot be had.
+
+    Parameters
+    ----------
+    load : ``load(*key)`` builds and loads the library (and may self-check it), raising ``error`` where it
+        cannot.
+    error : the exception type of a library that cannot be had; it is cached like a library, so a missing
+        compiler is looked for once, not on every call.
+    maxsize : keys remembered (least recently used first out).
+    per_compiler : remember per compiler found now (:func:`find_compiler`, looked up on every call), so a
+        changed ``PATH`` or ``CC`` is tried again; False saves that lookup on hot paths.
+    """
+
+    def __init__(
+        self, load: Callable[..., T], error: type[Exception], *, maxsize: int = 8, per_compiler: bool = True
+    ) -> None:
+        self.error = error
+        self.per_compiler = per_compiler
+
+        @lru_cache(maxsize=maxsize)
+        def cached(key: tuple[Hashable, ...], compiler: str | None) -> T | Exception:
+            del compiler  # part of the cache key only
+            try:
+                return load(*key)
+            except error as err:
+                return err
+
+        self._cached = cached
+
+    def get_or_error(self, *key: Hashable) -> T | Exception:
+        """The library for ``key``, or the cached ``error`` saying why there is none."""
+        return self._cached(key, find_compiler() if self.per_compiler else None)
+
+    def get(self, *key: Hashable) -> T:
+        """The library for ``key``; raises a fresh ``error`` with the cached message where there is none."""
+        lib = self.get_or_error(*key)
+        if isinstance(lib, self.error):
+            raise self.error(str(lib))
+        return lib
+
+    def available(self, *key: Hashable) -> bool:
+        """Whether the library for ``key`` can be had here (built and loaded on the first call)."""
+        return not isinstance(self.get_or_error(*key), self.error)

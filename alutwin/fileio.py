@@ -1,13 +1,20 @@
-"""Crash-safe file writes, shared by every package that stores something (data sets, models, the registry)."""
+"""Crash-safe file writes and the timestamps written into files, shared by every package that stores something
+(data sets, models, the registry, the re-fit worker's log)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic"]
+__all__ = ["fsync_dir", "utc_now", "write_atomic"]
+
+
+def utc_now() -> str:
+    """The present time as ISO 8601 UTC, to the second (``2026-01-31T12:00:00+00:00``), as files record it."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def fsync_dir(directory: Path) -> None:

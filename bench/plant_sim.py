@@ -33,7 +33,6 @@ Timings on a machine shared with other work are noisy; the load average at the s
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +42,7 @@ import casadi as ca
 import numpy as np
 from _common import check_positive, load_average, machine, parser, write_results
 
-from alutwin.cbuild import find_compiler
+from alutwin.cbuild import compiler_version, find_compiler
 from plant import DEFAULT_LIMITS, DEFAULT_PARAMS, aprbs, rk4_step, sample_initial_states, simulate
 from plant.engine import build_library, compiled_library, simulate_compiled
 from plant.excitation import Exogenous
@@ -129,10 +128,7 @@ def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def _c_compiler() -> str | None:
     cc = find_compiler()
-    if not cc:
-        return None
-    done = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
-    return done.stdout.splitlines()[0] if done.stdout else None
+    return compiler_version(cc) if cc else None
 
 
 def run_benchmark(n_traj: int, n_steps: int, baseline_traj: int, seed: int, repeats: int) -> dict:

@@ -27,19 +27,16 @@ the CasADi version; it is written to a temporary file and renamed into place, so
 from __future__ import annotations
 
 import ctypes
-import functools
-import os
 import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import casadi as ca
 import numpy as np
 
-from alutwin.cbuild import BuildError, build_shared_library
+from alutwin.cbuild import BuildError, LibraryCache, build_shared_library, package_source, usable_cpus
 from plant.domain import Fault
 from plant.excitation import Exogenous
 from plant.params import CellParams, DomainLimits
@@ -159,7 +156,7 @@ def generate_source(dt: float, params: CellParams, limits: DomainLimits) -> str:
             cg.dump(),
             "#pragma GCC diagnostic pop\n\n",
             "".join(f"#define {k} {v}\n" for k, v in sizes.items()),
-            resources.files(__package__).joinpath("engine_driver.c").read_text(encoding="utf-8"),
+            package_source(__package__, "engine_driver.c"),
         ]
     )
 
@@ -242,30 +239,23 @@ def _self_check(lib: _Library, dt: float, params: CellParams) -> None:
         raise CompiledEngineError(f"the compiled engine {lib.path} disagrees with the numpy equations")
 
 
-@functools.lru_cache(maxsize=16)
-def _library(dt: float, params: CellParams, limits: DomainLimits) -> _Library | CompiledEngineError:
-    """The engine for ``(dt, params, limits)``, loaded once per process (or why it cannot be had)."""
-    try:
-        path, compiled_now = build_library(dt, params, limits)
-        lib = _load(path, compiled_now)
-        _self_check(lib, dt, params)
-    except CompiledEngineError as err:
-        return err
+def _checked(dt: float, params: CellParams, limits: DomainLimits) -> _Library:
+    path, compiled_now = build_library(dt, params, limits)
+    lib = _load(path, compiled_now)
+    _self_check(lib, dt, params)
     return lib
 
 
-def _get_library(dt: float, params: CellParams, limits: DomainLimits) -> _Library:
-    lib = _library(float(dt), params, limits)
-    if isinstance(lib, CompiledEngineError):
-        raise CompiledEngineError(str(lib))
-    return lib
+# once per process, not per compiler: simulate_compiled asks on every call, and a PATH lookup is not free
+_LIBRARIES: LibraryCache[_Library] = LibraryCache(_checked, CompiledEngineError, maxsize=16, per_compiler=False)
+"""The engine for each ``(dt, params, limits)``, loaded once per process (or why it cannot be had)."""
 
 
 def compiled_available(dt: float = 10.0, params: CellParams | None = None, limits: DomainLimits | None = None) -> bool:
     """Whether the compiled engine can be built and loaded here (builds it if needed; the answer is cached)."""
     params = params if params is not None else CellParams()
     limits = limits if limits is not None else DomainLimits()
-    return not isinstance(_library(float(dt), params, limits), CompiledEngineError)
+    return _LIBRARIES.available(float(dt), params, limits)
 
 
 def compiled_library(dt: float = 10.0, params: CellParams | None = None, limits: DomainLimits | None = None) -> Path:
@@ -276,14 +266,7 @@ def compiled_library(dt: float = 10.0, params: CellParams | None = None, limits:
     """
     params = params if params is not None else CellParams()
     limits = limits if limits is not None else DomainLimits()
-    return _get_library(dt, params, limits).path
-
-
-def _default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return _LIBRARIES.get(float(dt), params, limits).path
 
 
 def simulate_compiled(
@@ -325,7 +308,7 @@ def simulate_compiled(
         raise ValueError(f"x0 must have shape ({b}, {N_STATES}) to match the excitation, got {x0.shape}")
     if n_threads is not None and (not isinstance(n_threads, (int, np.integer)) or n_threads < 1):
         raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
-    lib = _get_library(dt, params, limits)
+    lib = _LIBRARIES.get(float(dt), params, limits)
     exo_arrays = tuple(
         np.ascontiguousarray(a, dtype=np.float64) for a in (exo.current, exo.acd, exo.alumina_extra, exo.alf3_extra)
     )  # 4 x (B, T)
@@ -333,7 +316,7 @@ def simulate_compiled(
     us = np.empty((b, t, N_INPUTS))  # (B, T, 5)
     fault_step = np.empty(b, dtype=np.int64)  # (B,)
     fault_code = np.empty(b, dtype=np.int8)  # (B,)
-    wanted = n_threads if n_threads is not None else min(_default_threads(), (b * t) // _MIN_STEPS_PER_THREAD)
+    wanted = n_threads if n_threads is not None else min(usable_cpus(), (b * t) // _MIN_STEPS_PER_THREAD)
     n = max(1, min(wanted, b))
     bounds = [round(i * b / n) for i in range(n + 1)]
     parts = [slice(bounds[i], bounds[i + 1]) for i in range(n)]
@@ -366,7 +349,7 @@ def make_auto_engine(fallback: Engine) -> Engine:
     def auto(
         x0: np.ndarray, exo: Exogenous, dt: float, params: CellParams, limits: DomainLimits
     ) -> tuple[np.ndarray, ...]:
-        lib = _library(float(dt), params, limits)
+        lib = _LIBRARIES.get_or_error(float(dt), params, limits)
         if isinstance(lib, CompiledEngineError):
             key = (float(dt), params, limits)
             if key not in warned:

@@ -15,11 +15,21 @@ directory that :func:`load_model` refuses instead of a silently mixed model.
 
 The same two files travel as bytes (the twin's RegisterModel and ExportModel): :func:`model_to_bytes` makes
 them and :func:`load_model_bytes` validates and loads them; :func:`save_model` and :func:`load_model` are these
-two plus the directory. Model files are untrusted input: :mod:`identification.modelfile.format` says what a
-valid file is and refuses everything else with a :class:`ModelFileError` naming the file and the problem.
+two plus the directory (:func:`read_model_files` reads a directory's two files as bytes, the manifest checked
+first; :func:`read_manifest` only the checked manifest). Model files are untrusted input:
+:mod:`identification.modelfile.format` says what a valid file is and refuses everything else with a
+:class:`ModelFileError` naming the file and the problem.
 """
 
-from identification.modelfile.files import dataset_checksum, load_model, load_model_bytes, model_to_bytes, save_model
+from identification.modelfile.files import (
+    dataset_checksum,
+    load_model,
+    load_model_bytes,
+    model_to_bytes,
+    read_manifest,
+    read_model_files,
+    save_model,
+)
 from identification.modelfile.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -51,6 +61,8 @@ __all__ = [
     "load_model",
     "load_model_bytes",
     "model_to_bytes",
+    "read_manifest",
+    "read_model_files",
     "save_model",
     "tensor_names",
 ]

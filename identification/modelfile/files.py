@@ -1,6 +1,7 @@
 """Model files as bytes and as a directory: written by :func:`model_to_bytes` and :func:`save_model`, read by
 :func:`load_model_bytes` and :func:`load_model` (every read is validated by
-:func:`identification.modelfile.format.check_files`)."""
+:func:`identification.modelfile.format.check_files`); :func:`read_model_files` reads a directory's two files as
+bytes, :func:`read_manifest` its checked manifest."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import json
 import os
 import platform
 import stat
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import safetensors.numpy
 
-from alutwin.fileio import fsync_dir, write_atomic
+from alutwin.fileio import fsync_dir, utc_now, write_atomic
 from identification.data import TrajectoryLike
 from identification.kinds import KINDS
 from identification.modelfile.format import (
@@ -31,12 +31,21 @@ from identification.modelfile.format import (
     ModelFileError,
     check_architecture_caps,
     check_files,
+    check_manifest,
     nonzero_summary,
     tensor_names,
 )
 from identification.surrogate import Surrogate
 
-__all__ = ["dataset_checksum", "load_model", "load_model_bytes", "model_to_bytes", "save_model"]
+__all__ = [
+    "dataset_checksum",
+    "load_model",
+    "load_model_bytes",
+    "model_to_bytes",
+    "read_manifest",
+    "read_model_files",
+    "save_model",
+]
 
 _MAX_JSON_DEPTH = 32
 
@@ -162,7 +171,7 @@ def model_to_bytes(
         "provenance": _jsonable(provenance, "provenance"),
         "metrics": None if metrics is None else _jsonable(metrics, "metrics"),
         "versions": _versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
     }
     text = json.dumps(manifest, indent=2, allow_nan=False).encode("utf-8") + b"\n"
     if len(text) > MAX_MANIFEST_BYTES:
@@ -234,6 +243,49 @@ def _read_capped(file: Path, cap: int) -> bytes:
     return data
 
 
+def _model_dir(path: str | os.PathLike[str]) -> Path:
+    """The model directory ``path`` names (it or its ``manifest.json``); ModelFileError if it is none."""
+    directory = Path(path)
+    if directory.name == MANIFEST_NAME:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise ModelFileError(directory, "is not a model directory (missing or not a directory)")
+    return directory
+
+
+def _read_manifest(directory: Path) -> tuple[bytes, dict[str, Any]]:
+    raw = _read_capped(directory / MANIFEST_NAME, MAX_MANIFEST_BYTES)
+    return raw, check_manifest(raw, directory / MANIFEST_NAME)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a model directory (or of its ``manifest.json``), read and checked; the weights are not read.
+
+    Raises
+    ------
+    ModelFileError : (a ``ValueError``) no such directory, or a missing, oversized or invalid manifest; the
+        message names the file and the problem.
+    """
+    return _read_manifest(_model_dir(path))[1]
+
+
+def read_model_files(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """The bytes ``(manifest.json, weights.safetensors)`` of a model directory (or of its ``manifest.json``).
+
+    Both must be regular files within the size caps; the manifest is parsed and checked before the weights are
+    read, so a broken manifest never costs reading the weights. The bytes are for :func:`load_model_bytes`,
+    which validates the pair.
+
+    Raises
+    ------
+    ModelFileError : (a ``ValueError``) no such directory, a missing, oversized or unreadable file, or an invalid
+        manifest; the message names the file and the problem.
+    """
+    directory = _model_dir(path)
+    manifest, _ = _read_manifest(directory)
+    return manifest, _read_capped(directory / WEIGHTS_NAME, MAX_WEIGHTS_BYTES)
+
+
 def load_model_bytes(manifest: bytes, weights: bytes, *, source: str | os.PathLike[str] | None = None) -> LoadedModel:
     """Validate and load a model from its two files' bytes (as RegisterModel receives and ExportModel sends them).
 
@@ -270,18 +322,12 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
 
     Returns
     -------
-    The surrogate, its kind and the manifest (:func:`load_model_bytes` of the two files).
+    The surrogate, its kind and the manifest (:func:`load_model_bytes` of :func:`read_model_files`).
 
     Raises
     ------
     ModelFileError : (a ``ValueError``) a missing, malformed, inconsistent or hostile file; the message names the
         file and the problem.
     """
-    directory = Path(path)
-    if directory.name == MANIFEST_NAME:
-        directory = directory.parent
-    if not directory.is_dir():
-        raise ModelFileError(directory, "is not a model directory (missing or not a directory)")
-    manifest = _read_capped(directory / MANIFEST_NAME, MAX_MANIFEST_BYTES)
-    weights = _read_capped(directory / WEIGHTS_NAME, MAX_WEIGHTS_BYTES)
-    return load_model_bytes(manifest, weights, source=directory)
+    directory = _model_dir(path)
+    return load_model_bytes(*read_model_files(directory), source=directory)

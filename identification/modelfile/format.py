@@ -39,6 +39,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "check_architecture_caps",
     "check_files",
+    "check_manifest",
     "nonzero_summary",
     "tensor_names",
 ]
@@ -331,6 +332,14 @@ def _as_bytes(data: Any, name: str, file: Path, cap: int) -> bytes:
     if len(data) > cap:
         raise ModelFileError(file, f"is {len(data)} bytes; at most {cap} are allowed")
     return bytes(data)
+
+
+def check_manifest(manifest: bytes, file: Path) -> dict[str, Any]:
+    """The manifest document of ``manifest``'s bytes once parsed and its fields checked (as :func:`check_files`
+    checks them); :class:`ModelFileError` naming ``file`` and the problem otherwise."""
+    doc = _parse_manifest(manifest, file)
+    _check_manifest(doc, file)
+    return doc
 
 
 def check_files(

@@ -5,8 +5,9 @@ Pure learning, no service: the twin's re-fit worker (:mod:`twin.online.worker`) 
 functions and talks to the registry.
 
 - ``segments``: :func:`segments_from_window` turns one cell's accepted samples into trajectories
-  (:class:`Segment`), :func:`split_holdout` cuts them into training and held-out parts, and
-  :func:`rollout_windows` gives the evaluation's start points.
+  (:class:`Segment`), :func:`split_holdout` cuts them into training and held-out parts,
+  :func:`rollout_windows` gives the evaluation's start points (:func:`count_windows` counts them) and
+  :func:`step_ranges` each cell's first and last step.
 - ``screening``: :func:`screen` looks for stuck (flatline) and offset (level shift) sensors with the champion's
   one-step prediction; a flagged cell is excluded from the flagged sample on.
 - ``refitting``: :func:`refit` trains a challenger, a ``"warm"`` start inside the champion's sparsity pattern or
@@ -18,11 +19,20 @@ functions and talks to the registry.
   :class:`Decision` holding every figure and the reason.
 """
 
+from identification.online.common import check_positive
 from identification.online.gate import Decision, Gate
 from identification.online.refitting import REFIT_MODES, RefitConfig, RefitError, RefitResult, refit
 from identification.online.scoring import HORIZON_1H, Evaluation, evaluate
 from identification.online.screening import ScreenConfig, ScreenReport, SensorFault, screen
-from identification.online.segments import Segment, WindowLike, rollout_windows, segments_from_window, split_holdout
+from identification.online.segments import (
+    Segment,
+    WindowLike,
+    count_windows,
+    rollout_windows,
+    segments_from_window,
+    split_holdout,
+    step_ranges,
+)
 
 __all__ = [
     "HORIZON_1H",
@@ -38,10 +48,13 @@ __all__ = [
     "Segment",
     "SensorFault",
     "WindowLike",
+    "check_positive",
+    "count_windows",
     "evaluate",
     "refit",
     "rollout_windows",
     "screen",
     "segments_from_window",
     "split_holdout",
+    "step_ranges",
 ]

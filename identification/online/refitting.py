@@ -22,7 +22,7 @@ from identification.kinds import KINDS
 from identification.modelfile import LoadedModel
 from identification.network import EnsembleWeights
 from identification.online.common import as_surrogate, check_positive
-from identification.online.segments import Segment
+from identification.online.segments import Segment, step_ranges
 from identification.regularizers import make_regularizer
 from identification.surrogate import Surrogate, prior_derivative
 from identification.training import (
@@ -62,7 +62,8 @@ class RefitConfig:
         rarely excites (on potline data, repeated re-fits with the penalty shrank the AlF3 feed's effect on the
         AlF3 mass; without it, the effect stayed); ``"kind"`` keeps it.
     seed : seeds the shuffles (and a fresh fit's initialisation).
-    threads : trainer threads (None: the CPUs this process may use).
+    threads : the fused C trainer's threads (None: the CPUs this process may use); the torch trainer uses the
+        caller's torch threads (``torch.set_num_threads`` in an entry point) and ignores it.
     trainer : ``"auto"`` (fused C where it builds), ``"fused"`` or ``"torch"``.
     """
 
@@ -246,12 +247,12 @@ def refit(
     seconds = time.perf_counter() - t0
     loss = result.loss_history[-1] if result.loss_history.size else np.full(m, np.nan)
     cells = sorted({s.cell for s in segments if s.n_steps})
+    ranges = step_ranges(segments)
     data = {
         "cells": cells,
-        "steps": {str(c): [int(min(s.steps[0] for s in segments if s.cell == c)),
-                           int(max(s.steps[-1] for s in segments if s.cell == c))] for c in cells},
+        "steps": {str(c): ranges[c] for c in cells},
         "segments": sum(1 for s in segments if s.n_steps),
-    }  # fmt: skip
+    }
     return RefitResult(
         Surrogate(weights, norm, model.prior),
         kind,

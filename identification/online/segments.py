@@ -15,7 +15,16 @@ import numpy as np
 
 from plant.signals import N_INPUTS, N_STATES
 
-__all__ = ["Segment", "WindowLike", "check_window", "rollout_windows", "segments_from_window", "split_holdout"]
+__all__ = [
+    "Segment",
+    "WindowLike",
+    "check_window",
+    "count_windows",
+    "rollout_windows",
+    "segments_from_window",
+    "split_holdout",
+    "step_ranges",
+]
 
 
 class WindowLike(Protocol):
@@ -146,6 +155,26 @@ def split_holdout(segments: Sequence[Segment], holdout_from: dict[int, int]) -> 
     return [s for s in train if s.n_steps > 0], [s for s in held if s.n_steps > 0]
 
 
+def step_ranges(segments: Sequence[Segment]) -> dict[int, list[int]]:
+    """Per cell (ascending), ``[first, last]``: the first and the last step its segments hold."""
+    out: dict[int, list[int]] = {}
+    for seg in segments:
+        lo, hi = int(seg.steps[0]), int(seg.steps[-1])
+        old = out.get(seg.cell)
+        out[seg.cell] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+    return dict(sorted(out.items()))
+
+
+def _window_starts(seg: Segment, horizon: int, stride: int) -> range:
+    """Sample indices of ``seg`` that start a rollout of ``horizon`` steps, every ``stride`` steps."""
+    return range(0, seg.n_steps - horizon + 1, stride)
+
+
+def count_windows(segments: Sequence[Segment], horizon: int, stride: int) -> int:
+    """How many rollouts :func:`rollout_windows` gives, without building them."""
+    return sum(len(_window_starts(seg, horizon, stride)) for seg in segments)
+
+
 def rollout_windows(
     segments: Sequence[Segment], horizon: int, stride: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -156,7 +185,7 @@ def rollout_windows(
     """
     xs, us, cells, starts, segs = [], [], [], [], []
     for j, seg in enumerate(segments):
-        for s in range(0, seg.n_steps - horizon + 1, stride):
+        for s in _window_starts(seg, horizon, stride):
             xs.append(seg.x[s : s + horizon + 1])
             us.append(seg.u[s : s + horizon])
             cells.append(seg.cell)

@@ -38,12 +38,12 @@ else is clipped.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 
 import numpy as np
 
+from alutwin.cbuild import usable_cpus
 from identification.rollout.layout import TILES, VL, ModelPrograms, Program
 from identification.rollout.library import kernel_library, library_or_error
 from identification.rollout.summary import Summary, summary_of
@@ -61,13 +61,6 @@ ENGINES = ("auto", "compiled", "numpy")
 _QUAD_COST = 1.3  # a member quad's weights are vectors, not broadcast scalars: more loads per multiply-add
 _ITEM_STEP_COST = 60.0  # inputs, Euler update and output of one work item and step, in vector multiply-adds
 _MIN_WORK_PER_THREAD = 100_000  # vector multiply-adds below which another thread costs more than it saves
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _check_threads(threads: int | None) -> int | None:
@@ -145,7 +138,7 @@ class RolloutEngine:
         n_items = -(-b // (nv if prog.quad else VL * nv)) * (1 if mean else prog.n_groups)
         if self.threads is not None:
             return prog, nv, max(1, min(self.threads, n_items))
-        return prog, nv, max(1, min(_usable_cpus(), n_items, int(work * h // _MIN_WORK_PER_THREAD)))
+        return prog, nv, max(1, min(usable_cpus(), n_items, int(work * h // _MIN_WORK_PER_THREAD)))
 
     def simulate(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Free run of every member from ``x0`` ``(B, 8)`` driven by ``u`` ``(B, T, 5)``: ``(M, B, T + 1, 8)``.
@@ -185,7 +178,7 @@ class RolloutEngine:
 
     def _plan_summary(self, b: int, h: int) -> tuple[Program, int, int]:
         """``(program, nv, threads)`` of a summary: the block size whose slowest thread has the least work."""
-        cpus = self.threads or _usable_cpus()
+        cpus = self.threads or usable_cpus()
         options = []
         for nv, tile in TILES.items():
             if nv > 1 and VL * (nv // 2) >= b:

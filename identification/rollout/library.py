@@ -1,17 +1,17 @@
-"""The compiled rollout kernel: built once per prior (:func:`alutwin.cbuild.build_shared_library`, cached per host
-type), loaded with :mod:`ctypes` and checked against ``Surrogate.simulate`` in every layout on a small model."""
+"""The compiled rollout kernel: built once per prior (:func:`alutwin.cbuild.build_shared_library` with
+:data:`alutwin.cbuild.NATIVE_FLAGS`, cached per host type), loaded with :mod:`ctypes` and checked against
+``Surrogate.simulate`` in every layout on a small model."""
 
 from __future__ import annotations
 
 import ctypes
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alutwin.cbuild import BuildError, build_shared_library, find_compiler, host_id
+from alutwin.cbuild import NATIVE_FLAGS, BuildError, LibraryCache, build_shared_library
 from identification.data import Normalization
 from identification.network import Architecture, EnsembleWeights
 from identification.rollout.layout import TILES, ModelPrograms, Program
@@ -20,10 +20,7 @@ from identification.surrogate import PRIORS, Surrogate
 from plant.engine import CompiledEngineError
 from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
 
-__all__ = ["KERNEL_FLAGS", "KernelLibrary", "compiled_rollout_available", "kernel_library", "library_or_error"]
-
-KERNEL_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-pthread")
-"""Flags added to :data:`alutwin.cbuild.DEFAULT_FLAGS` (which keep FMA contraction off) for the kernel."""
+__all__ = ["KernelLibrary", "compiled_rollout_available", "kernel_library", "library_or_error"]
 
 _ABI = 9  # bumped with the kernel's signature
 
@@ -86,9 +83,7 @@ class KernelLibrary:
 
 def _load(prior: str) -> KernelLibrary:
     try:
-        path, _ = build_shared_library(
-            kernel_source(prior), f"alutwin_rollout_{prior}", (*KERNEL_FLAGS, f"-DALUTWIN_HOST={host_id()}")
-        )
+        path, _ = build_shared_library(kernel_source(prior), f"alutwin_rollout_{prior}", NATIVE_FLAGS)
     except BuildError as err:
         raise CompiledEngineError(str(err)) from err
     try:
@@ -140,33 +135,28 @@ def _self_check(lib: KernelLibrary, prior: str) -> None:
             raise CompiledEngineError(f"the rollout kernel {lib.path} disagrees with Surrogate.simulate")
 
 
-@functools.lru_cache(maxsize=8)
-def _library(prior: str, compiler: str | None) -> KernelLibrary | CompiledEngineError:
-    """The kernel for ``prior``, loaded and self-checked once per process and compiler (or why it cannot be)."""
-    del compiler  # part of the cache key only: a changed PATH or CC is looked at again
-    try:
-        lib = _load(prior)
-        _self_check(lib, prior)
-    except CompiledEngineError as err:
-        return err
+def _checked(prior: str) -> KernelLibrary:
+    lib = _load(prior)
+    _self_check(lib, prior)
     return lib
+
+
+_LIBRARIES: LibraryCache[KernelLibrary] = LibraryCache(_checked, CompiledEngineError, maxsize=8)
+"""The kernel of each prior, loaded and self-checked once per process and compiler (or why it cannot be)."""
 
 
 def library_or_error(prior: str) -> KernelLibrary | CompiledEngineError:
     """The kernel for ``prior`` with the compiler found now, or the error that says why there is none."""
-    return _library(prior, find_compiler())
+    return _LIBRARIES.get_or_error(prior)
 
 
 def kernel_library(prior: str) -> KernelLibrary:
     """The kernel for ``prior``; raises :class:`plant.engine.CompiledEngineError` where it cannot be had."""
-    lib = library_or_error(prior)
-    if isinstance(lib, CompiledEngineError):
-        raise CompiledEngineError(str(lib))
-    return lib
+    return _LIBRARIES.get(prior)
 
 
 def compiled_rollout_available(prior: str = "none") -> bool:
     """Whether the compiled kernel for ``prior`` builds and passes its self-check here (cached per compiler)."""
     if prior not in PRIORS:
         raise ValueError(f"unknown prior {prior!r}; must be one of {sorted(PRIORS)}")
-    return not isinstance(library_or_error(prior), CompiledEngineError)
+    return _LIBRARIES.available(prior)

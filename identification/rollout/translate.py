@@ -8,12 +8,10 @@ with the C library, so each lane computes what scalar code computes.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from importlib import resources
-
 import casadi as ca
 import numpy as np
 
+from alutwin.cbuild import package_source
 from identification.surrogate import PRIORS
 from plant.engine import CompiledEngineError
 from plant.physics import OUTPUT_FUNCTIONS, algebraic, rhs
@@ -33,15 +31,9 @@ _LANE_UNARY = {
 _LANE_BINARY = {"OP_POW": "pow", "OP_CONSTPOW": "pow", "OP_FMIN": "fmin", "OP_FMAX": "fmax", "OP_ATAN2": "atan2"}
 
 
-@lru_cache(maxsize=4)
-def _read(name: str) -> str:
-    """A hand-written C file shipped beside this module."""
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-
-
 def prelude_source() -> str:
     """``prelude.c``: the kernel's types and vector helpers, all that :func:`vector_source`'s C needs."""
-    return _read("prelude.c")
+    return package_source(__package__, "prelude.c")
 
 
 def _c_double(v: float) -> str:
@@ -142,4 +134,4 @@ def kernel_source(prior: str) -> str:
         u = ca.SX.sym("u", N_INPUTS)
         f = ca.Function(f"prior_{prior}", [x, u], [rhs(x, u, params)])
         parts += ["#define HAS_PRIOR 1\n", vector_source(f)]
-    return "".join(parts) + "\n" + _read("kernel.c")
+    return "".join(parts) + "\n" + package_source(__package__, "kernel.c")

@@ -2,13 +2,14 @@
 kernel that follows the same batches and Adam updates."""
 
 from identification.training.fused import MAX_LAYERS, fast_training_available, train_ensemble_fast
-from identification.training.reference import TrainConfig, TrainResult, member_seeds, train_ensemble
+from identification.training.reference import TrainConfig, TrainResult, init_weights, member_seeds, train_ensemble
 
 __all__ = [
     "MAX_LAYERS",
     "TrainConfig",
     "TrainResult",
     "fast_training_available",
+    "init_weights",
     "member_seeds",
     "train_ensemble",
     "train_ensemble_fast",

@@ -13,23 +13,19 @@ fixed order of operations, so results are bit-identical whatever the thread coun
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from collections.abc import Sequence
-from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from alutwin.cbuild import BuildError, build_shared_library, host_id
+from alutwin.cbuild import NATIVE_FLAGS, BuildError, LibraryCache, build_shared_library, package_source, usable_cpus
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import GroupInputPenalty, L1Penalty, NoPenalty, Regularizer
-from identification.training.reference import TrainConfig, TrainResult, _init
+from identification.training.reference import TrainConfig, TrainResult, init_weights
 
 __all__ = [
-    "KERNEL_FLAGS",
     "MAX_LAYERS",
     "fast_training_available",
     "kernel_flags",
@@ -42,29 +38,29 @@ MAX_LAYERS = 32
 
 _DEFAULT_CONFIG = TrainConfig()
 
-KERNEL_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-pthread")
-"""Flags added to :data:`alutwin.cbuild.DEFAULT_FLAGS` (which keep FMA contraction off) for the kernel."""
-
 _REAL = {"float32": ("float", "int32_t"), "float64": ("double", "int64_t")}  # dtype -> REAL, IREAL
 
 
 def kernel_source() -> str:
     """``kernel.c``, the C source of the kernel (package data beside this module)."""
-    return resources.files(__package__).joinpath("kernel.c").read_text(encoding="utf-8")
+    return package_source(__package__, "kernel.c")
 
 
 def kernel_flags(dtype: str) -> tuple[str, ...]:
-    """The flags the kernel for ``dtype`` (``"float32"`` or ``"float64"``) is built with."""
+    """The flags the kernel for ``dtype`` (``"float32"`` or ``"float64"``) is built with:
+    :data:`alutwin.cbuild.NATIVE_FLAGS` and the precision."""
     if dtype not in _REAL:
         raise ValueError(f"dtype must be one of {sorted(_REAL)}, got {dtype!r}")
     real, ireal = _REAL[dtype]
-    return (*KERNEL_FLAGS, f"-DREAL={real}", f"-DIREAL={ireal}", f"-DALUTWIN_HOST={host_id()}")
+    return (*NATIVE_FLAGS, f"-DREAL={real}", f"-DIREAL={ireal}")
 
 
-@lru_cache(maxsize=2)
-def _library(dtype: str) -> ctypes.CDLL:
+def _load(dtype: str) -> ctypes.CDLL:
     path, _ = build_shared_library(kernel_source(), f"train_mlp_{dtype}", kernel_flags(dtype))
-    lib = ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as err:
+        raise BuildError(f"cannot load the training kernel {path}: {err}") from err
     p = ctypes.c_void_p
     lib.train_epoch.restype = ctypes.c_int
     lib.train_epoch.argtypes = [
@@ -77,19 +73,13 @@ def _library(dtype: str) -> ctypes.CDLL:
     return lib
 
 
-def _usable_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+_LIBRARIES: LibraryCache[ctypes.CDLL] = LibraryCache(_load, BuildError, maxsize=2)
+"""The kernel of each dtype, loaded once per process and compiler (or why it cannot be)."""
 
 
 def fast_training_available(dtype: str = "float32") -> bool:
-    """Whether the kernel builds (a C compiler is present) for ``dtype``."""
-    try:
-        _library(dtype)
-    except (BuildError, OSError):
-        return False
-    return True
+    """Whether the kernel builds (a C compiler is present) for ``dtype`` (cached per compiler)."""
+    return _LIBRARIES.available(dtype)
 
 
 def _penalty_settings(regularizer: Regularizer) -> list[float]:
@@ -168,13 +158,13 @@ def train_ensemble_fast(
             if mk.shape != (m, a, b):
                 raise ValueError(f"mask {i} must have shape ({m}, {a}, {b}), got {mk.shape}")
             mask_arrays.append(mk.astype(bool))
-    lib = _library(config.dtype)
+    lib = _LIBRARIES.get(config.dtype)
     real = np.dtype(config.dtype)
-    n_threads = max(1, min(config.threads or _usable_cpus(), m))
+    n_threads = max(1, min(config.threads or usable_cpus(), m))
 
     # the reference's initialisation, drawn from the same generators (also when init is given)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    ws, bs = _init(arch, gens, getattr(torch, config.dtype))
+    ws, bs = init_weights(arch, gens, getattr(torch, config.dtype))
     ws = [w.numpy() for w in ws]
     bs = [b.numpy()[:, 0, :] for b in bs]
     if init is not None:

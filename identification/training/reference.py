@@ -18,18 +18,23 @@ from tqdm.auto import tqdm
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import NoPenalty, Regularizer
 
-__all__ = ["TrainConfig", "TrainResult", "member_seeds", "train_ensemble"]
+__all__ = ["TrainConfig", "TrainResult", "init_weights", "member_seeds", "train_ensemble"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (the published protocol by default)."""
+    """Optimisation settings (the published protocol by default).
+
+    ``threads`` is the fused kernel's thread count only (:func:`~identification.training.train_ensemble_fast`;
+    None: the CPUs this process may use, at most one per member); :func:`train_ensemble` does not use it, since
+    torch's intra-op threads are the caller's (``torch.set_num_threads`` in an entry point).
+    """
 
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3
     dtype: str = "float32"
-    threads: int | None = None  # threads of the fused kernel (train_ensemble_fast); None: the usable CPUs
+    threads: int | None = None  # the fused kernel's threads only (see above)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 0):
@@ -60,8 +65,16 @@ def member_seeds(seed: int, n_members: int) -> list[int]:
     return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n_members)]
 
 
-def _init(arch: Architecture, gens: Sequence[torch.Generator], dtype: torch.dtype) -> tuple[list, list]:
-    """Kaiming-normal weights (ReLU gain, fan-in) and zero biases, member by member from its own generator."""
+def init_weights(
+    arch: Architecture, gens: Sequence[torch.Generator], dtype: torch.dtype
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Kaiming-normal weights (ReLU gain, fan-in) and zero biases, member by member from its own generator.
+
+    Returns
+    -------
+    Per layer, the weights ``(M, n_in, n_out)`` and the biases ``(M, 1, n_out)`` in ``dtype``; both trainers
+    start from them.
+    """
     ws, bs = [], []
     for a, b in arch.layer_shapes:
         std = float(np.sqrt(2.0 / a))
@@ -124,7 +137,7 @@ def train_ensemble(
         raise ValueError("at least one seed (member) is needed")
     dtype = getattr(torch, config.dtype)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    ws, bs = _init(arch, gens, dtype)
+    ws, bs = init_weights(arch, gens, dtype)
     if init is not None:
         if init.architecture != arch or init.n_members != m:
             raise ValueError("init weights do not match the architecture or the number of members")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import platform
 import sys
-from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import safetensors
 from tqdm import tqdm
 
+from alutwin.fileio import utc_now
 from plant.datasets.fileformat import DatasetMeta, tensor_checksum, trajectory_tensors
 from plant.excitation import EXCITATIONS, Exogenous, sample_initial_states
 from plant.signals import N_INPUTS, N_STATES
@@ -174,7 +174,7 @@ def generate(
             f"{split} set: {n_traj} trajectories of {n_steps} steps (dt {dt:g} s) under the {excitation!r} "
             f"excitation with the cell's feed controllers, seed {seed}, {noise_txt}"
         ),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=utc_now(),
         versions=_versions(),
         sha256=tensor_checksum(trajectory_tensors(traj)),
     )

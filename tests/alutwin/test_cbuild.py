@@ -1,10 +1,12 @@
-"""The C build cache: one floating-point policy for every build, caching, errors; and every kernel the project
-ships, assembled as its library assembles it, compiles warning-free with ``-Wall -Wextra -Werror``."""
+"""The C build cache: one floating-point policy for every build, caching (per host type for native builds),
+errors, the cached loader; and every kernel the project ships, assembled and flagged as its library does it,
+compiles warning-free with ``-Wall -Wextra -Werror``."""
 
 from __future__ import annotations
 
 import ctypes
 import fnmatch
+import os
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,19 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-from alutwin.cbuild import DEFAULT_FLAGS, BuildError, build_shared_library, cache_dir, find_compiler
-from identification.rollout.library import KERNEL_FLAGS as ROLLOUT_FLAGS
+import alutwin.cbuild as cbuild
+from alutwin.cbuild import (
+    DEFAULT_FLAGS,
+    NATIVE_FLAGS,
+    BuildError,
+    LibraryCache,
+    build_shared_library,
+    cache_dir,
+    compiler_version,
+    find_compiler,
+    package_source,
+    usable_cpus,
+)
 from identification.rollout.translate import kernel_source as rollout_source
 from identification.surrogate import PRIORS
 from identification.training.fused import kernel_flags as training_flags
@@ -30,7 +43,7 @@ STRICT = ("-Wall", "-Wextra", "-Werror")
 needs_compiler = pytest.mark.skipif(find_compiler() is None, reason="no C compiler")
 
 KERNELS = {
-    **{f"rollout-{p}": (lambda p=p: rollout_source(p), ROLLOUT_FLAGS) for p in PRIORS},
+    **{f"rollout-{p}": (lambda p=p: rollout_source(p), NATIVE_FLAGS) for p in PRIORS},
     **{f"training-{d}": (training_source, training_flags(d)) for d in ("float32", "float64")},
     "plant-engine": (lambda: plant_source(10.0, DEFAULT_PARAMS, DEFAULT_LIMITS), PLANT_FLAGS),
 }
@@ -120,3 +133,67 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("ALUTWIN_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert cache_dir() == tmp_path / "x" / "alutwin"
+
+
+@needs_compiler
+def test_native_builds_are_cached_per_host_type(tmp_path, monkeypatch):
+    """-march=native code may not run on another CPU: the host's fingerprint joins the key of such builds only."""
+    native, _ = build_shared_library(SOURCE, "native", (*NATIVE_FLAGS, "-DANSWER=1"), directory=tmp_path)
+    portable, _ = build_shared_library(SOURCE, "portable", ("-DANSWER=1",), directory=tmp_path)
+    monkeypatch.setattr(cbuild, "host_id", lambda: "another-host-type")
+    elsewhere, compiled = build_shared_library(SOURCE, "native", (*NATIVE_FLAGS, "-DANSWER=1"), directory=tmp_path)
+    assert compiled and elsewhere != native
+    tuned, _ = build_shared_library(SOURCE, "native", ("-mtune=native", "-DANSWER=1"), directory=tmp_path)
+    monkeypatch.undo()
+    assert build_shared_library(SOURCE, "native", ("-mtune=native", "-DANSWER=1"), directory=tmp_path)[0] != tuned
+    assert build_shared_library(SOURCE, "portable", ("-DANSWER=1",), directory=tmp_path) == (portable, False)
+
+
+def test_library_cache_remembers_libraries_and_errors(tmp_path, monkeypatch):
+    compilers = []
+    for name in ("cc-a", "cc-b"):  # two "compilers" find_compiler can find ($CC): files that may be executed
+        compilers.append(tmp_path / name)
+        compilers[-1].write_text("#!/bin/sh\n")
+        compilers[-1].chmod(0o755)
+    monkeypatch.setenv("CC", str(compilers[0]))
+    calls: list[tuple] = []
+
+    def load(*key):
+        calls.append(key)
+        if key[0] == "bad":
+            raise BuildError(f"cannot build {key}")
+        if key[0] == "worse":
+            raise ValueError("not a build error")
+        return f"lib{key}"
+
+    cache = LibraryCache(load, BuildError, maxsize=4)
+    assert cache.get("good", 1) == "lib('good', 1)" and cache.get_or_error("good", 1) == "lib('good', 1)"
+    assert not cache.available("bad", 1) and not cache.available("bad", 1)
+    with pytest.raises(BuildError, match=r"cannot build \('bad', 1\)") as first:
+        cache.get("bad", 1)
+    with pytest.raises(BuildError) as second:
+        cache.get("bad", 1)
+    assert first.value is not second.value  # a fresh exception each time: the cached one's traceback never grows
+    assert calls == [("good", 1), ("bad", 1)]  # one load per key, failed or not
+    monkeypatch.setenv("CC", str(compilers[1]))  # another compiler: asked again
+    assert cache.available("good", 1) and calls == [("good", 1), ("bad", 1), ("good", 1)]
+    fixed = LibraryCache(load, BuildError, per_compiler=False)
+    assert fixed.available("good", 2)
+    monkeypatch.setenv("CC", str(compilers[0]))
+    assert fixed.available("good", 2) and calls[3:] == [("good", 2)]  # not per compiler: one load for both
+    with pytest.raises(ValueError, match="not a build error"):  # errors of other types propagate, uncached
+        cache.get("worse")
+    with pytest.raises(ValueError):
+        cache.get("worse")
+    assert calls[4:] == [("worse",), ("worse",)]
+
+
+def test_helpers_of_the_kernels(tmp_path):
+    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
+    shipped = REPO / "identification" / "training" / "kernel.c"
+    assert package_source("identification.training", "kernel.c") == shipped.read_text(encoding="utf-8")
+    assert compiler_version(str(tmp_path / "no-such-cc")) is None
+    cc = find_compiler()
+    if cc is not None:
+        version = compiler_version(cc)
+        assert isinstance(version, str) and version and "\n" not in version

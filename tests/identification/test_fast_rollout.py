@@ -15,7 +15,7 @@ import casadi as ca
 import numpy as np
 import pytest
 
-from alutwin.cbuild import build_shared_library
+from alutwin.cbuild import NATIVE_FLAGS, build_shared_library
 from identification.rollout import (
     ENGINES,
     OUTPUT_ORDER,
@@ -29,7 +29,6 @@ from identification.rollout import (
     vector_source,
 )
 from identification.rollout.engine import _empty_aligned
-from identification.rollout.library import KERNEL_FLAGS
 from identification.rollout.translate import prelude_source
 from identification.surrogate import Surrogate
 from plant import aprbs, sample_initial_states, simulate
@@ -368,7 +367,7 @@ def test_vector_translation_of_casadi_graphs(tmp_path):
         + vector_source(f)
         + "void eval(const double *a, double *d) { prior_vec((const vd *)a, (vd *)d, 1); }\n"
     )
-    path, _ = build_shared_library(source, "vector_source_test", KERNEL_FLAGS, directory=tmp_path)
+    path, _ = build_shared_library(source, "vector_source_test", NATIVE_FLAGS, directory=tmp_path)
     lib = ctypes.CDLL(str(path))
     lib.eval.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     rng = np.random.default_rng(3)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import identification.training.fused as fused
+from alutwin.cbuild import BuildError
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import GroupInputPenalty, L1Penalty, NoPenalty, Regularizer
 from identification.training import TrainConfig, fast_training_available, train_ensemble, train_ensemble_fast
@@ -190,3 +192,27 @@ def test_bad_input(data) -> None:
         train_ensemble_fast(arch, x, y, SEEDS, cfg, init=init)
     with pytest.raises(ValueError, match="not supported by the fast trainer"):
         train_ensemble_fast(arch, x, y, SEEDS, cfg, regularizer=_Custom())
+
+
+def test_without_a_compiler_the_answer_is_cached_and_training_refused(data, tmp_path, monkeypatch) -> None:
+    """No compiler is looked for once per compiler found (here: none), not on every call; the trainer says why."""
+    builds = []
+
+    def counting_build(*args, **kwargs):
+        builds.append(args[1])
+        return real_build(*args, **kwargs)
+
+    real_build = fused.build_shared_library
+    monkeypatch.setattr(fused, "build_shared_library", counting_build)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    assert not fast_training_available("float32")
+    tried = len(builds)
+    assert tried <= 1  # 0 if an earlier test of this process already found no compiler
+    assert not fast_training_available("float32")
+    x, y = data
+    with pytest.raises(BuildError, match="no C compiler"):
+        train_ensemble_fast(Architecture(5, (6,), 3), x, y, SEEDS[:1], TrainConfig(epochs=1))
+    assert len(builds) == tried  # the failure was remembered
+    monkeypatch.undo()
+    assert fast_training_available("float32")  # the compiler found again: the library it built before

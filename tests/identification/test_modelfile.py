@@ -22,6 +22,8 @@ from identification.modelfile import (
     load_model,
     load_model_bytes,
     model_to_bytes,
+    read_manifest,
+    read_model_files,
     save_model,
 )
 from identification.surrogate import Surrogate
@@ -229,6 +231,34 @@ def test_missing_files(copy: Path, tmp_path: Path):
     _refused(copy, WEIGHTS_NAME, "missing")
     (copy / MANIFEST_NAME).unlink()
     _refused(copy, MANIFEST_NAME, "missing")
+
+
+def test_reading_the_files_checks_the_manifest_before_the_weights(copy: Path):
+    """read_model_files gives the two files' bytes; a broken manifest is refused before the weights are read, so
+    its error comes first whatever the weights are (missing, oversized, not a file)."""
+    manifest, weights = read_model_files(copy / MANIFEST_NAME)
+    assert (manifest, weights) == ((copy / MANIFEST_NAME).read_bytes(), (copy / WEIGHTS_NAME).read_bytes())
+    assert read_manifest(copy) == load_model(copy).manifest == json.loads(manifest)
+    (copy / WEIGHTS_NAME).unlink()
+    (copy / WEIGHTS_NAME).mkdir()
+    with pytest.raises(ModelFileError, match=f"{WEIGHTS_NAME}: is not a regular file"):
+        read_model_files(copy)
+    assert read_manifest(copy)["kind"] == "sparse"  # the manifest alone never looks at the weights
+    (copy / WEIGHTS_NAME).rmdir()
+    with open(copy / WEIGHTS_NAME, "wb") as f:  # sparse: large on paper
+        f.truncate(MAX_WEIGHTS_BYTES + 1)
+    with pytest.raises(ModelFileError, match=f"{WEIGHTS_NAME}: is {MAX_WEIGHTS_BYTES + 1} bytes; at most"):
+        read_model_files(copy)
+    doc = _manifest(copy)
+    doc["kind"] = "bogus"
+    _write_manifest(copy, doc)
+    for read in (read_model_files, read_manifest, load_model):
+        with pytest.raises(ModelFileError, match=f"{MANIFEST_NAME}: unknown kind 'bogus'"):
+            read(copy)
+    (copy / WEIGHTS_NAME).unlink()
+    _refused(copy, MANIFEST_NAME, "unknown kind 'bogus'")
+    with pytest.raises(ModelFileError, match="not a model directory"):
+        read_model_files(copy / "nowhere")
 
 
 def test_pickle_renamed_to_safetensors_is_refused_without_unpickling(copy: Path, monkeypatch: pytest.MonkeyPatch):

@@ -19,11 +19,14 @@ from identification.online import (
     RefitConfig,
     ScreenConfig,
     Segment,
+    count_windows,
     evaluate,
     refit,
+    rollout_windows,
     screen,
     segments_from_window,
     split_holdout,
+    step_ranges,
 )
 from identification.surrogate import Surrogate
 from plant.potline import Potline
@@ -104,6 +107,21 @@ def test_segments_split_at_gaps_and_exclusions():
     bad = SimpleNamespace(cell=0, steps=steps[::-1], time_s=steps, x=w.x, u=w.u)
     with pytest.raises(ValueError, match="strictly increasing"):
         segments_from_window(bad)
+
+
+def test_step_ranges_and_window_counts():
+    rng = np.random.default_rng(1)
+
+    def seg(cell: int, first: int, n: int) -> Segment:
+        return Segment(cell, np.arange(first, first + n + 1), rng.normal(size=(n + 1, 8)), rng.normal(size=(n, 5)))
+
+    segs = [seg(3, 50, 30), seg(1, 10, 4), seg(3, 5, 12), seg(1, 20, 0), seg(3, 90, 7)]
+    assert step_ranges(segs) == {1: [10, 20], 3: [5, 97]} and list(step_ranges(segs)) == [1, 3]
+    assert step_ranges([]) == {}
+    for horizon, stride in ((1, 1), (4, 3), (7, 2), (12, 5), (31, 1)):
+        rows = rollout_windows(segs, horizon, stride)[0].shape[0]
+        assert count_windows(segs, horizon, stride) == rows, (horizon, stride)
+    assert count_windows(segs, 12, 5) == 5  # starts 0, 5, 10, 15 of the 30 steps, 0 of the 12, none of the rest
 
 
 def test_split_holdout_is_disjoint(drift):

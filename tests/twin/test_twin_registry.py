@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from alutwin.codec import decode_array, encode_array, serialize_predict_response
 from alutwin.v1 import twin_pb2
-from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, ModelFileError, save_model
+from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, ModelFileError, load_model_bytes, save_model
 from twin.client import Prediction
 from twin.config import TwinConfig
 from twin.registry import (
@@ -25,7 +25,6 @@ from twin.registry import (
     NotServable,
     StoreError,
     StoreState,
-    load_model_bytes,
 )
 from twin.results import EventType
 from twin.serving import LATENCY_BUCKETS, TwinMetrics

@@ -218,6 +218,12 @@ def test_config_and_cli_errors(tmp_path, capsys):
         worker_config(tmp_path, "127.0.0.1:1", every_plant_s=None)
     with pytest.raises(ValueError, match="horizon"):
         worker_config(tmp_path, "127.0.0.1:1", horizon=0)
+    with pytest.raises(ValueError, match=r"WorkerConfig\.replay_s must be > 0, got 0"):
+        worker_config(tmp_path, "127.0.0.1:1", replay_s=0)
+    with pytest.raises(ValueError, match=r"WorkerConfig\.every_plant_s must be a finite number, got nan"):
+        worker_config(tmp_path, "127.0.0.1:1", every_plant_s=float("nan"))
+    with pytest.raises(ValueError, match=r"WorkerConfig\.poll_s must be a finite number, got True"):
+        worker_config(tmp_path, "127.0.0.1:1", poll_s=True)
     rc = alutwin(["identify", "--twin", "127.0.0.1:1", "--historian", str(tmp_path / "h.sqlite"), "--model", "m"])
     assert rc == 2 and "--online" in capsys.readouterr().err
 

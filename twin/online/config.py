@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from identification.online import Gate, RefitConfig, ScreenConfig
+from identification.online import Gate, RefitConfig, ScreenConfig, check_positive
 
 __all__ = ["WorkerConfig"]
-
-
-def _finite(owner: str, name: str, value: Any, *, low: float = 0.0, strict: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}")
-    if value < low or (strict and value == low):
-        raise ValueError(f"{owner}.{name} must be {'>' if strict else '>='} {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -122,9 +113,9 @@ class WorkerConfig:
         ):
             raise ValueError(f"{owner}.every_samples must be a positive integer or None, got {self.every_samples!r}")
         if self.every_plant_s is not None:
-            _finite(owner, "every_plant_s", self.every_plant_s)
+            check_positive(owner, "every_plant_s", self.every_plant_s)
         for name in ("replay_s", "holdout_s", "poll_s", "retry_initial_s", "retry_max_s", "call_timeout_s"):
-            _finite(owner, name, getattr(self, name))
+            check_positive(owner, name, getattr(self, name))
         for name in ("horizon", "stride", "min_train_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

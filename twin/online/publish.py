@@ -9,13 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from identification.modelfile import LoadedModel, model_to_bytes
-from identification.online import Decision, Evaluation, RefitResult, Segment
+from identification.online import Decision, Evaluation, RefitResult, Segment, step_ranges
 from twin.online.config import WorkerConfig
+from twin.results import MAX_DESCRIPTION
 
-__all__ = ["MAX_DESCRIPTION", "Challenger", "challenger_description", "challenger_files"]
-
-MAX_DESCRIPTION = 1000
-"""Characters of a version description the worker writes at most."""
+__all__ = ["Challenger", "challenger_description", "challenger_files"]
 
 
 @dataclass(frozen=True)
@@ -51,13 +49,7 @@ def challenger_files(config: WorkerConfig, challenger: Challenger) -> tuple[byte
     c = challenger
     champion, result, decision, held = c.champion, c.result, c.decision, c.held
     origin = champion.provenance.get("origin", champion.provenance)
-    held_range = {
-        str(cell): [
-            int(min(s.steps[0] for s in held if s.cell == cell)),
-            int(max(s.steps[-1] for s in held if s.cell == cell)),
-        ]
-        for cell in sorted({s.cell for s in held})
-    }
+    held_range = {str(cell): steps for cell, steps in step_ranges(held).items()}
     provenance = {
         "online": {
             "challenger_id": c.marker,

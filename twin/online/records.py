@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from alutwin.fileio import write_atomic
 from identification.online import Decision, RefitResult
 
-__all__ = ["CycleRecord", "append_record", "fresh_state", "load_state", "save_state", "summary_line", "utc_now"]
+__all__ = ["CycleRecord", "append_record", "fresh_state", "load_state", "save_state", "summary_line"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +47,6 @@ class CycleRecord:
             "faults": list(self.faults),
             "seconds": dict(self.seconds),
         }
-
-
-def utc_now() -> str:
-    """The present time as ISO 8601 UTC, to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def append_record(path: Path, record: CycleRecord) -> None:

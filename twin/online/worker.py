@@ -45,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alutwin.cli import CliError
+from alutwin.fileio import utc_now
 from identification.modelfile import LoadedModel
 from identification.online import (
     REFIT_MODES,
@@ -53,9 +54,9 @@ from identification.online import (
     RefitError,
     ScreenConfig,
     Segment,
+    count_windows,
     evaluate,
     refit,
-    rollout_windows,
     screen,
     segments_from_window,
     split_holdout,
@@ -65,7 +66,7 @@ from twin.client import TwinClient
 from twin.historian import Historian, open_historian
 from twin.online.config import WorkerConfig
 from twin.online.publish import Challenger, challenger_description, challenger_files
-from twin.online.records import CycleRecord, append_record, load_state, save_state, summary_line, utc_now
+from twin.online.records import CycleRecord, append_record, load_state, save_state, summary_line
 
 __all__ = ["OnlineWorker", "WorkerStopped", "register_cli"]
 
@@ -207,8 +208,11 @@ class OnlineWorker:
 
     def due(self) -> bool:
         """Whether enough new data arrived for the next cycle."""
+        return self._due(self._progress_point())
+
+    def _due(self, point: tuple[int, int, float]) -> bool:
         cfg = self.config
-        count, last, t = self._progress_point()
+        count, last, t = point
         if last < 0:
             return False
         if cfg.every_samples is not None and count - self.state["count_at_last"] >= cfg.every_samples:
@@ -259,10 +263,13 @@ class OnlineWorker:
 
     def run_cycle(self) -> CycleRecord:
         """Fit, judge and (maybe) promote one challenger now; the record is logged and returned."""
+        return self._run_cycle(self._progress_point()[0])
+
+    def _run_cycle(self, count: int) -> CycleRecord:
+        """:meth:`run_cycle`, with ``count`` accepted samples when the cycle started."""
         cfg = self.config
         t0 = time.perf_counter()
         cycle = int(self.state["cycles"]) + 1
-        count, _, _ = self._progress_point()
         version, champion = self.champion()
         train, held, faults, newest = self._data(champion)
         dt = champion.surrogate.dt
@@ -270,7 +277,7 @@ class OnlineWorker:
         common = {"cycle": cycle, "plant_step": int(newest), "plant_time_s": float(newest * dt),
                   "champion_version": version, "faults": tuple(faults), "time_utc": utc_now()}  # fmt: skip
         n_train = sum(s.n_steps for s in train)
-        n_roll = rollout_windows(held, cfg.horizon, cfg.stride)[0].shape[0]
+        n_roll = count_windows(held, cfg.horizon, cfg.stride)
         record: CycleRecord
         if n_train < cfg.min_train_steps or n_roll < cfg.gate.min_rollouts:
             why = (
@@ -353,9 +360,10 @@ class OnlineWorker:
 
     def poll(self) -> CycleRecord | None:
         """One look: run a cycle if it is due, else nothing."""
-        if not self.due():
+        point = self._progress_point()
+        if not self._due(point):
             return None
-        return self.run_cycle()
+        return self._run_cycle(point[0])
 
     def run(self, *, max_cycles: int | None = None) -> None:
         """Poll every ``poll_s`` until :meth:`stop` (or ``max_cycles`` cycles ran)."""

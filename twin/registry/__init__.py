@@ -32,8 +32,6 @@ from twin.registry.store import (
     VersionRecord,
     check_alias,
     check_name,
-    load_model_bytes,
-    utc_now,
 )
 from twin.registry.watch import Watcher
 
@@ -72,8 +70,6 @@ __all__ = [
     "default_engine",
     "dependency_of",
     "explain",
-    "load_model_bytes",
     "model_summaries",
-    "utc_now",
     "validate_model",
 ]

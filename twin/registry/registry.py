@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from alutwin.fileio import utc_now
 from identification.modelfile import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -58,10 +59,9 @@ from twin.registry.store import (
     VersionRecord,
     check_alias,
     check_name,
-    utc_now,
 )
 from twin.registry.watch import Watcher
-from twin.results import EventType, ModelSummary, RegistryEvent
+from twin.results import MAX_DESCRIPTION, EventType, ModelSummary, RegistryEvent
 
 __all__ = ["DEFAULT_ALIAS", "MAX_DESCRIPTION", "ModelRegistry", "model_summaries"]
 
@@ -69,9 +69,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ALIAS = "champion"
 """The alias a request means when it names neither a version nor an alias."""
-
-MAX_DESCRIPTION = 1000
-"""Characters a version's description may have."""
 
 
 def _arg(check: Callable[[Any], str], value: Any) -> str:
@@ -482,10 +479,7 @@ class ModelRegistry:
     def _load(self, name: str, version: int) -> ServedModel:
         """Load and validate a stored version; ModelRejected with the problem (no paths) if it fails."""
         try:  # read once: the bytes validated are the bytes served and exported
-            manifest, weights = self.store.read_files(name, version, MAX_WEIGHTS_BYTES)
-        except (OSError, ValueError):
-            raise ModelRejected("its files cannot be read") from None
-        try:
+            manifest, weights = self.store.read_files(name, version)
             loaded = load_model_bytes(manifest, weights, source=self.store.version_dir(name, version))
         except ModelFileError as exc:
             raise ModelRejected(_problem(exc)) from None

@@ -5,13 +5,14 @@ Layout::
     store/
         registry.json              revision, and per model: next version, version records, aliases, alias history
         models/<name>/<version>/   manifest.json + weights.safetensors (identification.modelfile)
-        .staging/                  uploads being written and validated (emptied at start)
+        .staging/                  uploads being written, already validated (emptied at start)
         .lock                      held (flock) by the one server that owns the store
 
-A new version is written into a staging directory (each file to a temporary name, fsync, rename), validated
-there, and moved into place with one ``rename`` of the directory, followed by an fsync of the parent: a crash
-leaves either the whole version or none of it. ``registry.json`` is replaced the same way (temporary file,
-fsync, rename). A version directory that a crash left without its record is found again at start.
+The registry validates an upload from its bytes first and stages only a valid model: a new version is written
+into a staging directory (each file to a temporary name, fsync, rename) and moved into place with one ``rename``
+of the directory, followed by an fsync of the parent: a crash leaves either the whole version or none of it.
+``registry.json`` is replaced the same way (temporary file, fsync, rename). A version directory that a crash left
+without its record is found again at start.
 
 Names of models and aliases are checked against a strict pattern before they touch a path.
 """
@@ -28,13 +29,12 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from alutwin.fileio import fsync_dir, write_atomic
-from identification.modelfile import MANIFEST_NAME, MAX_MANIFEST_BYTES, WEIGHTS_NAME, load_model_bytes
+from alutwin.fileio import fsync_dir, utc_now, write_atomic
+from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, ModelFileError, read_manifest, read_model_files
 
 __all__ = [
     "ALIAS_PATTERN",
@@ -48,8 +48,6 @@ __all__ = [
     "VersionRecord",
     "check_alias",
     "check_name",
-    "load_model_bytes",  # identification.modelfile's, re-exported: what twin.client imports from twin.registry
-    "utc_now",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,11 +86,6 @@ def check_alias(alias: object) -> str:
             "starting with a letter"
         )
     return alias
-
-
-def utc_now() -> str:
-    """The present time as ISO 8601 UTC, to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -315,19 +308,23 @@ class ModelStore:
         """Remove a staging directory (if still there)."""
         shutil.rmtree(staging, ignore_errors=True)
 
-    def read_files(self, name: str, version: int, weights_cap: int) -> tuple[bytes, bytes]:
-        """The manifest and weights bytes of a stored version (size-capped reads)."""
-        d = self.version_dir(name, version)
-        return _read_capped(d / MANIFEST_NAME, MAX_MANIFEST_BYTES), _read_capped(d / WEIGHTS_NAME, weights_cap)
+    def read_files(self, name: str, version: int) -> tuple[bytes, bytes]:
+        """The manifest and weights bytes of a stored version (:func:`identification.modelfile.read_model_files`:
+        size-capped reads of regular files, the manifest checked before the weights are read).
+
+        Raises
+        ------
+        identification.modelfile.ModelFileError
+            Naming the file and the problem (missing, too large, not a regular file, a broken manifest).
+        """
+        return read_model_files(self.version_dir(name, version))
 
     def read_kind(self, name: str, version: int) -> str:
-        """The ``kind`` in a stored version's manifest, or ``"unknown"`` if it cannot be read."""
+        """The ``kind`` in a stored version's manifest, or ``"unknown"`` if the manifest is not a valid one."""
         try:
-            doc = json.loads(_read_capped(self.version_dir(name, version) / MANIFEST_NAME, MAX_MANIFEST_BYTES))
-            kind = doc.get("kind") if isinstance(doc, dict) else None
-        except (OSError, ValueError, RecursionError):
-            kind = None
-        return kind if isinstance(kind, str) and len(kind) <= 64 else "unknown"
+            return read_manifest(self.version_dir(name, version))["kind"]
+        except ModelFileError:
+            return "unknown"
 
     # -- state -------------------------------------------------------------------------------------------------
 
