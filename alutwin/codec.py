@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import Message
 
 from alutwin.v1 import common_pb2, twin_pb2
 
@@ -122,10 +123,10 @@ def decode_array(msg: twin_pb2.DoubleArray, name: str, ndim: int | None = None) 
 _RESPONSE_FIELDS = twin_pb2.PredictResponse.DESCRIPTOR.fields_by_name
 _ARRAY_FIELDS = {name: (_RESPONSE_FIELDS[name].number, ndim) for name, ndim in
                  (("mean", 3), ("spread", 3), ("outputs", 3), ("members", 4))}  # fmt: skip
-_FIELD_NAMES = {number: name for name, (number, _) in _ARRAY_FIELDS.items()}
+_RESPONSE_BY_NUMBER = {number: (name, ndim) for name, (number, ndim) in _ARRAY_FIELDS.items()}
 _REQUEST_FIELDS = twin_pb2.PredictRequest.DESCRIPTOR.fields_by_name
 _REQUEST_ARRAYS = {name: (_REQUEST_FIELDS[name].number, ndim) for name, ndim in (("x0", 2), ("u", 3))}
-_REQUEST_NAMES = {number: name for name, (number, _) in _REQUEST_ARRAYS.items()}
+_REQUEST_BY_NUMBER = {number: (name, ndim) for name, (number, ndim) in _REQUEST_ARRAYS.items()}
 _SHAPE, _VALUES, _RAW, _RAW_F32 = (
     twin_pb2.DoubleArray.DESCRIPTOR.fields_by_name[n].number for n in ("shape", "values", "raw", "raw_f32")
 )
@@ -227,7 +228,7 @@ def _read_array(buf: memoryview, data: bytes, start: int, end: int, name: str, n
     return np.frombuffer(data, dtype="<f8", count=size, offset=offset).reshape(shape)
 
 
-def _split_message(data: bytes, arrays: dict[int, tuple[str, int]]) -> tuple[bytes, dict[str, np.ndarray]]:
+def _split_message(data: bytes, arrays: Mapping[int, tuple[str, int]]) -> tuple[bytes, dict[str, np.ndarray]]:
     """The array fields ``arrays`` (field number -> (name, axes)) of a message's wire bytes, decoded, and the
     bytes of every other field; :class:`_Irregular` where the bytes are not as this codec writes them."""
     buf = memoryview(data)
@@ -262,21 +263,27 @@ def _split_message(data: bytes, arrays: dict[int, tuple[str, int]]) -> tuple[byt
     return b"".join(others), found
 
 
+def _split_parsed(message: Message, arrays: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """What :func:`_split_message` does, for a message protobuf parsed (the slow path): the array fields
+    ``arrays`` (name -> (field number, axes)) that ``message`` holds, decoded, then cleared from it."""
+    found = {
+        name: decode_array(getattr(message, name), name, ndim)
+        for name, (_, ndim) in arrays.items()
+        if message.HasField(name)
+    }
+    for name in found:
+        message.ClearField(name)
+    return found
+
+
 def split_predict_response(data: bytes) -> tuple[twin_pb2.PredictResponse, dict[str, np.ndarray]]:
     """``(response without its arrays, arrays by field name)`` from the wire bytes of a PredictResponse; float64
     arrays are read-only views of ``data`` (no copy). Absent array fields are absent from the dict."""
     try:
-        rest, arrays = _split_message(data, {n: (name, _ARRAY_FIELDS[name][1]) for n, name in _FIELD_NAMES.items()})
+        rest, arrays = _split_message(data, _RESPONSE_BY_NUMBER)
     except _Irregular:
         full = twin_pb2.PredictResponse.FromString(data)
-        arrays = {
-            name: decode_array(getattr(full, name), name, ndim)
-            for name, (_, ndim) in _ARRAY_FIELDS.items()
-            if full.HasField(name)
-        }
-        for name in arrays:
-            full.ClearField(name)
-        return full, arrays
+        return full, _split_parsed(full, _ARRAY_FIELDS)
     return twin_pb2.PredictResponse.FromString(rest), arrays
 
 
@@ -291,15 +298,11 @@ def parse_predict_request(data: bytes) -> tuple[twin_pb2.PredictRequest, np.ndar
         bytes that are not a PredictRequest at all (protobuf's DecodeError is a ValueError too).
     """
     try:
-        rest, arrays = _split_message(data, {n: (name, _REQUEST_ARRAYS[name][1]) for n, name in _REQUEST_NAMES.items()})
+        rest, arrays = _split_message(data, _REQUEST_BY_NUMBER)
         header = twin_pb2.PredictRequest.FromString(rest)
     except _Irregular:
-        full = twin_pb2.PredictRequest.FromString(data)
-        x0 = decode_array(full.x0, "x0", 2)
-        u = decode_array(full.u, "u", 3)
-        full.ClearField("x0")
-        full.ClearField("u")
-        return full, x0, u
+        header = twin_pb2.PredictRequest.FromString(data)
+        arrays = _split_parsed(header, _REQUEST_ARRAYS)
     for name, (_, ndim) in _REQUEST_ARRAYS.items():
         if name not in arrays:
             arrays[name] = decode_array(twin_pb2.DoubleArray(), name, ndim)  # absent: shape () -> axes error

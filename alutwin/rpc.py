@@ -1,5 +1,5 @@
-"""What alutwin's gRPC services and clients share: a unary handler's exceptions as status codes, channels, and one
-server lifecycle.
+"""What alutwin's gRPC services and clients share: exceptions as status codes (:func:`status_mapping`, for unary
+handlers :func:`unary_errors`, for opening a stream :func:`open_or_abort`), channels, and one server lifecycle.
 
 A server is built by :func:`new_server`, gets health checking and reflection from
 :func:`serve_health_and_reflection`, is bound by :func:`bind` (an :class:`OSError` naming the address when it
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,11 +33,17 @@ __all__ = [
     "format_address",
     "new_server",
     "open_channel",
+    "open_or_abort",
     "serve_health_and_reflection",
     "serve_until_signalled",
+    "status_mapping",
     "stop_on_signals",
     "unary_errors",
 ]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class Abort(Exception):
@@ -50,6 +57,39 @@ class Abort(Exception):
 
 StatusOf = Callable[[BaseException], tuple[grpc.StatusCode, str]]
 """A service's mapping of an exception to its status code and client-facing message."""
+
+
+def status_mapping(
+    table: Mapping[type[BaseException], grpc.StatusCode | tuple[grpc.StatusCode, str]],
+    service: str,
+    logger: logging.Logger = log,
+) -> StatusOf:
+    """A service's :data:`StatusOf`: an :class:`Abort` gives its own code and message; else the first type of
+    ``table`` (in order) the exception is an instance of gives its code, with the exception's text as the message,
+    or its ``(code, message)``; anything else is logged to ``logger`` with its traceback and answered INTERNAL,
+    ``"internal error in <service>"`` (no traces or paths reach the client).
+
+    Parameters
+    ----------
+    table : mapping
+        Exception type -> status code, or -> (status code, fixed client-facing message).
+    service : str
+        The service as the INTERNAL message names it, e.g. ``"the plant service"``.
+    logger : logging.Logger
+        Where an unexpected exception is logged (default this module's).
+    """
+    entries = tuple(table.items())
+
+    def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        if isinstance(exc, Abort):
+            return exc.code, exc.message
+        for kind, status in entries:
+            if isinstance(exc, kind):
+                return status if isinstance(status, tuple) else (status, str(exc))
+        logger.error("unexpected error in %s", service, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, f"internal error in {service}"
+
+    return status_of
 
 
 def unary_errors(
@@ -73,6 +113,17 @@ def unary_errors(
         return handler
 
     return decorate
+
+
+def open_or_abort(status_of: StatusOf, context: grpc.ServicerContext, open_: Callable[[], _T]) -> _T:
+    """What ``open_()`` returns (a streaming handler's source, before its first response); an exception it raises
+    aborts the call (:meth:`grpc.ServicerContext.abort` raises) with the status code and message ``status_of``
+    gives it, the streaming twin of :func:`unary_errors`."""
+    try:
+        return open_()
+    except Exception as exc:
+        code, message = status_of(exc)
+    context.abort(code, message)  # raises: the call ends here
 
 
 def open_channel(
@@ -109,17 +160,14 @@ def new_server(
 
 
 def serve_health_and_reflection(
-    server: grpc.Server, services: Sequence[str], health_servicer: health.HealthServicer | None = None
-) -> health.HealthServicer:
-    """Add health checking (``""`` and every name of ``services`` SERVING) and reflection of ``services``, the
-    health service and reflection itself to ``server``; returns the health servicer (``health_servicer`` when
-    given, else a new non-blocking one)."""
-    hs = health.HealthServicer(experimental_non_blocking=True) if health_servicer is None else health_servicer
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    server: grpc.Server, services: Sequence[str], health_servicer: health.HealthServicer
+) -> None:
+    """Add ``health_servicer`` (``""`` and every name of ``services`` set SERVING) and reflection of ``services``,
+    the health service and reflection itself to ``server``."""
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *services):
-        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    return hs
 
 
 def bind(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
@@ -152,7 +200,8 @@ class GrpcServer:
     context manager (start on enter, stop on exit).
 
     Subclasses hook in what runs beside the server (:meth:`_started`), what ends before the server stops
-    (:meth:`_drain`: streams, calls in flight) and what is released after (:meth:`_close`).
+    (:meth:`_drain`: streams, calls in flight) and what is released after (:meth:`_close`), and say when the
+    grace of the calls in flight starts (:attr:`grace_includes_drain`).
 
     Parameters
     ----------
@@ -165,6 +214,10 @@ class GrpcServer:
     grace_s : float
         Default seconds that calls in flight get to finish when the server stops.
     """
+
+    grace_includes_drain: bool = True
+    """Whether a stop's grace counts from the start of the stop, :meth:`_drain` included (a drain that waits for
+    the calls in flight itself), or from the end of :meth:`_drain` (the calls get the whole grace after it)."""
 
     def __init__(
         self, server: grpc.Server, health_servicer: health.HealthServicer, host: str, port: int, grace_s: float
@@ -188,17 +241,19 @@ class GrpcServer:
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, drain, stop the server (cancelling the calls still running once ``grace`` s,
-        default ``grace_s``, have passed since the stop began), then release what the server held. Only the
-        first call does anything."""
+        default ``grace_s``, have passed since the stop began, or since the drain ended: see
+        :attr:`grace_includes_drain`), then release what the server held. Only the first call does anything."""
         with self._stop_lock:
             if self._stopped:
                 return
             self._stopped = True
         grace = self.grace_s if grace is None else grace
-        deadline = time.monotonic() + grace
+        began = time.monotonic()
         self.begin_shutdown()
         self._drain(grace)
-        self.grpc_server.stop(max(0.0, deadline - time.monotonic())).wait()
+        if not self.grace_includes_drain:
+            began = time.monotonic()
+        self.grpc_server.stop(max(0.0, began + grace - time.monotonic())).wait()
         self._close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:

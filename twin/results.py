@@ -31,6 +31,7 @@ from plant.signals import INPUT_NAMES, STATE_NAMES
 __all__ = [
     "DEPENDENCY_COLS",
     "DEPENDENCY_ROWS",
+    "MAX_DESCRIPTION",
     "Dependency",
     "EventType",
     "ExportedModel",
@@ -48,6 +49,8 @@ DEPENDENCY_ROWS = tuple(f"d{n}/dt" for n in STATE_NAMES)
 """Row names of a dependency matrix: the derivatives of the 8 states."""
 DEPENDENCY_COLS = (*STATE_NAMES, *INPUT_NAMES)
 """Column names of a dependency matrix: the 8 states and 5 inputs a derivative may depend on."""
+MAX_DESCRIPTION = 1000
+"""Characters a version's description may have (the registry refuses longer ones; the re-fit worker cuts its own)."""
 
 
 @dataclass(frozen=True)
@@ -386,14 +389,18 @@ _EVENT_PREFIX = "REGISTRY_EVENT_TYPE_"
 
 
 class EventType(str, enum.Enum):
-    """Kinds of registry events; each equals its name as a string (``EventType.SNAPSHOT == "SNAPSHOT"``), and
-    :attr:`number` is its ``alutwin.v1.RegistryEventType``."""
+    """Kinds of registry events; each equals its name as a string (``EventType.SNAPSHOT == "SNAPSHOT"``, and
+    ``str()`` and f-strings give ``"SNAPSHOT"``), and :attr:`number` is its ``alutwin.v1.RegistryEventType``."""
 
     UNSPECIFIED = "UNSPECIFIED"  # what a message of an unknown kind reads as
     SNAPSHOT = "SNAPSHOT"
     VERSION_REGISTERED = "VERSION_REGISTERED"
     ALIAS_MOVED = "ALIAS_MOVED"
     ROLLED_BACK = "ROLLED_BACK"
+
+    # the plain string, as enum.StrEnum (Python 3.11+) gives it; Enum's own would be "EventType.SNAPSHOT"
+    __str__ = str.__str__
+    __format__ = str.__format__
 
     @property
     def number(self) -> int:

@@ -3,21 +3,26 @@ a stop's steps, and serving until a signal with the handlers restored."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
+import time
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from alutwin.rpc import (
+    Abort,
     GrpcServer,
     bind,
     format_address,
     new_server,
+    open_or_abort,
     serve_health_and_reflection,
     serve_until_signalled,
+    status_mapping,
     stop_on_signals,
 )
 
@@ -28,17 +33,28 @@ WAIT = 10.0
 class _Recorder(GrpcServer):
     """A server without services of its own that records the lifecycle's hooks."""
 
-    def __init__(self, grace_s: float = 0.25) -> None:
+    def __init__(self, grace_s: float = 0.25, drain_s: float = 0.0) -> None:
         server = new_server(2, "test-grpc")
-        hs = serve_health_and_reflection(server, [SERVICE])
+        hs = health.HealthServicer(experimental_non_blocking=True)
+        serve_health_and_reflection(server, [SERVICE], hs)
         super().__init__(server, hs, "127.0.0.1", bind(server, "127.0.0.1", 0), grace_s)
         self.calls: list = []
+        self.drain_s = drain_s
+        self.stop_graces: list[float] = []  # what the gRPC server's stop was given
+        stop = server.stop
+
+        def recorded_stop(grace: float | None) -> threading.Event:
+            self.stop_graces.append(grace)
+            return stop(grace)
+
+        server.stop = recorded_stop
 
     def _started(self) -> None:
         self.calls.append("started")
 
     def _drain(self, grace: float) -> None:
         self.calls.append(("drain", grace, self.health_of(SERVICE)))
+        time.sleep(self.drain_s)
 
     def _close(self) -> None:
         self.calls.append("close")
@@ -70,6 +86,58 @@ def test_a_stop_reports_not_serving_then_drains_then_closes():
     server.stop(5.0)  # a second stop does nothing
     assert server.calls == ["started", ("drain", 0.25, "NOT_SERVING"), "close"]
     assert server.wait_for_termination(WAIT) is False  # stopped: no timeout
+
+
+@pytest.mark.parametrize("includes_drain", [True, False])
+def test_the_grace_counts_from_the_start_of_the_stop_or_from_the_end_of_the_drain(includes_drain):
+    server = _Recorder(grace_s=2.0, drain_s=0.5)
+    server.grace_includes_drain = includes_drain
+    server.start()
+    server.stop()
+    [given] = server.stop_graces
+    if includes_drain:  # the drain's 0.5 s (and the health check in it) came out of the 2 s
+        assert 0.0 < given <= 1.5
+    else:  # the whole grace after the drain, less the few microseconds between the two clock reads
+        assert 1.9 < given <= 2.0
+
+
+def test_a_status_mapping_passes_aborts_maps_its_table_and_hides_the_rest(caplog):
+    class Closed(Exception):
+        pass
+
+    class NotThere(KeyError):
+        pass
+
+    logger = logging.getLogger("test.rpc.service")
+    status_of = status_mapping(
+        {LookupError: grpc.StatusCode.NOT_FOUND, Closed: (grpc.StatusCode.UNAVAILABLE, "shutting down")},
+        "the test service",
+        logger,
+    )
+    assert status_of(Abort(grpc.StatusCode.ABORTED, "moved on")) == (grpc.StatusCode.ABORTED, "moved on")
+    assert status_of(IndexError("no row 3")) == (grpc.StatusCode.NOT_FOUND, "no row 3")  # a subclass, its text
+    assert status_of(NotThere("k")) == (grpc.StatusCode.NOT_FOUND, "'k'")
+    assert status_of(Closed("/var/lib/secret.db")) == (grpc.StatusCode.UNAVAILABLE, "shutting down")
+    with caplog.at_level(logging.ERROR, logger="test.rpc.service"):
+        code, message = status_of(RuntimeError("/var/lib/secret.db is corrupt"))
+    assert (code, message) == (grpc.StatusCode.INTERNAL, "internal error in the test service")
+    [record] = caplog.records  # logged once, with its traceback, on the service's logger
+    assert record.name == "test.rpc.service" and record.exc_info[1].args == ("/var/lib/secret.db is corrupt",)
+
+
+def test_open_or_abort_returns_what_opens_and_aborts_with_the_status_of_what_fails():
+    class Context:
+        def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise RuntimeError(f"aborted {code.name}: {details}")  # grpc's abort raises too
+
+    status_of = status_mapping({ValueError: grpc.StatusCode.INVALID_ARGUMENT}, "the test service")
+    assert open_or_abort(status_of, Context(), lambda: "stream") == "stream"
+
+    def fail() -> str:
+        raise ValueError("cells = [9] is not a cell")
+
+    with pytest.raises(RuntimeError, match=r"^aborted INVALID_ARGUMENT: cells = \[9\] is not a cell$"):
+        open_or_abort(status_of, Context(), fail)
 
 
 def test_serve_until_a_signal_then_stop_and_restore_the_handlers():

@@ -312,6 +312,17 @@ def test_streams_end_cleanly_when_the_server_stops(plant_server):
     assert server.runtime.broadcaster.count == 0
 
 
+def test_calls_in_flight_get_the_whole_grace_after_the_clock_stops(plant_server, monkeypatch):
+    server, _ = plant_server(real_time_factor=1000.0)
+    close = server.runtime.close
+    monkeypatch.setattr(server.runtime, "close", lambda: (time.sleep(0.5), close()))  # a clock slow to stop
+    stop, graces = server.grpc_server.stop, []
+    monkeypatch.setattr(server.grpc_server, "stop", lambda grace: (graces.append(grace), stop(grace))[1])
+    server.stop(grace=2.0)
+    assert server.runtime.closed and len(graces) == 1
+    assert 1.9 < graces[0] <= 2.0  # not 2.0 less the 0.5 s the clock took (the twin counts its drain in)
+
+
 def test_cli_serve_prints_the_address_and_stops_on_sigterm(tmp_path):
     config = tmp_path / "plant.yaml"
     config.write_text("n_cells: 2\nseed: 3\nport: 50051\n")

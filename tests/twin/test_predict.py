@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from alutwin.codec import encode_array, parse_predict_request, serialize_predict_request
+from alutwin.codec import encode_array, parse_predict_request, serialize_predict_request, split_predict_response
 from alutwin.v1 import twin_pb2, twin_pb2_grpc
 from plant import sample_initial_states
 from plant.physics import algebraic
@@ -106,6 +106,30 @@ def test_predict_request_codec_round_trips_and_refuses_garbage(scenarios):
     with pytest.raises(ValueError, match=r"u\.raw_f32 holds"):
         bad = twin_pb2.PredictRequest(x0=encode_array(x0), u=twin_pb2.DoubleArray(shape=[2, 3, 5], raw_f32=b"\0" * 8))
         parse_predict_request(bad.SerializeToString())
+
+
+def _with_unknown_field(array: np.ndarray) -> twin_pb2.DoubleArray:
+    """A DoubleArray of ``array`` that also carries a field 15 = 1 this contract does not define: legal protobuf
+    (a newer sender's field), which the codec's fast path leaves to protobuf."""
+    return twin_pb2.DoubleArray.FromString(encode_array(array).SerializeToString() + bytes([15 << 3, 1]))
+
+
+def test_predict_bytes_the_fast_path_leaves_to_protobuf_decode_the_same(scenarios):
+    x0, u = scenarios(b=2, h=3)
+    req = twin_pb2.PredictRequest(outputs=["power"], x0=_with_unknown_field(x0), u=encode_array(u))
+    header, got_x0, got_u = parse_predict_request(req.SerializeToString())
+    assert list(header.outputs) == ["power"] and not header.HasField("x0") and not header.HasField("u")
+    np.testing.assert_array_equal(got_x0, x0)
+    np.testing.assert_array_equal(got_u, u)
+    with pytest.raises(ValueError, match=r"^u\.shape must have 3 axes, got \[\]$"):  # u absent
+        parse_predict_request(twin_pb2.PredictRequest(x0=_with_unknown_field(x0)).SerializeToString())
+    mean, spread = np.arange(2 * 4 * 8.0).reshape(2, 4, 8), np.full((2, 4, 8), 0.5)
+    resp = twin_pb2.PredictResponse(n_members=3, mean=encode_array(mean), spread=_with_unknown_field(spread))
+    header, arrays = split_predict_response(resp.SerializeToString())
+    assert header.n_members == 3 and not header.HasField("mean") and not header.HasField("spread")
+    assert sorted(arrays) == ["mean", "spread"]  # absent outputs and members stay absent
+    np.testing.assert_array_equal(arrays["mean"], mean)
+    np.testing.assert_array_equal(arrays["spread"], spread)
 
 
 def test_every_output_of_the_plant_can_be_asked_for():

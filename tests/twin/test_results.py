@@ -54,6 +54,14 @@ def test_model_summary_and_registry_events_round_trip():
     assert unknown.type is EventType.UNSPECIFIED
 
 
+def test_event_type_prints_as_its_name():
+    # the client's event types used to be plain strings: str(), f-strings and format() must still give the name
+    moved = RegistryEvent(8, EventType.ALIAS_MOVED, "cell", 2, "champion", 1, 456)
+    assert str(moved.type) == "ALIAS_MOVED" and f"{moved.type}" == "ALIAS_MOVED"
+    assert f"{EventType.SNAPSHOT:>10}|" == "  SNAPSHOT|" and format(EventType.ROLLED_BACK) == "ROLLED_BACK"
+    assert repr(EventType.SNAPSHOT) == "<EventType.SNAPSHOT: 'SNAPSHOT'>"  # repr still names the enum
+
+
 def test_explanations_and_version_info_round_trip():
     layers = (LayerSparsity(13, 16, 624, 300, 120), LayerSparsity(16, 8, 384, 100, 90))
     ex = ModelExplanation(

@@ -120,6 +120,16 @@ def _key(name: str, **labels: str) -> tuple[str, frozenset]:
 PREDICT = {"grpc_service": "alutwin.v1.PredictionService", "grpc_method": "Predict"}
 
 
+def test_a_twin_that_cannot_bind_releases_its_store(tmp_path, twin_server):
+    busy, _ = twin_server(metrics_port=_free_port())
+    store = tmp_path / "again"
+    for taken, words in (({"port": busy.port}, "cannot listen on"), ({"metrics_port": busy.metrics_port}, "in use")):
+        with pytest.raises(OSError, match=words):  # the gRPC bind, or the metrics endpoint (the last step)
+            twin_server(store=store, **taken)
+    _, client = twin_server(store=store)  # the store's lock was released (and the historian and the pool closed)
+    assert client.health() == "SERVING" and client.list_models()[0] == []
+
+
 def test_prometheus_metrics(twin_server, twin_models, rpc_error):
     server, client = twin_server(metrics_port=_free_port())
     client.register("cell", twin_models["v1"][0], set_alias="champion")

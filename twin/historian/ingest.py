@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from alutwin.rpc import Abort, unary_errors
+from alutwin.rpc import Abort, open_or_abort, status_mapping, unary_errors
 from alutwin.v1 import ingest_pb2, ingest_pb2_grpc
 from twin.config import HistorianConfig
 from twin.historian.codec import INGEST_SERVICE, REASON_TO_PB, quarantined_to_pb, sample_from_pb
@@ -38,16 +38,14 @@ _NOTHING = object()
 _END = object()
 
 
-def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-facing message of an exception (no traces, no paths)."""
-    if isinstance(exc, Abort):
-        return exc.code, exc.message
-    if isinstance(exc, HistorianClosed):
-        return grpc.StatusCode.UNAVAILABLE, "the twin's historian is closed (the twin is shutting down)"
-    if isinstance(exc, ValueError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    log.error("unexpected error in an IngestService call", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error in the twin's ingest service"
+_status_of = status_mapping(
+    {
+        HistorianClosed: (grpc.StatusCode.UNAVAILABLE, "the twin's historian is closed (the twin is shutting down)"),
+        ValueError: grpc.StatusCode.INVALID_ARGUMENT,
+    },
+    "the twin's ingest service",
+    log,
+)
 
 
 _unary = unary_errors(_status_of)
@@ -156,24 +154,26 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             progress=progress,
         )
 
-    def Ingest(
-        self, request_iterator: Iterator[ingest_pb2.IngestRequest], context: grpc.ServicerContext
-    ) -> Iterator[ingest_pb2.IngestAck]:
-        status: tuple[grpc.StatusCode, str] | None = None
+    def _open_stream(self) -> None:
+        """Count a new Ingest stream in; Abort while draining or with ``max_ingest_streams`` open."""
         with self._streams_lock:
             limit = self.config.max_ingest_streams
             if self._draining.is_set():
-                status = (grpc.StatusCode.UNAVAILABLE, "the twin is draining (shutting down); retry on another server")
-            elif self._streams >= limit:
-                status = (
+                raise Abort(
+                    grpc.StatusCode.UNAVAILABLE, "the twin is draining (shutting down); retry on another server"
+                )
+            if self._streams >= limit:
+                raise Abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{self._streams} ingest streams are open, the most this server takes ({limit}); retry later",
                 )
-            else:
-                self._streams += 1
-        if status is not None:
-            context.abort(*status)
-            return
+            self._streams += 1
+
+    def Ingest(
+        self, request_iterator: Iterator[ingest_pb2.IngestRequest], context: grpc.ServicerContext
+    ) -> Iterator[ingest_pb2.IngestAck]:
+        open_or_abort(_status_of, context, self._open_stream)
+        status: tuple[grpc.StatusCode, str] | None = None
         reader = _RequestReader(request_iterator)
         try:
             while True:

@@ -23,7 +23,6 @@ from plant.potline import OUTPUTS
 from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
 from twin.config import TwinConfig
 from twin.registry import DEFAULT_ALIAS, InvalidRequest, ServedModel
-from twin.results import ModelId
 from twin.serving.runtime import TwinRuntime, unary
 
 __all__ = [
@@ -186,14 +185,14 @@ class PredictionServicer(twin_pb2_grpc.PredictionServiceServicer):
         except (ValueError, DecodeError) as exc:
             raise InvalidRequest(str(exc) if isinstance(exc, ValueError) else "not a PredictRequest") from None
         names = check_output_names(header.outputs)
-        served, alias = rt.resolve(header.model)
+        served, model = rt.resolve(header.model)
         include = header.include_members
         check_prediction(x0, u, served.n_members, len(names), include, self.limits, _item_bytes(header.encoding))
         remaining = context.time_remaining()  # huge (not None) when the call has no deadline
         timeout = remaining if remaining < _NO_DEADLINE_S else None
         result = rt.run(lambda: predict(served, x0, u, names, include), timeout)
         response = twin_pb2.PredictResponse(
-            model=ModelId(served.name, served.version, alias).to_pb(),
+            model=model.to_pb(),
             output_names=names,
             n_members=served.n_members,
             dt_s=served.dt,

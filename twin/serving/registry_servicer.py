@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from alutwin.rpc import open_or_abort
 from alutwin.v1 import twin_pb2, twin_pb2_grpc
 from twin.registry import (
     DEFAULT_ALIAS,
@@ -29,15 +30,15 @@ REGISTRY_SERVICE = twin_pb2.DESCRIPTOR.services_by_name["ModelRegistry"].full_na
 _POLL_S = 0.25  # how often a waiting Watch stream checks that its client is still there
 
 
-def version_info(registry: ModelRegistry, served: ServedModel, alias: str = "") -> VersionInfo:
-    """The metadata of a served version (``GetModel``), as named by ``alias`` ("" for a version)."""
+def version_info(registry: ModelRegistry, served: ServedModel, model: ModelId) -> VersionInfo:
+    """The metadata of a served version (``GetModel``); ``model`` is that version as the call named it."""
     manifest = served.loaded.manifest
     weights = served.surrogate.weights
     arch = weights.architecture
     rec = registry.state.models.get(served.name, ModelRecord())
     vrec = rec.versions.get(served.version)
     return VersionInfo(
-        model=ModelId(served.name, served.version, alias),
+        model=model,
         aliases=tuple(sorted(a for a, v in rec.aliases.items() if v == served.version)),
         kind=served.loaded.kind,
         prior=served.surrogate.prior,
@@ -76,27 +77,23 @@ class RegistryServicer(twin_pb2_grpc.ModelRegistryServicer):
         state = self.registry.state
         return twin_pb2.ListModelsResponse(models=[m.to_pb() for m in model_summaries(state)], revision=state.revision)
 
-    def _resolve(self, ref: twin_pb2.ModelRef) -> tuple[ServedModel, ModelId]:
-        served, alias = self.runtime.resolve(ref)
-        return served, ModelId(served.name, served.version, alias)
-
     @unary
     def GetModel(self, request: twin_pb2.GetModelRequest, context: grpc.ServicerContext) -> twin_pb2.ModelVersionInfo:
-        served, model = self._resolve(request.model)
-        return version_info(self.registry, served, model.alias).to_pb()
+        served, model = self.runtime.resolve(request.model)
+        return version_info(self.registry, served, model).to_pb()
 
     @unary
     def ExplainModel(
         self, request: twin_pb2.ExplainModelRequest, context: grpc.ServicerContext
     ) -> twin_pb2.ModelExplanation:
-        served, model = self._resolve(request.model)
+        served, model = self.runtime.resolve(request.model)
         return dataclasses.replace(served.explanation, model=model).to_pb()
 
     @unary
     def ExportModel(
         self, request: twin_pb2.ExportModelRequest, context: grpc.ServicerContext
     ) -> twin_pb2.ExportModelResponse:
-        served, model = self._resolve(request.model)
+        served, model = self.runtime.resolve(request.model)
         return ExportedModel(model, served.manifest_bytes, served.weights_bytes).to_pb()
 
     @unary
@@ -127,12 +124,7 @@ class RegistryServicer(twin_pb2_grpc.ModelRegistryServicer):
         return twin_pb2.RollbackResponse(version=version, rolled_back_from=left, revision=revision)
 
     def Watch(self, request: twin_pb2.WatchRequest, context: grpc.ServicerContext) -> Iterator[twin_pb2.RegistryEvent]:
-        try:
-            watcher = self.registry.watch(request.name)
-        except Exception as exc:
-            code, message = status_of(exc)
-            context.abort(code, message)
-            return
+        watcher = open_or_abort(status_of, context, lambda: self.registry.watch(request.name))
         context.add_callback(watcher.close)  # wakes the loop below when the client goes away
         try:
             while True:

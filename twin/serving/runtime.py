@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from alutwin.rpc import Abort, unary_errors
+from alutwin.rpc import Abort, status_mapping, unary_errors
 from alutwin.v1 import twin_pb2
 from twin.config import TwinConfig
 from twin.registry import (
@@ -25,31 +25,25 @@ from twin.registry import (
     ServedModel,
     TooManyWatchers,
 )
+from twin.results import ModelId
 
 __all__ = ["TwinRuntime", "status_of", "unary"]
 
 log = logging.getLogger(__name__)
 
-_CODES = (
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (NotServable, grpc.StatusCode.FAILED_PRECONDITION),
-    (Conflict, grpc.StatusCode.ABORTED),
-    (TooManyWatchers, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (RegistryClosed, grpc.StatusCode.UNAVAILABLE),
+status_of = status_mapping(
+    {
+        InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+        NotFound: grpc.StatusCode.NOT_FOUND,
+        NotServable: grpc.StatusCode.FAILED_PRECONDITION,
+        Conflict: grpc.StatusCode.ABORTED,
+        TooManyWatchers: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        RegistryClosed: grpc.StatusCode.UNAVAILABLE,
+    },
+    "the twin service",
+    log,
 )
-
-
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-facing message of an exception (no traces, no paths)."""
-    if isinstance(exc, Abort):
-        return exc.code, exc.message
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return code, str(exc)
-    log.error("unexpected error in a twin call", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error in the twin service"
-
+"""The status code and client-facing message of an exception in a twin call (no traces, no paths)."""
 
 unary = unary_errors(status_of)
 """The decorator of the twin's unary handlers: exceptions become status codes (:func:`status_of`)."""
@@ -79,17 +73,19 @@ class TwinRuntime:
         """Predictions running or queued in the pool."""
         return self._in_flight
 
-    def resolve(self, ref: twin_pb2.ModelRef) -> tuple[ServedModel, str]:
-        """The served model a ModelRef means, and the alias it named ("" for a version)."""
+    def resolve(self, ref: twin_pb2.ModelRef) -> tuple[ServedModel, ModelId]:
+        """The served model a ModelRef means, and its ModelId with the alias the ref named ("" for a version)."""
         if not ref.name:
             raise InvalidRequest("model.name is empty")
         which = ref.WhichOneof("selector")
         if which == "version":
             if ref.version == 0:
                 raise InvalidRequest("model.version must be >= 1 (versions count from 1)")
-            return self.registry.resolve(ref.name, version=ref.version), ""
-        alias = ref.alias if which == "alias" else DEFAULT_ALIAS
-        return self.registry.resolve(ref.name, alias=alias), alias
+            served, alias = self.registry.resolve(ref.name, version=ref.version), ""
+        else:
+            alias = ref.alias if which == "alias" else DEFAULT_ALIAS
+            served = self.registry.resolve(ref.name, alias=alias)
+        return served, ModelId(served.name, served.version, alias)
 
     def run(self, work: Callable[[], Any], timeout: float | None) -> Any:
         """Run ``work`` in the rollout pool and wait for it at most ``timeout`` s (None: no deadline).

@@ -86,12 +86,17 @@ class TwinServer(GrpcServer):
             log.warning("calls still in flight after the grace period of %g s are cancelled", grace)
 
     def _close(self) -> None:
-        self.runtime.close()
-        self.registry.close()
-        if self.ingest is not None:
-            self.ingest.close()
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
+        _release(self.runtime, self.ingest, self.metrics_server)
+
+
+def _release(runtime: TwinRuntime, ingest: IngestServicer | None, metrics_server: MetricsServer | None) -> None:
+    """Close what a twin server holds, in this order: the pool, the registry, the historian, the metrics endpoint."""
+    runtime.close()
+    runtime.registry.close()
+    if ingest is not None:
+        ingest.close()
+    if metrics_server is not None:
+        metrics_server.stop()
 
 
 def _credentials(config: TwinConfig) -> grpc.ServerCredentials | None:
@@ -149,14 +154,13 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
         store.close()
         raise
     opened.append(registry)
-    runtime: TwinRuntime | None = None
+    runtime = TwinRuntime(config, registry)
     ingest: IngestServicer | None = None
-    metrics_server = None
+    metrics_server: MetricsServer | None = None
     try:
         if config.historian_path is not None:
             ingest = IngestServicer(open_historian(config.historian_path), config.historian)
-        runtime = rt = TwinRuntime(config, registry)
-        metrics = TwinMetrics(registry.active, lambda: rt.in_flight, lambda: registry.state.revision)
+        metrics = TwinMetrics(registry.active, lambda: runtime.in_flight, lambda: registry.state.revision)
         gate = Gate()
         server = new_server(
             config.max_workers,
@@ -179,11 +183,7 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
         if config.metrics_port:
             metrics_server = MetricsServer(metrics.registry, config.metrics_host, config.metrics_port)
     except BaseException:
-        if runtime is not None:
-            runtime.close()
-        registry.close()
-        if ingest is not None:
-            ingest.close()
+        _release(runtime, ingest, metrics_server)
         raise
     twin_server = TwinServer(server, runtime, health_servicer, gate, metrics_server, config.host, port, ingest)
     return twin_server, port

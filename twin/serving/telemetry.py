@@ -9,16 +9,19 @@ are never out of date): ``alutwin_twin_active_model_version`` (by ``model`` and 
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import make_server
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
+
+# What prometheus_client's own start_wsgi_server serves with: a daemon thread per scrape, no log line per scrape,
+# the address family of the host (IPv6 included). The last two are private names: should a release drop them, this
+# import fails at once rather than the endpoint misbehaving.
+from prometheus_client.exposition import ThreadingWSGIServer, _get_best_family, _SilentHandler
 
 __all__ = ["LATENCY_BUCKETS", "MetricsServer", "TwinMetrics"]
 
@@ -108,15 +111,6 @@ class TwinMetrics:
         self.latency.labels(service, name).observe(seconds)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not worth a log line each
-        return
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
 def _only_metrics(app: Callable[..., Any]) -> Callable[..., Any]:
     """``app`` on ``/metrics``; 404 elsewhere."""
 
@@ -141,11 +135,14 @@ class MetricsServer:
     """
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        host = host.strip("[]")
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        server_class = type("MetricsHTTPServer", (_ThreadingServer,), {"address_family": family})
+        family, address = _get_best_family(host.strip("[]"), port)
+        server_class = type("MetricsHTTPServer", (ThreadingWSGIServer,), {"address_family": family})
         self._http = make_server(
-            host, port, _only_metrics(make_wsgi_app(registry)), server_class=server_class, handler_class=_QuietHandler
+            address,
+            port,
+            _only_metrics(make_wsgi_app(registry)),
+            server_class=server_class,
+            handler_class=_SilentHandler,
         )
         self.port = self._http.server_address[1]
         self._thread = threading.Thread(target=self._http.serve_forever, name="twin-metrics", daemon=True)
