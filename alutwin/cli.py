@@ -9,15 +9,26 @@ no package above ``plant``.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-__all__ = ["main", "build_parser", "CliError"]
+__all__ = ["main", "build_parser", "configure_logging", "CliError"]
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class CliError(Exception):
     """A user error on the command line: printed as one line, exit code 2."""
+
+
+def configure_logging(level: int) -> None:
+    """Log the records of ``level`` and above to stderr, one line each: time, level, logger and message.
+
+    A process-wide setting (:func:`logging.basicConfig`): only a command's entry point calls it.
+    """
+    logging.basicConfig(level=level, format=_LOG_FORMAT)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,8 @@ fields have no default; YAML only fills them. Every mistake is reported at once,
 
     twin.yaml: max_workers: must be >= 1, got 0; historian.max_ingest_streams: must be an integer, got 'x'; unknown key 'prot' (did you mean 'port'?)
 
-Paths (:data:`ConfigPath`) in a YAML file are relative to the file's folder. :func:`json_schema` gives the JSON
-schema of a settings class, with the field descriptions of its numpydoc docstring.
+Paths (:data:`ConfigPath`) in a YAML file are relative to the file's folder. The JSON schema of a settings class,
+with the field descriptions of its numpydoc docstring, is :func:`alutwin.config_schema.json_schema`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import inspect
 import re
 import types
 import typing
@@ -42,7 +41,6 @@ from pydantic_core import core_schema
 from typing_extensions import dataclass_transform
 
 __all__ = [
-    "CONFIG",
     "Address",
     "Config",
     "ConfigError",
@@ -50,7 +48,6 @@ __all__ = [
     "EnvName",
     "Flag",
     "Host",
-    "Int",
     "NonNegativeInt",
     "NonNegativeNumber",
     "Number",
@@ -62,9 +59,6 @@ __all__ = [
     "Token",
     "TOKEN_MIN_LENGTH",
     "config_dataclass",
-    "describe_errors",
-    "json_schema",
-    "key_path",
     "load_mapping",
     "load_yaml",
     "read_yaml",
@@ -73,8 +67,7 @@ __all__ = [
 
 C = TypeVar("C")
 
-CONFIG = ConfigDict(extra="forbid")
-"""The pydantic settings of every config class: unknown keys are refused (strictness is per type, below)."""
+_CONFIG = ConfigDict(extra="forbid")  # unknown keys are refused (strictness is per type, below)
 
 _BASE_DIR = "base_dir"  # key of the validation context: the folder relative paths are taken from
 
@@ -84,7 +77,6 @@ TOKEN_MIN_LENGTH = 16
 # -- field types -------------------------------------------------------------------------------------------------
 # Strict: a YAML 'yes', "5" or 5.0 is not silently taken for a bool or an int; an int is a valid number.
 
-Int = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
@@ -168,6 +160,22 @@ class Config:
         """The settings in the YAML file ``path``, see :func:`load_yaml`."""
         return load_yaml(cls, path)
 
+    @classmethod
+    def from_cli(cls: type[C], path: str | Path | None, flags: Mapping[str, Any], **defaults: Any) -> C:
+        """The settings of a command: the YAML file ``path`` (without one, ``defaults``), with the flags that were
+        given (those not None) in place of the file's or the defaults' values.
+
+        Raises
+        ------
+        ConfigError
+            The file, a default or a flag holds a bad setting (every problem named).
+        """
+        given = {name: value for name, value in flags.items() if value is not None}
+        if path is None:
+            return cls(**{**defaults, **given})
+        config = load_yaml(cls, path)
+        return dataclasses.replace(config, **given) if given else config
+
 
 @overload
 def config_dataclass(cls: type[C], /) -> type[C]: ...
@@ -184,7 +192,7 @@ def config_dataclass(cls: type[C] | None = None, /, *, json_schema_extra: dict[s
     Construction and ``dataclasses.replace`` raise :class:`ConfigError` (listing every problem) instead of
     pydantic's ``ValidationError``. ``json_schema_extra`` is merged into the class's JSON schema.
     """
-    config = CONFIG if json_schema_extra is None else ConfigDict(**CONFIG, json_schema_extra=json_schema_extra)
+    config = _CONFIG if json_schema_extra is None else ConfigDict(**_CONFIG, json_schema_extra=json_schema_extra)
 
     def make(cls: type[C]) -> type[C]:
         made = pydantic_dataclass(frozen=True, config=config)(cls)
@@ -195,7 +203,7 @@ def config_dataclass(cls: type[C] | None = None, /, *, json_schema_extra: dict[s
             try:
                 init(self, *args, **kwargs)
             except ValidationError as exc:
-                raise ConfigError(type(self).__name__, describe_errors(exc, root=type(self))) from None
+                raise ConfigError(type(self).__name__, _describe_errors(exc, root=type(self))) from None
 
         made.__init__ = __init__  # type: ignore[method-assign]
         return made
@@ -229,7 +237,7 @@ def validate(
     base_dir: str | Path | None = None,
     loc: tuple[str | int, ...] = (),
 ) -> Any:
-    """``data`` validated as ``target`` (a config class or a :class:`pydantic.TypeAdapter`).
+    """``data`` validated as ``target`` (a config class, or a type of them such as ``tuple[Event, ...]``).
 
     ``base_dir`` is the folder relative paths are taken from; ``loc`` prefixes every key path in the errors.
 
@@ -238,13 +246,17 @@ def validate(
     ConfigError
         Listing every problem, prefixed with ``source``.
     """
-    validator = getattr(target, "__pydantic_validator__", target)
+    validator = getattr(target, "__pydantic_validator__", None) or _adapter(target)
     context = {_BASE_DIR: base_dir} if base_dir is not None else None
     try:
         return validator.validate_python(data, context=context)
     except ValidationError as exc:
-        root = target if isinstance(target, type) else None
-        raise ConfigError(source, describe_errors(exc, root=root, loc=loc)) from None
+        raise ConfigError(source, _describe_errors(exc, root=target, loc=loc)) from None
+
+
+@functools.cache
+def _adapter(target: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(target)
 
 
 def load_mapping(cls: type[C], data: Any, *, source: str | None = None, base_dir: str | Path | None = None) -> C:
@@ -352,7 +364,7 @@ _MISSING = ("missing", "missing_argument", "missing_keyword_only_argument", "mis
 _UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument")
 
 
-def key_path(loc: Sequence[str | int]) -> str:
+def _key_path(loc: Sequence[str | int]) -> str:
     """``("scenario", 0, "factor")`` as ``"scenario[0].factor"``."""
     out = ""
     for part in loc:
@@ -370,168 +382,169 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def describe_errors(exc: ValidationError, *, root: Any = None, loc: tuple[str | int, ...] = ()) -> list[str]:
-    """Each error of ``exc`` in words, naming its key path (``loc`` is prepended); ``root`` is the validated class,
-    whose field names suggest a correction for an unknown key."""
-    out = []
-    short: dict[tuple[str | int, ...], int] = {}  # a fixed-length list given too few items: one problem, not one each
-    for err in exc.errors(include_url=False):
-        where = key_path(loc + tuple(err["loc"]))
-        kind, ctx = err["type"], err.get("ctx", {})
-        if kind in _MISSING and err["loc"] and isinstance(err["loc"][-1], int):
-            parent = loc + tuple(err["loc"][:-1])
-            if parent not in short:
-                short[parent] = len(out)
-                out.append("")
-            given = err["input"]
-            n = max(err["loc"][-1] + 1, len(given) if isinstance(given, Sequence) else 0)
-            out[short[parent]] = f"{key_path(parent)}: must have {n} items, got {_show(given)}"
-        elif kind in _MISSING:
-            out.append(f"missing required key '{where}'")
-        elif kind in _UNKNOWN:
-            out.append(f"unknown key '{where}'{_suggestion(root, tuple(err['loc']))}")
-        elif kind == "unexpected_positional_argument":
-            out.append(f"too many positional arguments ({_show(err['input'])} is one too many)")
+@dataclasses.dataclass
+class _Problem:
+    """One problem of a ConfigError: ``where: text, got`` (``where`` None: the text is the whole line); the texts
+    of several branches of a union at one key are alternatives."""
+
+    where: str | None
+    texts: list[str]
+    got: str = ""
+
+    def line(self) -> str:
+        text = self.texts[0]
+        for prefix in ("must be ", "must "):  # "must be >= 0" or "must be a list": "must be >= 0 or a list"
+            if len(self.texts) > 1 and all(t.startswith(prefix) for t in self.texts):
+                text = prefix + " or ".join(t[len(prefix) :] for t in self.texts)
+                break
         else:
-            if kind == "value_error":
-                text = str(ctx["error"])
-            elif kind == "string_too_short" and ctx.get("min_length") == 1:
-                text = f"must not be empty, got {err['input']!r}"
-            elif kind in _WORDS:
-                text = _WORDS[kind].format(**{k: _bound(v) if k != "expected" else v for k, v in ctx.items()})
-                last = next((p for p in reversed(err["loc"]) if isinstance(p, str)), "")
-                if not last.endswith("token"):  # never echo a secret
-                    text += f", got {_show(err['input'])}"
-            else:
-                text = err["msg"]
-            out.append(f"{where}: {text}" if where else text)
+            text = " or ".join(self.texts)
+        return f"{self.where}: {text}{self.got}" if self.where else text + self.got
+
+
+def _describe_errors(exc: ValidationError, *, root: Any = None, loc: tuple[str | int, ...] = ()) -> list[str]:
+    """Each problem of ``exc`` in words, naming its key path (``loc`` is prepended).
+
+    ``root`` is the validated type: through it, the labels pydantic gives the branches of a union are left out of
+    the key paths, the errors of one key from several branches make one line (``must be a number or a list``),
+    and an unknown key gets a suggestion from the field names.
+    """
+    errors = _relevant_errors(exc, root)
+    short: dict[tuple[str | int, ...], int] = {}  # a fixed-length list given too few items: one problem, not one each
+    for err, _, _ in errors:
+        if err["type"] in _MISSING and err["loc"] and isinstance(err["loc"][-1], int):
+            parent, given = tuple(err["loc"][:-1]), err["input"]
+            n = max(err["loc"][-1] + 1, len(given) if isinstance(given, Sequence) else 0)
+            short[parent] = max(n, short.get(parent, 0))
+    problems: dict[Any, _Problem] = {}
+    for i, (err, path, unions) in enumerate(errors):
+        where = _key_path(loc + path)
+        kind, ctx = err["type"], err.get("ctx", {})
+        got = ""
+        if kind in _MISSING and path and isinstance(path[-1], int):
+            n = short.pop(tuple(err["loc"][:-1]), None)
+            if n is None:
+                continue
+            where, path = _key_path(loc + path[:-1]), path[:-1]
+            text, got = f"must have {n} items", f", got {_show(err['input'])}"
+        elif kind in _MISSING:
+            where, text = None, f"missing required key '{where}'"
+        elif kind in _UNKNOWN:
+            where, text = None, f"unknown key '{where}'{_suggestion(root, tuple(err['loc']))}"
+        elif kind == "unexpected_positional_argument":
+            where, text = None, f"too many positional arguments ({_show(err['input'])} is one too many)"
+        elif kind == "value_error":
+            text = str(ctx["error"])
+        elif kind == "string_too_short" and ctx.get("min_length") == 1:
+            text = f"must not be empty, got {err['input']!r}"
+        elif kind in _WORDS:
+            text = _WORDS[kind].format(**{k: _bound(v) if k != "expected" else v for k, v in ctx.items()})
+            last = next((p for p in reversed(path) if isinstance(p, str)), "")
+            if not last.endswith("token"):  # never echo a secret
+                got = f", got {_show(err['input'])}"
+        else:
+            text = err["msg"]
+        key = (path, unions, where is None) if unions else i
+        problem = problems.setdefault(key, _Problem(where, [], got))
+        if text not in problem.texts:
+            problem.texts.append(text)
+    return [p.line() for p in problems.values()]
+
+
+_MISMATCH = ("literal_error", "is_instance_of")
+"""Beside the ``*_type`` errors: the input is not of the kind a branch of a union takes."""
+
+
+def _relevant_errors(exc: ValidationError, root: Any) -> list[tuple[Any, tuple[str | int, ...], tuple[Any, ...]]]:
+    """``(error, key path, unions)`` for the errors of ``exc``: the key path without pydantic's labels of union
+    branches, the unions it went through (each as its location up to the label). A branch the input is not even
+    of the kind of is left out when another branch of its union is (a list given: "must be a number" says nothing).
+    """
+    labelled = []
+    unmatched: dict[tuple[str | int, ...], dict[Any, bool]] = {}  # per union: per branch, the input is not its kind
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        labels, _ = _follow(root, loc)
+        labelled.append((err, loc, labels))
+        for i in labels:
+            mismatch = len(loc) == i + 1 and (err["type"].endswith("_type") or err["type"] in _MISMATCH)
+            branches = unmatched.setdefault(loc[:i], {})
+            branches[loc[i]] = branches.get(loc[i], True) and mismatch
+    out = []
+    for err, loc, labels in labelled:
+        branches = [unmatched[loc[:i]] for i in labels]
+        if any(b[loc[i]] and not all(b.values()) for i, b in zip(labels, branches, strict=True)):
+            continue
+        path = tuple(p for i, p in enumerate(loc) if i not in labels)
+        out.append((err, path, tuple(loc[:i] for i in labels)))
     return out
+
+
+def _follow(root: Any, loc: Sequence[str | int]) -> tuple[list[int], list[Any]]:
+    """Follow ``loc`` (an error's location) through the type hints of ``root``: the positions in ``loc`` that are
+    pydantic's labels of union branches (e.g. ``constrained-float``), and the types found at its end."""
+    labels: list[int] = []
+    hints = [_concrete(root)]
+    for i, part in enumerate(loc):
+        unions = [h for h in hints if _is_union(h)]
+        if unions:  # pydantic names the branch it tried
+            labels.append(i)
+            hints = [_concrete(a) for u in unions for a in typing.get_args(u)]
+        else:
+            hints = [_concrete(c) for h in hints for c in _children(h, part)]
+    return labels, hints
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _concrete(hint: Any) -> Any:
+    """``hint`` through Annotated and an optional None (pydantic checks None before the union's branches)."""
+    while True:
+        if typing.get_origin(hint) is Annotated:
+            hint = typing.get_args(hint)[0]
+        elif _is_union(hint) and type(None) in typing.get_args(hint):
+            rest = tuple(a for a in typing.get_args(hint) if a is not type(None))
+            hint = rest[0] if len(rest) == 1 else typing.Union[rest]  # noqa: UP007 - a union made of a tuple
+        else:
+            return hint
+
+
+def _children(hint: Any, part: str | int) -> list[Any]:
+    """The type at key ``part`` of ``hint``: a field of a dataclass (by name, or by position for an argument), an
+    item of a tuple or list, a value of a mapping."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        hints = _field_hints(hint)
+        if isinstance(part, int):
+            names = [f.name for f in dataclasses.fields(hint) if f.init]
+            return [hints[names[part]]] if 0 <= part < len(names) and names[part] in hints else []
+        return [hints[part]] if part in hints else []
+    if origin is tuple and isinstance(part, int):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return [args[0]]
+        return [args[part]] if 0 <= part < len(args) else []
+    if origin in (list, Sequence) and isinstance(part, int) and args:
+        return [args[0]]
+    if origin in (dict, Mapping) and len(args) == 2:
+        return [args[1]]
+    return []
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that does not resolve: no walk through it then
+        return {}
 
 
 def _suggestion(root: Any, loc: tuple[str | int, ...]) -> str:
     """`` (did you mean 'port'?)`` for an unknown key close to a field name of the class at ``loc[:-1]``."""
-    cls = root
-    for part in loc[:-1]:
-        if cls is None:
-            return ""
-        cls = _element_class(cls, part)
-    if cls is None or not dataclasses.is_dataclass(cls):
-        return ""
-    close = difflib.get_close_matches(str(loc[-1]), [f.name for f in dataclasses.fields(cls)], n=1)
+    _, hints = _follow(root, loc[:-1])
+    names = [
+        f.name for h in hints if isinstance(h, type) and dataclasses.is_dataclass(h) for f in dataclasses.fields(h)
+    ]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _element_class(cls: Any, part: str | int) -> Any:
-    """The dataclass found at key ``part`` of ``cls`` (a field by name, an item of a tuple by index)."""
-    if isinstance(part, str):
-        if not dataclasses.is_dataclass(cls):
-            return None
-        try:
-            hint = typing.get_type_hints(cls).get(part)
-        except (NameError, TypeError):  # an annotation that does not resolve: no suggestion then
-            return None
-        nested = [t for t in _leaf_types(hint) if dataclasses.is_dataclass(t)]
-        return nested[0] if len(nested) == 1 else None
-    return cls if dataclasses.is_dataclass(cls) else None
-
-
-def _leaf_types(hint: Any) -> list[Any]:
-    """The classes inside a type hint (through Annotated, unions and tuples)."""
-    if hint is None:
-        return []
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if origin is Annotated:
-        return _leaf_types(args[0])
-    if origin in (typing.Union, types.UnionType, tuple):
-        return [t for a in args if a is not Ellipsis for t in _leaf_types(a)]
-    return [hint] if isinstance(hint, type) else []
-
-
-# -- JSON schema -------------------------------------------------------------------------------------------------
-
-_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-
-
-def json_schema(cls: type, *, title: str | None = None) -> dict[str, Any]:
-    """The JSON schema (draft 2020-12) of the settings class ``cls``, as the files it reads are checked.
-
-    Descriptions come from the docstrings: a class's text before its ``Parameters`` (or ``Attributes``) section,
-    and each field's entry there.
-    """
-    schema = TypeAdapter(cls).json_schema()
-    defs = schema.get("$defs", {})
-    for c in _classes(cls):
-        node = schema if c is cls else defs.get(c.__name__)
-        if node is None:
-            continue
-        summary, fields = _docstring(c)
-        if summary:
-            node["description"] = summary
-        else:
-            node.pop("description", None)
-        for name, prop in node.get("properties", {}).items():
-            if name in fields:
-                prop["description"] = fields[name]
-    if title is not None:
-        schema["title"] = title
-    return {"$schema": _DIALECT, **schema}
-
-
-def _classes(cls: type) -> list[type]:
-    """``cls`` and every dataclass its fields hold, depth first."""
-    seen: list[type] = []
-
-    def visit(c: type) -> None:
-        if c in seen:
-            return
-        seen.append(c)
-        for hint in typing.get_type_hints(c).values():
-            for t in _leaf_types(hint):
-                if dataclasses.is_dataclass(t):
-                    visit(t)
-
-    visit(cls)
-    return seen
-
-
-_SECTION = re.compile(r"^(Parameters|Attributes)\n-+$", re.MULTILINE)
-_ENTRY = re.compile(r"^(\w[\w, ]*?) ?: ?(.*)$")
-_TYPE_LIKE = re.compile(r"[\w .,\[\]|]+")
-_ROLE = re.compile(r":\w+:`~?([^`]+)`")
-
-
-def _clean(text: str) -> str:
-    return " ".join(_ROLE.sub(r"`\1`", text).replace("``", "`").split())
-
-
-def _docstring(cls: type) -> tuple[str, dict[str, str]]:
-    """The text of a numpydoc class docstring before its parameters, and each parameter's description."""
-    doc = inspect.cleandoc(cls.__doc__ or "")
-    match = _SECTION.search(doc)
-    if match is None:
-        return _clean(doc), {}
-    summary = _clean(doc[: match.start()])
-    body = doc[match.end() :]
-    fields: dict[str, str] = {}
-    names: list[str] = []
-    text: list[str] = []
-
-    def flush() -> None:
-        for n in names:
-            fields[n] = _clean(" ".join(text))
-
-    for line in body.splitlines():
-        if line and not line[0].isspace():
-            entry = _ENTRY.match(line)
-            if entry is None:  # the next section starts
-                break
-            flush()
-            names = [n.strip() for n in entry.group(1).split(",")]
-            rest = entry.group(2).strip()
-            typed = bool(_TYPE_LIKE.fullmatch(rest)) and not rest.endswith(".") and len(rest.split()) <= 8
-            text = [] if typed else [rest]
-        elif line.strip():
-            text.append(line.strip())
-    flush()
-    return summary, fields

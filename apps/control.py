@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alutwin.cli import configure_logging
 from apps.runner import SystemConfig, run_system
 from controller.closed_loop import CONTROLLERS, DEFAULT_MODELS, Scenario
-from controller.config import MPCConfig, SafetyConfig
+from controller.config import ControllerConfig
 from controller.report import write_report
 
 __all__ = ["build_config", "control", "main", "register_cli"]
@@ -57,17 +58,30 @@ def _positive(name: str, value: float) -> None:
 
 
 def build_config(args: argparse.Namespace) -> SystemConfig:
-    """The :class:`SystemConfig` the command-line arguments describe (ValueError naming a bad argument)."""
+    """The :class:`SystemConfig` the command-line arguments describe: the MPC and safety settings of the
+    ``--mpc-config`` file (or the defaults), with the interval, horizon, JIT and watchdog flags given in their place.
+
+    Raises
+    ------
+    ValueError
+        Naming a bad argument, or every bad setting of the file (:class:`alutwin.config.ConfigError`).
+    """
+    base = ControllerConfig() if args.mpc_config is None else ControllerConfig.from_yaml(args.mpc_config)
     _positive("hours", args.hours)
-    _positive("interval-min", args.interval_min)
-    _positive("horizon-h", args.horizon_h)
-    steps = args.interval_min * 60.0 / _STEP_S
+    interval_min = base.mpc.interval_steps * _STEP_S / 60.0 if args.interval_min is None else args.interval_min
+    horizon_h = (
+        base.mpc.horizon * base.mpc.interval_steps * _STEP_S / 3600.0 if args.horizon_h is None else args.horizon_h
+    )
+    _positive("interval-min", interval_min)
+    _positive("horizon-h", horizon_h)
+    steps = interval_min * 60.0 / _STEP_S
     if abs(steps - round(steps)) > 1e-9:
-        raise ValueError(f"--interval-min must be a whole number of 10 s steps, got {args.interval_min!r}")
-    intervals = args.horizon_h * 60.0 / args.interval_min
+        raise ValueError(f"--interval-min must be a whole number of 10 s steps, got {interval_min!r}")
+    intervals = horizon_h * 60.0 / interval_min
     if abs(intervals - round(intervals)) > 1e-9 or round(intervals) < 1:
+        origin = "" if args.horizon_h is not None or args.mpc_config is None else f", from {args.mpc_config}"
         raise ValueError(
-            f"--horizon-h ({args.horizon_h!r}) must be a whole multiple of --interval-min ({args.interval_min!r} min)"
+            f"--horizon-h ({horizon_h!r}{origin}) must be a whole multiple of --interval-min ({interval_min!r} min)"
         )
     try:
         seeds = tuple(int(s) for s in str(args.seeds).split(",") if s.strip())
@@ -76,12 +90,14 @@ def build_config(args: argparse.Namespace) -> SystemConfig:
     if not seeds:
         raise ValueError("--seeds must name at least one seed")
     controllers = tuple(c.strip() for c in str(args.controllers).split(",") if c.strip())
-    mpc = MPCConfig(interval_steps=round(steps), horizon=round(intervals), jit=not args.no_jit)
+    jit = base.mpc.jit and not args.no_jit
+    mpc = dataclasses.replace(base.mpc, interval_steps=round(steps), horizon=round(intervals), jit=jit)
+    safety = base.safety if args.watchdog_s is None else dataclasses.replace(base.safety, watchdog_s=args.watchdog_s)
     return SystemConfig(
         scenarios=tuple(Scenario(hours=args.hours, seed=s, noise=args.noise) for s in seeds),
         controllers=controllers,
         mpc=mpc,
-        safety=SafetyConfig(watchdog_s=args.watchdog_s),
+        safety=safety,
         models_dir=Path(args.models),
         in_process=args.in_process,
         progress=not args.quiet,
@@ -97,13 +113,22 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated controllers from {','.join(CONTROLLERS)} (default all)",
     )
     p.add_argument("--out", type=Path, default=Path("control-report"), help="report folder (default control-report)")
-    p.add_argument("--interval-min", type=float, default=10.0, help="control interval, minutes (default 10)")
-    p.add_argument("--horizon-h", type=float, default=2.0, help="prediction horizon, hours (default 2)")
+    p.add_argument(
+        "--mpc-config",
+        type=Path,
+        help="YAML file of the MPC and safety settings (see deploy/mpc.yaml); the flags below override it",
+    )
+    p.add_argument(
+        "--interval-min", type=float, help="control interval, minutes (default 10, or the --mpc-config file's)"
+    )
+    p.add_argument("--horizon-h", type=float, help="prediction horizon, hours (default 2, or the --mpc-config file's)")
     p.add_argument("--noise", action="store_true", help="measurement noise (2 degC on the bath temperature)")
     p.add_argument("--in-process", action="store_true", help="plant in-process instead of the plant service")
     p.add_argument("--models", default=str(DEFAULT_MODELS), help="folder of the committed model directories")
     p.add_argument("--no-jit", action="store_true", help="do not compile the NLP to C (slow solves, quick builds)")
-    p.add_argument("--watchdog-s", type=float, default=30.0, help="measurement watchdog, s (0: off)")
+    p.add_argument(
+        "--watchdog-s", type=float, help="measurement watchdog, s; 0: off (default 30, or the --mpc-config file's)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -121,7 +146,7 @@ def _summary(doc: dict[str, Any], out: Path) -> str:
 def _run(args: argparse.Namespace) -> int:
     config = build_config(args)
     if not args.quiet:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        configure_logging(logging.WARNING)
     doc = control(config, args.out)
     print(_summary(doc, args.out))
     return 0
@@ -134,7 +159,8 @@ def register_cli(subparsers: Any) -> None:
         help="closed-loop NMPC against the plant service, with the twin in the loop",
         description="Run the cell's own controllers and the NMPC on the true equations, on the sparse and on the "
         "dense surrogate served by the twin, on the same seeded scenarios (random initial state, 'aprbs' current "
-        "steps), against the plant service on loopback; write report.md, report.json and PNG plots.",
+        "steps), against the plant service on loopback; write report.md, report.json and PNG plots. The MPC and "
+        "safety settings come from --mpc-config (see deploy/mpc.yaml) or the defaults; the flags override them.",
     )
     _add_arguments(p)
     p.set_defaults(func=_run)

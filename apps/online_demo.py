@@ -46,7 +46,7 @@ from plant.scenarios import ScenarioEvent
 from plant.service import create_server as create_plant_server
 from twin.client import TwinClient
 from twin.config import TwinConfig
-from twin.historian import run_bridge
+from twin.historian import BridgeConfig, run_bridge
 from twin.online import CycleRecord, OnlineWorker, WorkerConfig
 from twin.serving import create_server as create_twin_server
 
@@ -227,7 +227,7 @@ def run_scenario(config: ScenarioConfig, workdir: Path, *, progress: bool = True
 
     def bridge() -> None:
         try:
-            run_bridge(plant_addr, twin_addr, token=token, stop=stop, flush_s=0.05)
+            run_bridge(BridgeConfig(plant=plant_addr, twin=twin_addr, flush_s=0.05), token=token, stop=stop)
         except BaseException as exc:  # reported by the main thread
             bridge_error.append(exc)
 

@@ -46,7 +46,7 @@ from plant.client import PlantClient
 from plant.service import create_server as create_plant_server
 from twin.client import TwinClient
 from twin.config import TwinConfig
-from twin.historian import run_bridge
+from twin.historian import BridgeConfig, run_bridge
 from twin.online import OnlineWorker, WorkerConfig
 from twin.serving import create_server as create_twin_server
 
@@ -182,8 +182,8 @@ def run_demo(config: DemoConfig, out: str | Path) -> dict[str, Any]:
         stack.callback(stop.set)
         bridge = threading.Thread(
             target=run_bridge,
-            args=(plant.address, twin.address),
-            kwargs={"token": token, "stop": stop, "flush_s": 0.1},
+            args=(BridgeConfig(plant=plant.address, twin=twin.address, flush_s=0.1),),
+            kwargs={"token": token, "stop": stop},
             name="demo-bridge",
             daemon=True,
         )

@@ -8,15 +8,25 @@ an underscore. The scripts run as ``python bench/NAME.py`` and import it as ``fr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt_
 import json
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_positive", "cpu_model", "load_average", "machine", "machine_line", "parser", "write_results"]
+__all__ = [
+    "check_positive",
+    "cpu_model",
+    "load_average",
+    "machine",
+    "machine_line",
+    "parser",
+    "scoped_torch_threads",
+    "write_results",
+]
 
 
 def cpu_model() -> tuple[str, str]:
@@ -112,3 +122,19 @@ def write_results(doc: dict[str, Any], path: Path, default: Callable[[Any], Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2, default=default) + "\n", encoding="utf-8")
     print(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def scoped_torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads; the process's setting is restored afterwards.
+
+    torch is imported here, not at the top, so that the benchmarks without torch do not load it.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -50,7 +50,7 @@ from typing import Any
 import grpc
 import numpy as np
 import torch
-from _common import check_positive, load_average, machine, parser, write_results
+from _common import check_positive, load_average, machine, parser, scoped_torch_threads, write_results
 
 from alutwin.codec import serialize_predict_response
 from alutwin.v1 import twin_pb2
@@ -226,12 +226,8 @@ def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
     """Time every way on both workloads and both models with one torch thread (tiny matrices: more threads only
     wait on each other, badly on a loaded machine; the process's setting is restored afterwards); returns the
     figures."""
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with scoped_torch_threads(1):
         return _run(repeats_a, repeats_b, seed)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _run(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:

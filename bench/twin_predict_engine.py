@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import check_positive, load_average, machine, parser, write_results
+from _common import check_positive, load_average, machine, parser, scoped_torch_threads, write_results
 
 from identification.data import Normalization, fit_normalization, make_samples
 from identification.network import Architecture, EnsembleWeights
@@ -160,12 +160,8 @@ def _diverged(out: np.ndarray) -> int:
 def run_benchmark(cells: int, horizon: int, repeats: int, seed: int, torch_threads: int = 1) -> dict:
     """Time every engine on workloads (a) and (b) for every model with ``torch_threads`` torch threads (the
     process's setting is restored afterwards); returns the figures."""
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(torch_threads)
-    try:
+    with scoped_torch_threads(torch_threads):
         return _run(cells, horizon, repeats, seed)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _run(cells: int, horizon: int, repeats: int, seed: int) -> dict:

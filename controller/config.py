@@ -7,10 +7,9 @@ from a mapping or YAML too (``MPCConfig.from_yaml``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from alutwin.cbuild import check_flags
 from alutwin.config import (
@@ -33,33 +32,6 @@ HESSIANS = ("exact", "limited-memory")
 
 Margins = tuple[NonNegativeNumber, NonNegativeNumber, NonNegativeNumber, NonNegativeNumber]
 """A margin per window (``controller.problem.WINDOWS`` order and units)."""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _weights_input(value: Any) -> Any:
-    """Refuse text and booleans among the weights (CostWeights itself would take ``"2"`` for 2.0)."""
-    if isinstance(value, Mapping):
-        for key, v in value.items():
-            items = v if isinstance(v, (list, tuple)) else [v]
-            if not all(_is_number(i) for i in items):
-                raise ValueError(
-                    f"{key} must be {'numbers' if isinstance(v, (list, tuple)) else 'a number'}, got {v!r}"
-                )
-    return value
-
-
-def _factor_input(value: Any) -> Any:
-    """One violation factor, or one per window: each a finite number >= 0."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    n = len(WINDOWS)
-    if (isinstance(value, (list, tuple)) and len(value) != n) or not all(
-        _is_number(v) and 0 <= v < float("inf") for v in items
-    ):
-        raise ValueError(f"must be a number or {n} numbers, each finite and >= 0, got {value!r}")
-    return tuple(value) if isinstance(value, list) else value
 
 
 @config_dataclass
@@ -128,7 +100,7 @@ class MPCConfig(Config):
 
     interval_steps: Annotated[PositiveInt, Field(le=10_000)] = 60
     horizon: Annotated[PositiveInt, Field(le=1000)] = 12
-    weights: Annotated[CostWeights, BeforeValidator(_weights_input)] = CostWeights()
+    weights: CostWeights = CostWeights()
     hessian: Annotated[str, OneOf(HESSIANS)] = "exact"
     max_iter: PositiveInt = 60
     max_wall_s: PositiveNumber = 1.5
@@ -137,12 +109,7 @@ class MPCConfig(Config):
     warm_multipliers: Flag = True
     backoff: Margins = (0.3, 0.2, 1.0, 400.0)
     backoff_high: Margins | None = (0.3, 0.9, 1.0, 1125.0)
-    violation_factor: Annotated[NonNegativeNumber | Margins, BeforeValidator(_factor_input)] = (
-        1000.0,
-        1000.0,
-        10.0,
-        3.0,
-    )
+    violation_factor: NonNegativeNumber | Margins = (1000.0, 1000.0, 10.0, 3.0)
     tol: PositiveNumber = 1e-6
     jit: Flag = True
     jit_flags: Annotated[tuple[Text, ...], AfterValidator(check_flags)] = ("-O1",)

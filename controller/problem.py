@@ -9,13 +9,13 @@ trajectory, which gives the closed-loop cost every controller is compared on.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import casadi as ca
 import numpy as np
 
+from alutwin.config import Config, NonNegativeNumber, config_dataclass
 from plant.params import DEFAULT_PARAMS
 from plant.physics import algebraic
 from plant.signals import N_INPUTS, U, X
@@ -98,13 +98,8 @@ WINDOWS: tuple[Window, ...] = (
 CONTROLLED: tuple[str, ...] = tuple(w.name for w in WINDOWS)
 
 
-def _check_weight(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{owner}.{name} must be a finite number >= 0, got {value!r}")
-
-
-@dataclass(frozen=True)
-class CostWeights:
+@config_dataclass
+class CostWeights(Config):
     """Weights of the stage cost (a rate per hour of plant time).
 
     Parameters
@@ -113,28 +108,18 @@ class CostWeights:
     alumina, alf3, superheat : per hour and per squared unit of deviation from the target (%, %, degC).
     violation_linear, violation_quadratic : per hour and per unit (squared unit) of window violation, in the
         window's ``scale`` (1 %, 1 degC, 100 kg of ledge).
-    move : per squared move of each manipulated input between control intervals, in units of the input's
-        span (``MANIPULATED[i].span``); only in the MPC's objective, not in the closed-loop cost.
+    move : per squared move of each manipulated input (:data:`MANIPULATED` order) between control intervals, in
+        units of the input's span (``MANIPULATED[i].span``); only in the MPC's objective, not in the closed-loop
+        cost.
     """
 
-    energy: float = 1.0
-    alumina: float = 10.0
-    alf3: float = 5.0
-    superheat: float = 0.5
-    violation_linear: float = 500.0
-    violation_quadratic: float = 500.0
-    move: tuple[float, float, float] = (2.0, 2.0, 20.0)
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if f.name == "move":
-                if not isinstance(self.move, (tuple, list)) or len(self.move) != len(MANIPULATED):
-                    raise ValueError(f"CostWeights.move must be {len(MANIPULATED)} numbers, got {self.move!r}")
-                for v in self.move:
-                    _check_weight("CostWeights", "move", v)
-                object.__setattr__(self, "move", tuple(float(v) for v in self.move))
-            else:
-                _check_weight("CostWeights", f.name, getattr(self, f.name))
+    energy: NonNegativeNumber = 1.0
+    alumina: NonNegativeNumber = 10.0
+    alf3: NonNegativeNumber = 5.0
+    superheat: NonNegativeNumber = 0.5
+    violation_linear: NonNegativeNumber = 500.0
+    violation_quadratic: NonNegativeNumber = 500.0
+    move: tuple[NonNegativeNumber, NonNegativeNumber, NonNegativeNumber] = (2.0, 2.0, 20.0)
 
     @property
     def targets(self) -> tuple[float, ...]:

@@ -23,8 +23,9 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alutwin.v1 import plant_pb2, plant_pb2_grpc
+from plant.config import COMMANDS
 from plant.domain import Fault
-from plant.potline import COMMANDS, OUTPUT_NAMES
+from plant.potline import OUTPUT_NAMES
 from plant.scenarios import ScenarioEvent, ScenarioStatus
 
 __all__ = ["AUTOMATIC", "Measurement", "MeasurementStream", "PlantClient", "PlantInfo"]

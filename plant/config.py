@@ -30,7 +30,7 @@ from plant.scenarios import ScenarioEvent, check_cells
 from plant.signals import INPUTS, N_STATES, U
 from plant.simulator import DT
 
-__all__ = ["COMMANDS", "CURRENT_PROFILES", "CommandSpec", "PlantConfig"]
+__all__ = ["COMMANDS", "COMMAND_INDEX", "CURRENT_PROFILES", "CommandSpec", "PlantConfig"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,13 @@ COMMANDS: tuple[CommandSpec, ...] = (
 )
 """The manipulated inputs in the order of the potline's command columns (``(N, 3)``), NaN = automatic."""
 
+COMMAND_INDEX: dict[str, int] = {c.field: i for i, c in enumerate(COMMANDS)}
+"""The column of each command field in :data:`COMMANDS` (and in the potline's command arrays)."""
+
 CURRENT_PROFILES = ("constant", "aprbs")
 """Names of the line-current profiles (:class:`plant.potline.CurrentProfile`)."""
 
-_ACD = next(c for c in COMMANDS if c.field == "acd")
+_ACD = COMMANDS[COMMAND_INDEX["acd"]]
 
 
 def _no_events(value: Any) -> Any:

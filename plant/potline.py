@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plant.config import COMMANDS, CURRENT_PROFILES, CommandSpec, PlantConfig
+from plant.config import COMMAND_INDEX, COMMANDS, CURRENT_PROFILES, PlantConfig
 from plant.domain import Fault, check_domain
 from plant.excitation import sample_initial_states
 from plant.params import DEFAULT_LIMITS, DEFAULT_PARAMS, CellParams, DomainLimits
@@ -26,11 +26,8 @@ from plant.signals import N_STATES, Signal
 from plant.simulator import DT, MeasurementNoise, compose_inputs, step, validate_states
 
 __all__ = [
-    "COMMANDS",
-    "CURRENT_PROFILES",
     "CellFaulted",
     "CellSnapshot",
-    "CommandSpec",
     "CurrentProfile",
     "InvalidCommand",
     "OUTPUTS",
@@ -55,9 +52,6 @@ class CellFaulted(PotlineError):
 
 class InvalidCommand(PotlineError, ValueError):
     """A command value that is out of bounds or not a finite number."""
-
-
-_COMMAND_INDEX = {c.field: i for i, c in enumerate(COMMANDS)}
 
 
 class CurrentProfile:
@@ -116,7 +110,7 @@ class CellSnapshot:
     y : (8,) measured state (``x`` plus noise; ``x`` itself when the plant has no noise).
     u : (5,) input applied over the last step; at step 0 the input the cell would apply now.
     outputs : the algebraic quantities at ``(y, u)``, keyed as in :data:`OUTPUT_NAMES`.
-    manual : (3,) manual commands in the order of :data:`COMMANDS`, NaN where automatic.
+    manual : (3,) manual commands in the order of :data:`plant.config.COMMANDS`, NaN where automatic.
     fault : the latched fault (``Fault.NONE`` while healthy).
     fault_step : step k whose result left the valid domain, or -1.
     fault_text : the fault in words.
@@ -285,7 +279,7 @@ class Potline:
 
     @property
     def manual(self) -> np.ndarray:
-        """(N, 3) manual commands in the order of :data:`COMMANDS`, NaN where automatic."""
+        """(N, 3) manual commands in the order of :data:`plant.config.COMMANDS`, NaN where automatic."""
         with self._lock:
             return self._manual.copy()
 
@@ -354,9 +348,9 @@ class Potline:
         with self._lock:
             for cell, field, value in commands:
                 c = self.check_cell(cell)
-                if field not in _COMMAND_INDEX:
-                    raise InvalidCommand(f"unknown command field {field!r}; must be one of {list(_COMMAND_INDEX)}")
-                spec = COMMANDS[_COMMAND_INDEX[field]]
+                if field not in COMMAND_INDEX:
+                    raise InvalidCommand(f"unknown command field {field!r}; must be one of {list(COMMAND_INDEX)}")
+                spec = COMMANDS[COMMAND_INDEX[field]]
                 v = float(value)
                 if not math.isnan(v):
                     if not math.isfinite(v):
@@ -371,7 +365,7 @@ class Potline:
                         f"cell {c} has faulted at step {int(self._fault_step[c])} "
                         f"({Fault(int(self._fault[c])).describe(self.limits)}) and takes no commands"
                     )
-                checked.append((c, _COMMAND_INDEX[field], v))
+                checked.append((c, COMMAND_INDEX[field], v))
             for c, j, v in checked:
                 self._manual[c, j] = v
             return self._k
@@ -379,15 +373,15 @@ class Potline:
     # -- advancing ---------------------------------------------------------------------------------------
 
     def _inputs(self, x: np.ndarray) -> np.ndarray:
-        acd_cmd = self._manual[:, _COMMAND_INDEX["acd"]]
+        acd_cmd = self._manual[:, COMMAND_INDEX["acd"]]
         acd = np.where(np.isfinite(acd_cmd), acd_cmd, self.default_acd)  # (N,)
         return compose_inputs(
             x,
             self._current,
             acd,
             self.dt,
-            alumina_cmd=self._manual[:, _COMMAND_INDEX["alumina_feed"]],
-            alf3_cmd=self._manual[:, _COMMAND_INDEX["alf3_feed"]],
+            alumina_cmd=self._manual[:, COMMAND_INDEX["alumina_feed"]],
+            alf3_cmd=self._manual[:, COMMAND_INDEX["alf3_feed"]],
         )
 
     def _measure(self, x: np.ndarray) -> np.ndarray:

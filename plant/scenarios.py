@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, TypeAdapter, WithJsonSchema, model_validator
+from pydantic import BeforeValidator, WithJsonSchema, model_validator
 
 from alutwin.config import (
     Config,
@@ -74,7 +74,7 @@ _KEYS = {  # per kind: the keys it needs and the ones it may have, beside kind, 
     "stuck_sensor": (("state",), ("value",)),
     "offset_sensor": (("state", "offset"), ()),
 }
-_OPTIONAL = ("parameter", "factor", "state", "value", "offset")
+_OPTIONAL = tuple(dict.fromkeys(n for required, optional in _KEYS.values() for n in (*required, *optional)))
 
 
 def _cells(value: Any) -> Any:
@@ -184,7 +184,7 @@ class ScenarioEvent(Config):
         return f"{what} on {who} from t = {self.at_s:g} s"
 
 
-_EVENTS = TypeAdapter(tuple[ScenarioEvent, ...])
+_EVENTS = tuple[ScenarioEvent, ...]
 
 
 @dataclass(frozen=True)

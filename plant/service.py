@@ -9,7 +9,6 @@ potline every ``dt / real_time_factor`` seconds of wall time. Each stream has a 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import sys
@@ -29,15 +28,16 @@ from alutwin.rpc import (
     GrpcServer,
     bind,
     new_server,
+    open_or_abort,
     serve_health_and_reflection,
     serve_until_signalled,
+    status_mapping,
     unary_errors,
 )
 from alutwin.v1 import common_pb2, plant_pb2, plant_pb2_grpc
-from plant.config import PlantConfig
+from plant.config import COMMANDS, PlantConfig
 from plant.params import SPEC_VERSION
 from plant.potline import (
-    COMMANDS,
     OUTPUTS,
     CellFaulted,
     CellSnapshot,
@@ -154,26 +154,24 @@ class PlantRuntime:
                 self._on_clock_failure()
 
 
+_SHUTTING_DOWN = (grpc.StatusCode.UNAVAILABLE, "the plant is shutting down")
+
+
 def _shutting_down() -> Abort:
-    return Abort(grpc.StatusCode.UNAVAILABLE, "the plant is shutting down")
+    return Abort(*_SHUTTING_DOWN)
 
 
-def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-facing message of an exception (no traces, no paths)."""
-    if isinstance(exc, Abort):
-        return exc.code, exc.message
-    if isinstance(exc, UnknownCell):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, InvalidCommand):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, CellFaulted):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, StreamClosed):
-        return _status_of(_shutting_down())
-    if isinstance(exc, TooManyStreams):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, "too many measurement streams are open; try again later"
-    log.error("unexpected error in a PlantService call", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, "internal error in the plant service"
+_status_of = status_mapping(
+    {
+        UnknownCell: grpc.StatusCode.NOT_FOUND,
+        InvalidCommand: grpc.StatusCode.INVALID_ARGUMENT,
+        CellFaulted: grpc.StatusCode.FAILED_PRECONDITION,
+        StreamClosed: _SHUTTING_DOWN,
+        TooManyStreams: (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many measurement streams are open; try again later"),
+    },
+    "the plant service",
+    log,
+)
 
 
 def _check_open(servicer: PlantServicer) -> None:
@@ -321,12 +319,7 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
     def StreamMeasurements(
         self, request: plant_pb2.StreamMeasurementsRequest, context: grpc.ServicerContext
     ) -> Iterator[plant_pb2.StreamMeasurementsResponse]:
-        try:
-            sub = self._open_stream(request)
-        except Exception as exc:
-            code, message = _status_of(exc)
-            context.abort(code, message)
-            return
+        sub = open_or_abort(_status_of, context, lambda: self._open_stream(request))
         broadcaster = self.runtime.broadcaster
         context.add_callback(sub.close)  # wakes the loop below when the client goes away
         try:
@@ -352,8 +345,10 @@ class PlantServer(GrpcServer):
 
     Made by :func:`create_server`; also a context manager (start on enter, stop on exit). :meth:`stop` reports
     NOT_SERVING, stops the clock, ends every stream cleanly, then stops the server (calls in flight get ``grace``
-    s, default ``config.grace_s``).
+    s, default ``config.grace_s``, from the moment the clock has stopped).
     """
+
+    grace_includes_drain = False  # stopping the clock (up to its join timeout) does not eat the calls' grace
 
     def __init__(
         self,
@@ -437,18 +432,14 @@ def serve(config: PlantConfig, *, out: TextIO | None = None) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    if args.config is not None:
-        config = PlantConfig.from_yaml(args.config)
-    else:
-        config = PlantConfig(n_cells=4, seed=0, port=DEFAULT_PORT)
-    overrides = {
+    flags = {
         "port": args.port,
         "host": args.host,
         "n_cells": args.cells,
         "real_time_factor": args.real_time_factor,
         "seed": args.seed,
     }
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = PlantConfig.from_cli(args.config, flags, n_cells=4, seed=0, port=DEFAULT_PORT)
     try:
         serve(config)
     except OSError as exc:

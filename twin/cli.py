@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from alutwin.cli import CliError
+from alutwin.cli import CliError, configure_logging
 from alutwin.rpc import stop_on_signals
 from twin.client import TwinClient
 from twin.config import DEFAULT_PORT, TwinConfig
@@ -52,13 +52,9 @@ def keep_freed_memory(mib: int) -> bool:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    if args.config is not None:
-        config = TwinConfig.from_yaml(args.config)
-    else:
-        config = TwinConfig(store=Path("data/twin-store"), port=DEFAULT_PORT)
-    overrides = {"port": args.port, "host": args.host, "store": args.store}
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flags = {"port": args.port, "host": args.host, "store": args.store}
+    config = TwinConfig.from_cli(args.config, flags, store=Path("data/twin-store"), port=DEFAULT_PORT)
+    configure_logging(logging.INFO)
     if config.heap_keep_mib and not keep_freed_memory(config.heap_keep_mib):
         log.info("heap_keep_mib: this C library has no mallopt; the allocator keeps its defaults")
     try:
@@ -68,9 +64,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credentials(token_env: str | None, tls_ca: str | Path | None) -> tuple[str | None, bytes | None]:
+    """The token in the environment variable ``token_env`` and the PEM roots in the file ``tls_ca`` (None for
+    either not given).
+
+    Raises
+    ------
+    alutwin.cli.CliError
+        ``tls_ca`` cannot be read.
+    """
+    token = os.environ.get(token_env) if token_env else None
+    try:
+        roots = Path(tls_ca).read_bytes() if tls_ca else None
+    except OSError as exc:
+        raise CliError(f"cannot read tls_ca {tls_ca}: {exc.strerror or exc}") from None
+    return token, roots
+
+
 def _client(args: argparse.Namespace) -> TwinClient:
-    token = os.environ.get(args.token_env) if args.token_env else None
-    roots = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    token, roots = _credentials(args.token_env, args.tls_ca)
     return TwinClient(args.address, token=token, root_certificates=roots)
 
 
@@ -150,44 +162,27 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
     alutwin.cli.CliError
         Neither the file nor the flags name the plant and the twin.
     """
-    overrides = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
-    if "cells" in overrides:
-        overrides["cells"] = tuple(overrides["cells"])
-    if overrides.get("token_env") == "":  # --token-env '': no token
-        overrides["token_env"] = None
-    if args.config is not None:
-        return dataclasses.replace(BridgeConfig.from_yaml(args.config), **overrides)
-    missing = [f"--{n}" for n in ("plant", "twin") if n not in overrides]
-    if missing:
+    flags = {name: getattr(args, name) for name in _FLAGS}
+    if flags["cells"] is not None:
+        flags["cells"] = tuple(flags["cells"])
+    no_token = flags["token_env"] == ""  # --token-env '': no token
+    if no_token:
+        flags["token_env"] = None
+    missing = [f"--{n}" for n in ("plant", "twin") if flags[n] is None]
+    if args.config is None and missing:
         raise CliError(f"give {' and '.join(missing)}, or a --config file that names them")
-    return BridgeConfig(**overrides)
+    config = BridgeConfig.from_cli(args.config, flags)
+    return dataclasses.replace(config, token_env=None) if no_token else config
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    token = os.environ.get(config.token_env) if config.token_env else None
-    try:
-        roots = config.tls_ca.read_bytes() if config.tls_ca is not None else None
-    except OSError as exc:
-        raise CliError(f"cannot read tls_ca {config.tls_ca}: {exc.strerror or exc}") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token, roots = _credentials(config.token_env, config.tls_ca)
+    configure_logging(logging.INFO)
     print(f"alutwin twin ingest: plant {config.plant} -> twin {config.twin}", flush=True)
     try:
         with stop_on_signals() as stop:
-            stats = run_bridge(
-                config.plant,
-                config.twin,
-                token=token,
-                cells=config.cells,
-                every=config.every,
-                batch_size=config.batch_size,
-                flush_s=config.flush_s,
-                stop=stop,
-                backoff=config.backoff,
-                max_buffer=config.max_buffer,
-                ack_timeout_s=config.ack_timeout_s,
-                root_certificates=roots,
-            )
+            stats = run_bridge(config, token=token, stop=stop, root_certificates=roots)
     except (BridgeError, ValueError) as exc:
         raise CliError(str(exc)) from None
     fields = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(stats).items() if k != "last_error")

@@ -4,6 +4,7 @@ import their own clients, and only apps/ starts servers of more than one package
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -38,15 +39,22 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """The parsed module at ``path`` (read once per test session)."""
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _imports(path: Path) -> tuple[tuple[int, str], ...]:
     """``(line, module)`` of every import of one of our packages in ``path``, at any depth."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(_tree(path)):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.lineno, node.module))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
-    return [(line, m) for line, m in found if m.split(".")[0] in LAYERS]
+    return tuple((line, m) for line, m in found if m.split(".")[0] in LAYERS)
 
 
 def test_the_graph_is_read_from_every_package():
@@ -65,7 +73,7 @@ def test_imports_are_at_module_level():
     """No import of ours inside a function (the way to dodge an import cycle instead of fixing the graph)."""
     bad = []
     for module, path in MODULES.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tree = _tree(path)
         top_level = {id(n) for n in tree.body}
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in top_level:

@@ -31,11 +31,12 @@ from alutwin.config import (
     Text,
     Token,
     config_dataclass,
-    json_schema,
     load_mapping,
     load_yaml,
     read_yaml,
+    validate,
 )
+from alutwin.config_schema import json_schema
 
 
 @config_dataclass
@@ -165,6 +166,70 @@ def test_each_bad_value_is_named_with_its_key(key, value, words):
     err = _error({"name": "a", key: value})
     assert str(err).startswith(f"Settings: {words}")
     assert len(err.problems) == 1 and "\n" not in str(err)
+
+
+@config_dataclass
+class Either(Config):
+    """Fields that take one of two kinds.
+
+    Parameters
+    ----------
+    factor : float or tuple of 3 float
+        One number, or one per axis.
+    section : Inner or int
+        A section, or just its depth.
+    """
+
+    factor: NonNegativeNumber | tuple[NonNegativeNumber, NonNegativeNumber, NonNegativeNumber] = 1.0
+    section: Inner | PositiveInt = 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("factor", -1, "factor: must be >= 0, got -1"),  # a number: the list branch says nothing
+        ("factor", [1, 2], "factor: must have 3 items, got [1, 2]"),  # a list: the number branch says nothing
+        ("factor", [1, -2, 3], "factor[1]: must be >= 0, got -2"),
+        ("factor", "x", "factor: must be a number or a list, got 'x'"),  # neither: one line of both
+        ("section", 0, "section: must be >= 1, got 0"),
+        ("section", {"depth": 0}, "section.depth: must be >= 1, got 0"),
+        ("section", {"dept": 2}, "unknown key 'section.dept' (did you mean 'depth'?)"),
+        ("section", "deep", "section: must be a mapping of settings or an integer, got 'deep'"),
+    ],
+)
+def test_a_union_is_one_line_per_key_without_pydantics_branch_labels(key, value, words):
+    with pytest.raises(ConfigError) as err:
+        Either.from_mapping({key: value})
+    assert err.value.problems == (words,)
+
+
+def test_a_union_takes_either_kind():
+    assert Either(factor=2).factor == 2.0 and Either(factor=[1, 2, 3]).factor == (1.0, 2.0, 3.0)
+    assert Either(section=3).section == 3 and Either(section={"depth": 2}).section == Inner(depth=2)
+
+
+def test_validate_takes_a_type_of_config_classes():
+    assert validate(tuple[Inner, ...], [{"depth": 2}]) == (Inner(depth=2),)
+    with pytest.raises(ConfigError) as err:
+        validate(tuple[Inner, ...], [{"depth": 2}, {"depht": 2, "depth": 0}], loc=("inners",))
+    assert err.value.problems == (
+        "inners[1].depth: must be >= 1, got 0",
+        "unknown key 'inners[1].depht' (did you mean 'depth'?)",
+    )
+
+
+def test_from_cli_takes_the_file_or_the_defaults_and_the_flags_given(tmp_path):
+    assert Settings.from_cli(None, {"port": 5, "host": None}, name="a", host="0.0.0.0") == Settings(
+        name="a", port=5, host="0.0.0.0"
+    )
+    path = tmp_path / "s.yaml"
+    path.write_text("name: b\nport: 7\nrate: 2\n")
+    assert Settings.from_cli(path, {"port": None, "rate": 3}) == Settings(name="b", port=7, rate=3.0)
+    assert Settings.from_cli(path, {}, name="ignored with a file") == Settings(name="b", port=7, rate=2.0)
+    with pytest.raises(ConfigError, match=r"^Settings: port: must be <= 65535, got 70000$"):
+        Settings.from_cli(path, {"port": 70000})
+    with pytest.raises(ConfigError, match=r"^Settings: missing required key 'name'$"):
+        Settings.from_cli(None, {"port": 1})
 
 
 def test_every_mistake_is_reported_at_once_in_one_line():

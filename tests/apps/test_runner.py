@@ -3,15 +3,17 @@ the twin, with its report, and clear errors for bad command-line arguments."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
 import pytest
 
+from apps.control import build_config, register_cli
 from apps.control import main as control_main
 from apps.runner import SystemConfig, run_system
 from controller.closed_loop import Scenario
-from controller.config import MPCConfig
+from controller.config import MPCConfig, SafetyConfig
 from controller.problem import WINDOWS
 from controller.report import write_report
 
@@ -57,4 +59,40 @@ def test_cli_reports_bad_arguments_clearly(argv, message, capsys, tmp_path):
     assert control_main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("alutwin control: error:") and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def _control_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="alutwin")
+    register_cli(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["control", *argv])
+
+
+def test_the_mpc_config_file_is_the_base_that_the_flags_override(tmp_path):
+    assert build_config(_control_args()).mpc == MPCConfig(interval_steps=60, horizon=12, jit=True)  # the defaults
+    assert build_config(_control_args()).safety == SafetyConfig(watchdog_s=30.0)
+    path = tmp_path / "mpc.yaml"
+    path.write_text(
+        "mpc:\n  interval_steps: 30\n  horizon: 24\n  max_iter: 40\n  violation_factor: 5\n"
+        "safety:\n  shifted_intervals: 1\n  watchdog_s: 5\n"
+    )
+    config = build_config(_control_args("--mpc-config", str(path)))
+    assert config.mpc == MPCConfig(interval_steps=30, horizon=24, max_iter=40, violation_factor=5.0)
+    assert config.safety == SafetyConfig(shifted_intervals=1, watchdog_s=5.0)
+    flags = ("--interval-min", "10", "--no-jit", "--watchdog-s", "0")
+    config = build_config(_control_args("--mpc-config", str(path), *flags))
+    assert (config.mpc.interval_steps, config.mpc.horizon) == (60, 12)  # the file's horizon of 2 h, in 10 min intervals
+    assert config.mpc.max_iter == 40 and config.mpc.violation_factor == 5.0 and not config.mpc.jit
+    assert config.safety == SafetyConfig(shifted_intervals=1, watchdog_s=0.0)
+    config = build_config(_control_args("--mpc-config", str(path), "--horizon-h", "3"))
+    assert (config.mpc.interval_steps, config.mpc.horizon) == (30, 36)
+
+
+def test_a_bad_mpc_config_file_exits_2_naming_the_key(tmp_path, capsys):
+    path = tmp_path / "mpc.yaml"
+    path.write_text("mpc:\n  horizn: 6\n  max_iter: 0\n")
+    assert control_main(["--mpc-config", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"alutwin control: error: {path}: ")
+    assert "mpc.max_iter: must be >= 1, got 0" in err and "unknown key 'mpc.horizn' (did you mean 'horizon'?)" in err
     assert not (tmp_path / "out").exists()

@@ -8,13 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from plant.config import PlantConfig
+from plant.config import COMMANDS, PlantConfig
 from plant.domain import Fault
 from plant.excitation import Exogenous, constant
 from plant.params import DEFAULT_PARAMS, DomainLimits
 from plant.physics import algebraic, feed_controllers
 from plant.potline import (
-    COMMANDS,
     CellFaulted,
     CurrentProfile,
     InvalidCommand,

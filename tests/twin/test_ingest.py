@@ -29,6 +29,7 @@ from twin.config import HistorianConfig, TwinConfig
 from twin.historian import (
     INGEST_SERVICE,
     Backoff,
+    BridgeConfig,
     BridgeError,
     BridgeStats,
     IngestClient,
@@ -297,12 +298,10 @@ def test_bridge_resumes_after_the_twin_and_the_plant_restart(tmp_path, make_twin
     bridge = threading.Thread(
         target=lambda: result.append(
             run_bridge(
-                plant.address,
-                twin.address,
+                BridgeConfig(
+                    plant=plant.address, twin=twin.address, batch_size=16, flush_s=0.05, backoff=Backoff(0.05, 0.2)
+                ),
                 token=TOKEN,
-                batch_size=16,
-                flush_s=0.05,
-                backoff=Backoff(0.05, 0.2),
                 stop=stop,
                 stats=stats,
             )
@@ -351,9 +350,9 @@ def test_bridge_stops_on_a_wrong_token(make_twin, plant_server):
     plant, _ = plant_server(n_cells=1, seed=0)
     twin = make_twin()
     with pytest.raises(BridgeError, match="UNAUTHENTICATED"):
-        run_bridge(plant.address, twin.address, token="wrong-token-0123456789", flush_s=0.05)
+        run_bridge(BridgeConfig(plant=plant.address, twin=twin.address, flush_s=0.05), token="wrong-token-0123456789")
     with pytest.raises(ValueError, match="batch_size: must be >= 1, got 0"):
-        run_bridge("127.0.0.1:1", "127.0.0.1:1", batch_size=0)
+        run_bridge(BridgeConfig(plant="127.0.0.1:1", twin="127.0.0.1:1", batch_size=0))
 
 
 def test_the_bridge_command_is_registered(capsys):

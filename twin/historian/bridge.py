@@ -47,7 +47,6 @@ __all__ = [
     "BridgeConfig",
     "BridgeError",
     "BridgeStats",
-    "DEFAULT_BACKOFF",
     "measurement_to_sample",
     "run_bridge",
 ]
@@ -104,10 +103,6 @@ class Backoff(Config):
             d = min(d * self.factor, self.max_s)
 
 
-DEFAULT_BACKOFF = Backoff()
-"""The bridge's default waits between reconnection attempts."""
-
-
 @config_dataclass
 class BridgeConfig(Config):
     """Settings of ``alutwin twin ingest`` (``deploy/bridge.yaml``; JSON schema ``deploy/schemas/bridge.schema.json``).
@@ -149,7 +144,7 @@ class BridgeConfig(Config):
     ack_timeout_s: PositiveNumber = 30.0
     token_env: EnvName | None = "ALUTWIN_TWIN_TOKEN"
     tls_ca: ConfigPath | None = None
-    backoff: Backoff = DEFAULT_BACKOFF
+    backoff: Backoff = Backoff()
 
 
 @dataclasses.dataclass
@@ -288,18 +283,10 @@ class _PlantReader:
 
 
 def run_bridge(
-    plant: str,
-    twin: str,
+    config: BridgeConfig,
     *,
     token: str | None = None,
-    cells: Sequence[int] = (),
-    every: int = 1,
-    batch_size: int = 500,
-    flush_s: float = 0.5,
     stop: threading.Event | None = None,
-    backoff: Backoff = DEFAULT_BACKOFF,
-    max_buffer: int = 1_000_000,
-    ack_timeout_s: float = 30.0,
     root_certificates: bytes | None = None,
     on_ack: Callable[[IngestAck], None] | None = None,
     stats: BridgeStats | None = None,
@@ -308,8 +295,9 @@ def run_bridge(
 
     Parameters
     ----------
-    plant, twin, cells, every, batch_size, flush_s, backoff, max_buffer, ack_timeout_s
-        As in :class:`BridgeConfig` (validated by it).
+    config : BridgeConfig
+        Where from, where to, and how (its ``token_env`` and ``tls_ca`` are the caller's: see ``token`` and
+        ``root_certificates``).
     token : str, optional
         The twin's management token (Ingest needs it).
     stop : threading.Event, optional
@@ -332,32 +320,18 @@ def run_bridge(
     BridgeError
         The twin or the plant refused in a way that retrying cannot mend (a wrong or missing token, a twin without
         historian, an unknown cell).
-    alutwin.config.ConfigError
-        A setting out of bounds (a ValueError naming it, as :class:`BridgeConfig` checks it).
     """
-    settings = BridgeConfig(
-        plant=plant,
-        twin=twin,
-        cells=tuple(cells),
-        every=every,
-        batch_size=batch_size,
-        flush_s=flush_s,
-        max_buffer=max_buffer,
-        ack_timeout_s=ack_timeout_s,
-        token_env=None,
-        backoff=backoff,
-    )
-    cells = settings.cells
+    twin, backoff, flush_s = config.twin, config.backoff, config.flush_s
     stop = threading.Event() if stop is None else stop
     stats = BridgeStats() if stats is None else stats
-    reader = _PlantReader(plant, cells, every, max_buffer, backoff, stats, stop)
+    reader = _PlantReader(config.plant, config.cells, config.every, config.max_buffer, backoff, stats, stop)
     reader.start()
     pending: list[Sample] = []  # read, not yet acknowledged, in order
     high: dict[int, int] = {}  # per cell: the highest step acknowledged or pending
     client: IngestClient | None = None
     session: IngestStream | None = None
     delays = backoff.delays()
-    limit = batch_size
+    limit = config.batch_size
 
     def disconnect() -> None:
         nonlocal client, session
@@ -378,7 +352,9 @@ def run_bridge(
     try:
         while not stop.is_set():
             if session is None:
-                client = IngestClient(twin, token=token, timeout=ack_timeout_s, root_certificates=root_certificates)
+                client = IngestClient(
+                    twin, token=token, timeout=config.ack_timeout_s, root_certificates=root_certificates
+                )
                 try:
                     info = client.info()
                     session = client.stream()
@@ -386,7 +362,7 @@ def run_bridge(
                     fail(exc, "the historian info")
                     continue
                 stats.twin_connects += 1
-                limit = max(1, min(batch_size, info.max_batch_samples))
+                limit = max(1, min(config.batch_size, info.max_batch_samples))
                 last = {c: h.last_step for c, h in info.cells.items()}
                 kept = [s for s in pending if s.step > last.get(s.cell, -1)]
                 stats.skipped += len(pending) - len(kept)
