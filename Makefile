@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.alutwin-installed
 
-.PHONY: setup test test-fast test-slow demo bench lint format proto schemas clean
+.PHONY: setup test test-fast test-slow demo bench lint typecheck format proto schemas clean
 
 setup: $(STAMP)
 
@@ -20,16 +20,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy over the six packages ([tool.mypy] in pyproject.toml); incremental through .mypy_cache
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 # Every test, the long runs (marker `slow`) included: what CI runs.
-test: lint
+test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 # The quick loop while developing: everything but the long runs.
-test-fast: lint
+test-fast: lint typecheck
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
@@ -48,4 +52,4 @@ schemas: $(STAMP)
 	$(BIN)/python deploy/schemas/generate.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache .mypy_cache

@@ -6,4 +6,7 @@ mapping, channels, binding, one server lifecycle, signals), ``alutwin.codec`` (n
 policy), ``alutwin.fileio`` (crash-safe writes) and ``alutwin.v1`` (the code generated from ``proto/alutwin/v1``).
 """
 
+__all__ = ["__version__"]
+
 __version__ = "0.1.0"
+"""The version of alutwin (the one source: the package metadata reads it, ``alutwin --version`` prints it)."""

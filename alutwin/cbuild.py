@@ -11,10 +11,13 @@ file. :class:`LibraryCache` loads a built library once per process and remembers
 
 from __future__ import annotations
 
+import getpass
 import hashlib
+import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Hashable
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 __all__ = [
+    "CACHE_ENV",
     "DEFAULT_FLAGS",
     "NATIVE_FLAGS",
     "BuildError",
@@ -39,6 +43,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "ALUTWIN_CACHE"
+"""The environment variable that names the compile cache folder (:func:`cache_dir`)."""
 
 DEFAULT_FLAGS: tuple[str, ...] = ("-O2", "-fPIC", "-shared", "-ffp-contract=off")
 """The flags every build starts with: a shared library, and no FMA contraction, so that the compiled code does
@@ -57,10 +66,84 @@ class BuildError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """``$ALUTWIN_CACHE``, else ``$XDG_CACHE_HOME/alutwin``, else ``~/.cache/alutwin``."""
-    if os.environ.get("ALUTWIN_CACHE"):
-        return Path(os.environ["ALUTWIN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alutwin"
+    """The folder of the compiled libraries, created if missing: the first usable one of ``$ALUTWIN_CACHE``,
+    ``$XDG_CACHE_HOME/alutwin``, ``~/.cache/alutwin`` and ``<temp dir>/alutwin-cache-<uid>``.
+
+    A folder is usable where it can be created and a file written in it, so a read-only or missing home (a
+    container) falls back to the next one; the temporary folder must belong to this user and be writable by no
+    one else, since libraries are loaded from it. The choice is logged (INFO) once per process and environment.
+
+    Raises
+    ------
+    BuildError
+        If ``$ALUTWIN_CACHE`` is set but not usable (no fallback: it was asked for), or no folder is usable.
+    """
+    env = os.environ
+    return _resolve_cache(env.get(CACHE_ENV), env.get("XDG_CACHE_HOME"), env.get("HOME"), tempfile.gettempdir())
+
+
+@lru_cache(maxsize=8)
+def _resolve_cache(explicit: str | None, xdg: str | None, home: str | None, tmp: str) -> Path:
+    """:func:`cache_dir` for these values of the environment."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        problem = _unusable(path)
+        if problem:
+            raise BuildError(
+                f"${CACHE_ENV}={explicit!r} cannot be the compile cache ({problem}); "
+                "point it at a writable folder or unset it"
+            )
+        log.info("compile cache: %s (from $%s)", path, CACHE_ENV)
+        return path
+    tried = []
+    candidates = []
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative path is invalid and ignored
+        candidates.append(Path(xdg) / "alutwin")
+    home_dir = Path(home) if home else Path(os.path.expanduser("~"))  # "~" itself where there is no home
+    if home_dir.is_absolute():
+        candidates.append(home_dir / ".cache" / "alutwin")
+    else:
+        tried.append("~/.cache/alutwin: no home folder")
+    for path in candidates:
+        problem = _unusable(path)
+        if not problem:
+            log.info("compile cache: %s", path)
+            return path
+        tried.append(f"{path}: {problem}")
+    path = Path(tmp) / f"alutwin-cache-{_user_id()}"
+    problem = _unusable(path, private=True)
+    if problem:
+        tried.append(f"{path}: {problem}")
+        raise BuildError(f"no usable compile cache folder (set ${CACHE_ENV}): {'; '.join(tried)}")
+    log.info("compile cache: %s (%s)", path, "; ".join(tried))
+    return path
+
+
+def _user_id() -> str:
+    getuid = getattr(os, "getuid", None)  # not on Windows
+    return str(getuid()) if getuid is not None else getpass.getuser()
+
+
+def _unusable(path: Path, *, private: bool = False) -> str:
+    """Why ``path`` cannot hold the cache ('' if it can): it is created if missing, and a file is written in it.
+
+    ``private``: it must also be a real folder (no link) of this user that no one else may write to.
+    """
+    try:
+        path.mkdir(mode=0o700 if private else 0o777, parents=True, exist_ok=True)
+        if private:
+            st = path.lstat()
+            if not stat.S_ISDIR(st.st_mode):
+                return "not a folder (a link?)"
+            if hasattr(os, "getuid") and st.st_uid != os.getuid():
+                return f"owned by user id {st.st_uid}, not by this user"
+            if st.st_mode & 0o022:
+                return f"writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+        with tempfile.TemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return ""
 
 
 def find_compiler() -> str | None:

@@ -149,7 +149,7 @@ def _array_parts(number: int, array: np.ndarray, encoding: int) -> list[bytes | 
     dims = b"".join(_varint(d) for d in a.shape)
     body: list[bytes | memoryview] = [_key(_SHAPE, _LEN) + _varint(len(dims)) + dims]
     if a.size:
-        body += [data_key + _varint(a.nbytes), memoryview(a).cast("B")]
+        body += [data_key + _varint(a.nbytes), a.data.cast("B")]
     return [_key(number, _LEN) + _varint(sum(len(b) for b in body)), *body]
 
 

@@ -22,7 +22,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, overload
+from typing import Annotated, Any, TypeVar, cast, overload
 
 import yaml
 from pydantic import (
@@ -173,7 +173,7 @@ class Config:
         given = {name: value for name, value in flags.items() if value is not None}
         if path is None:
             return cls(**{**defaults, **given})
-        config = load_yaml(cls, path)
+        config: Any = load_yaml(cls, path)  # a dataclass: config_dataclass made cls
         return dataclasses.replace(config, **given) if given else config
 
 
@@ -195,7 +195,7 @@ def config_dataclass(cls: type[C] | None = None, /, *, json_schema_extra: dict[s
     config = _CONFIG if json_schema_extra is None else ConfigDict(**_CONFIG, json_schema_extra=json_schema_extra)
 
     def make(cls: type[C]) -> type[C]:
-        made = pydantic_dataclass(frozen=True, config=config)(cls)
+        made = cast("type[C]", pydantic_dataclass(frozen=True, config=config)(cls))  # the same class, typed loosely
         init = made.__init__
 
         @functools.wraps(init)
@@ -418,15 +418,15 @@ def _describe_errors(exc: ValidationError, *, root: Any = None, loc: tuple[str |
             short[parent] = max(n, short.get(parent, 0))
     problems: dict[Any, _Problem] = {}
     for i, (err, path, unions) in enumerate(errors):
-        where = _key_path(loc + path)
+        where: str | None = _key_path(loc + path)
         kind, ctx = err["type"], err.get("ctx", {})
         got = ""
         if kind in _MISSING and path and isinstance(path[-1], int):
-            n = short.pop(tuple(err["loc"][:-1]), None)
-            if n is None:
+            items = short.pop(tuple(err["loc"][:-1]), None)
+            if items is None:
                 continue
             where, path = _key_path(loc + path[:-1]), path[:-1]
-            text, got = f"must have {n} items", f", got {_show(err['input'])}"
+            text, got = f"must have {items} items", f", got {_show(err['input'])}"
         elif kind in _MISSING:
             where, text = None, f"missing required key '{where}'"
         elif kind in _UNKNOWN:
@@ -472,8 +472,8 @@ def _relevant_errors(exc: ValidationError, root: Any) -> list[tuple[Any, tuple[s
             branches[loc[i]] = branches.get(loc[i], True) and mismatch
     out = []
     for err, loc, labels in labelled:
-        branches = [unmatched[loc[:i]] for i in labels]
-        if any(b[loc[i]] and not all(b.values()) for i, b in zip(labels, branches, strict=True)):
+        per_union = [unmatched[loc[:i]] for i in labels]
+        if any(b[loc[i]] and not all(b.values()) for i, b in zip(labels, per_union, strict=True)):
             continue
         path = tuple(p for i, p in enumerate(loc) if i not in labels)
         out.append((err, path, tuple(loc[:i] for i in labels)))

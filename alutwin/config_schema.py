@@ -55,7 +55,7 @@ def _classes(cls: type) -> list[type]:
         seen.append(c)
         for hint in typing.get_type_hints(c).values():
             for t in _leaf_types(hint):
-                if dataclasses.is_dataclass(t):
+                if isinstance(t, type) and dataclasses.is_dataclass(t):
                     visit(t)
 
     visit(cls)

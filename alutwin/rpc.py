@@ -7,19 +7,27 @@ cannot listen) and is run by a :class:`GrpcServer` subclass: ``start``, ``begin_
 NOT_SERVING), ``stop(grace)`` (drain, then stop), ``wait_for_termination``, and ``with``.
 :func:`serve_until_signalled` runs one until SIGTERM or SIGINT and then stops it; :func:`stop_on_signals` is the
 signal handling alone (an event set by either signal) for commands that are not servers.
+
+Security every server shares (its settings are checked by :mod:`alutwin.security`): TLS from a certificate and key
+file (:func:`server_credentials`) and a bearer token, sent by clients as :func:`bearer_metadata`;
+:class:`CallInterceptor` checks
+the token of the RPCs that need it, turns calls away while a server drains and reports every call to its metrics
+(:mod:`alutwin.metrics`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hmac
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,15 +35,19 @@ from grpc_reflection.v1alpha import reflection
 
 __all__ = [
     "Abort",
+    "CallInterceptor",
     "GrpcServer",
     "StatusOf",
+    "bearer_metadata",
     "bind",
     "format_address",
+    "SERVER_KEEPALIVE",
     "new_server",
     "open_channel",
     "open_or_abort",
     "serve_health_and_reflection",
     "serve_until_signalled",
+    "server_credentials",
     "status_mapping",
     "stop_on_signals",
     "unary_errors",
@@ -138,12 +150,194 @@ def open_channel(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Security: TLS and the bearer token
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries ``token`` (``authorization: Bearer <token>``); none without a token."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def server_credentials(tls_cert: Path | None, tls_key: Path | None) -> grpc.ServerCredentials | None:
+    """TLS credentials from the PEM certificate chain ``tls_cert`` and private key ``tls_key``; None without them.
+
+    Raises
+    ------
+    OSError
+        A file cannot be read (the message names it).
+    """
+    if tls_cert is None or tls_key is None:
+        return None
+    try:
+        return grpc.ssl_server_credentials([(tls_key.read_bytes(), tls_cert.read_bytes())])
+    except OSError as exc:
+        raise OSError(f"cannot read the TLS key or certificate: {exc.strerror} ({exc.filename})") from None
+
+
+class Admission(Protocol):
+    """A drain gate: :meth:`enter` counts a call in (False once the gate is closed), :meth:`exit` counts it out."""
+
+    def enter(self) -> bool: ...
+
+    def exit(self) -> None: ...
+
+
+_REFLECTION = "/grpc.reflection."  # server reflection: passed through, not counted
+_NO_TOKEN_HEADER = (grpc.StatusCode.UNAUTHENTICATED, "this RPC needs the metadata 'authorization: Bearer <token>'")
+_BAD_TOKEN = (grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid")
+
+
+def _status_set(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """The status code the handler set or aborted with, if any."""
+    return context.code()  # type: ignore[attr-defined]  # grpc has it since 1.38; types-grpcio lacks it
+
+
+@contextlib.contextmanager
+def _admitted(
+    method: str,
+    gate: Admission | None,
+    draining: tuple[grpc.StatusCode, str],
+    denial: tuple[grpc.StatusCode, str] | None,
+    observe: Callable[[str, grpc.StatusCode, float], None] | None,
+    failure: grpc.StatusCode,
+    context: grpc.ServicerContext,
+) -> Iterator[None]:
+    """One call of ``method``: through the ``gate`` (``draining`` once it is closed) and refused with ``denial``
+    if there is one; its status (``failure`` when it raises without one) and latency are observed when it ends."""
+    start = time.perf_counter()
+    entered = gate is not None and gate.enter()
+    code = grpc.StatusCode.OK
+    try:
+        if gate is not None and not entered:
+            context.abort(*draining)
+        if denial is not None:
+            context.abort(*denial)
+        yield
+        code = _status_set(context) or grpc.StatusCode.OK
+    except BaseException:
+        code = _status_set(context) or failure
+        raise
+    finally:
+        if entered and gate is not None:
+            gate.exit()
+        if observe is not None:
+            observe(method, code, time.perf_counter() - start)
+
+
+class CallInterceptor(grpc.ServerInterceptor):
+    """Checks the bearer token of the ``protected`` RPCs, turns the ``gated`` ones away once the ``gate`` closes
+    and reports every call's method, status code and latency to ``observe`` (server reflection passes by).
+
+    Parameters
+    ----------
+    token : str, optional
+        The bearer token (:func:`resolve_token`). A protected call without ``authorization: Bearer <token>``, or
+        with another token, gets UNAUTHENTICATED.
+    protected : collection of str
+        Full names (``/package.Service/Method``) of the RPCs that need the token.
+    observe : callable, optional
+        ``observe(method, code, seconds)`` once each call ends (e.g. :meth:`alutwin.metrics.RpcMetrics.observe`).
+    without_token : (grpc.StatusCode, str), optional
+        The answer to a protected call while the server has no token; None: the protected RPCs are then open to
+        every client.
+    gate : Admission, optional
+        The drain gate of the ``gated`` RPCs.
+    gated : tuple of str
+        Prefixes of the full names of the RPCs that pass the gate (e.g. ``"/alutwin.v1.PredictionService/"``;
+        health checks stay answered while the server drains).
+    draining : (grpc.StatusCode, str)
+        The answer to a gated call once the gate is closed.
+    """
+
+    def __init__(
+        self,
+        token: str | None,
+        protected: Collection[str],
+        observe: Callable[[str, grpc.StatusCode, float], None] | None = None,
+        *,
+        without_token: tuple[grpc.StatusCode, str] | None = None,
+        gate: Admission | None = None,
+        gated: tuple[str, ...] = (),
+        draining: tuple[grpc.StatusCode, str] = (grpc.StatusCode.UNAVAILABLE, "the server is draining"),
+    ) -> None:
+        self._token = token.encode() if token else None
+        self._protected = frozenset(protected)
+        self._observe = observe
+        self._without_token = without_token
+        self._gate = gate
+        self._gated = gated
+        self._draining = draining
+
+    def _denial(self, metadata: Sequence[tuple[str, Any]] | None) -> tuple[grpc.StatusCode, str] | None:
+        if self._token is None:
+            return self._without_token
+        values = [v for k, v in (metadata or ()) if k == "authorization"]
+        if not values:
+            return _NO_TOKEN_HEADER
+        value = values[0] if isinstance(values[0], bytes) else str(values[0]).encode()
+        if len(values) > 1 or not hmac.compare_digest(value, b"Bearer " + self._token):
+            return _BAD_TOKEN
+        return None
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details: Any
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        method = details.method
+        if handler is None or method.startswith(_REFLECTION):
+            return handler
+        denial = self._denial(details.invocation_metadata) if method in self._protected else None
+        gate = self._gate if method.startswith(self._gated) else None
+        draining, observe = self._draining, self._observe
+
+        def admitted(failure: grpc.StatusCode, context: grpc.ServicerContext) -> Any:
+            return _admitted(method, gate, draining, denial, observe, failure, context)
+
+        single = handler.unary_unary or handler.stream_unary
+        if single is not None:
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                with admitted(grpc.StatusCode.UNKNOWN, context):
+                    return single(request, context)
+
+            make = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary is not None
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return make(unary, handler.request_deserializer, handler.response_serializer)
+        streaming = handler.unary_stream or handler.stream_stream
+        if streaming is None:
+            return handler
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            with admitted(grpc.StatusCode.CANCELLED, context):  # raised without a status: the client left
+                yield from streaming(request, context)
+
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream is not None
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return make(stream, handler.request_deserializer, handler.response_serializer)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Building a server
 
 
 def format_address(host: str, port: int) -> str:
     """``host:port``, with an IPv6 host in brackets (``[::1]:50051``)."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+SERVER_KEEPALIVE: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+)
+"""Server options that let clients ping every 5 s or more (gRPC's default answers pings more often than every
+5 min with GOAWAY ``too_many_pings``, which broke the bridge's keepalive of 10 s into reconnects)."""
 
 
 def new_server(
@@ -154,9 +348,12 @@ def new_server(
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Server:
     """A gRPC server on a pool of ``max_workers`` threads that never shares its port with another process
-    (``grpc.so_reuseport`` off: a second server on a taken port fails to bind instead of stealing calls)."""
+    (``grpc.so_reuseport`` off: a second server on a taken port fails to bind instead of stealing calls), and that
+    accepts the keepalive pings of long-lived streams (:data:`SERVER_KEEPALIVE`)."""
     pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
-    return grpc.server(pool, interceptors=list(interceptors), options=[("grpc.so_reuseport", 0), *options])
+    return grpc.server(
+        pool, interceptors=list(interceptors), options=[("grpc.so_reuseport", 0), *SERVER_KEEPALIVE, *options]
+    )
 
 
 def serve_health_and_reflection(

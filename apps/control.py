@@ -1,5 +1,8 @@
 """``alutwin control``: run the closed loop of ``control.md`` and write its report.
 
+By default it starts the twin and the plant on loopback; with ``--twin`` and ``--plant`` it controls a twin and a
+plant that run elsewhere (:class:`apps.runner.Remote`: TLS roots and tokens), one controller per ``--cells`` cell.
+
 Also importable: :func:`control` runs a :class:`~apps.runner.SystemConfig` and writes the report;
 :func:`main` is the command line (``python -m apps.control --hours 3 --out demo-output/control``).
 """
@@ -7,22 +10,27 @@ Also importable: :func:`control` runs a :class:`~apps.runner.SystemConfig` and w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alutwin.cli import configure_logging
-from apps.runner import SystemConfig, run_system
-from controller.closed_loop import CONTROLLERS, DEFAULT_MODELS, Scenario
+from alutwin.cli import fresh_output_dir, output_dir, show_progress
+from alutwin.cli import main as cli_main
+from apps.runner import Remote, SystemConfig, run_system
+from controller.closed_loop import DEFAULT_MODELS, SURROGATE_DIRS, TWIN_MODELS, Scenario, Trace
 from controller.config import ControllerConfig
 from controller.report import write_report
 
-__all__ = ["build_config", "control", "main", "register_cli"]
+__all__ = ["build_config", "control", "main"]
+
+log = logging.getLogger(__name__)
 
 _STEP_S = 10.0
 
@@ -37,7 +45,7 @@ def control(config: SystemConfig, out: str | Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     traces = run_system(config)
     settings = {
-        "scenarios": [dataclasses.asdict(s) for s in config.scenarios],
+        "scenarios": _scenarios_setting(config),
         "controllers": list(config.controllers),
         "mpc": {**dataclasses.asdict(config.mpc), "weights": dataclasses.asdict(config.mpc.weights)},
         "mpc_by_controller": {
@@ -45,11 +53,41 @@ def control(config: SystemConfig, out: str | Path) -> dict[str, Any]:
             for name, cfg in config.mpc_by_controller.items()
         },
         "safety": dataclasses.asdict(config.safety),
-        "plant": "in-process Potline" if config.in_process else "plant service (gRPC, loopback)",
-        "models_dir": str(config.models_dir),
+        "plant": _plant_setting(config, traces),
+        "twin": _twin_setting(config),
+        "models_dir": str(config.models_dir) if config.twin is None else None,
         "wall_s": time.perf_counter() - t0,
     }
     return write_report(traces, out, settings=settings, weights=config.mpc.weights)
+
+
+def _scenarios_setting(config: SystemConfig) -> list[dict[str, Any]]:
+    if config.plant is None:
+        return [dataclasses.asdict(s) for s in config.scenarios]
+    own = "the plant's own (its seed, current profile and cells), listed as seed 0"
+    return [{"hours": config.scenarios[0].hours, "scenario": own}]
+
+
+def _plant_setting(config: SystemConfig, traces: Sequence[Trace]) -> str | dict[str, Any]:
+    if config.plant is None:
+        return "in-process Potline" if config.in_process else "plant service (gRPC, loopback)"
+    out = {
+        **config.plant.describe(),
+        "cells": dict(zip(config.controllers, config.cells, strict=True)),
+        "start_step": traces[0].start_step if traces else None,
+    }
+    missed = {t.controller: t.missed_steps for t in traces if t.missed_steps}
+    if missed:
+        out["missed_steps"] = missed
+    return out
+
+
+def _twin_setting(config: SystemConfig) -> str | dict[str, Any] | None:
+    if not any(c in SURROGATE_DIRS for c in config.controllers):
+        return None  # no controller uses the twin
+    if config.twin is None:
+        return "twin service (gRPC, loopback, a temporary store seeded from models_dir)"
+    return {**config.twin.describe(), "models": {c: TWIN_MODELS[c] for c in config.controllers if c in TWIN_MODELS}}
 
 
 def _positive(name: str, value: float) -> None:
@@ -59,7 +97,10 @@ def _positive(name: str, value: float) -> None:
 
 def build_config(args: argparse.Namespace) -> SystemConfig:
     """The :class:`SystemConfig` the command-line arguments describe: the MPC and safety settings of the
-    ``--mpc-config`` file (or the defaults), with the interval, horizon, JIT and watchdog flags given in their place.
+    ``--mpc-config`` file (or the defaults), with the interval, horizon, JIT and watchdog flags given in their place;
+    a twin and a plant elsewhere with ``--twin`` and ``--plant`` (their tokens read from the environment variables
+    ``--twin-token-env`` and ``--plant-token-env`` name, an unset one meaning no token; their TLS roots from
+    ``--twin-tls-ca`` and ``--plant-tls-ca``), one controller per cell of ``--cells``.
 
     Raises
     ------
@@ -90,6 +131,18 @@ def build_config(args: argparse.Namespace) -> SystemConfig:
     if not seeds:
         raise ValueError("--seeds must name at least one seed")
     controllers = tuple(c.strip() for c in str(args.controllers).split(",") if c.strip())
+    twin, plant = _remote(args, "twin"), _remote(args, "plant")
+    cells = _cells(args, controllers, plant)
+    if plant is not None:
+        given = [f for f, on in (("--in-process", args.in_process), ("--noise", args.noise)) if on]
+        given += ["--seeds"] if seeds != (0,) else []
+        if given:
+            verb = "is" if len(given) == 1 else "are"
+            raise ValueError(
+                f"{' and '.join(given)} {verb} for a plant started here; with --plant the scenario is the plant's own"
+            )
+    if twin is not None and not any(c in SURROGATE_DIRS for c in controllers):
+        log.warning("--twin is not used: none of the controllers %s predicts with the twin", ",".join(controllers))
     jit = base.mpc.jit and not args.no_jit
     mpc = dataclasses.replace(base.mpc, interval_steps=round(steps), horizon=round(intervals), jit=jit)
     safety = base.safety if args.watchdog_s is None else dataclasses.replace(base.safety, watchdog_s=args.watchdog_s)
@@ -98,38 +151,55 @@ def build_config(args: argparse.Namespace) -> SystemConfig:
         controllers=controllers,
         mpc=mpc,
         safety=safety,
-        models_dir=Path(args.models),
+        models_dir=DEFAULT_MODELS if args.models is None else Path(args.models),
         in_process=args.in_process,
-        progress=not args.quiet,
+        progress=show_progress(args),
+        twin=twin,
+        plant=plant,
+        cells=cells,
     )
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hours", type=float, default=24.0, help="plant hours per scenario (default 24)")
-    p.add_argument("--seeds", default="0", help="comma-separated scenario seeds (default 0)")
-    p.add_argument(
-        "--controllers",
-        default=",".join(CONTROLLERS),
-        help=f"comma-separated controllers from {','.join(CONTROLLERS)} (default all)",
-    )
-    p.add_argument("--out", type=Path, default=Path("control-report"), help="report folder (default control-report)")
-    p.add_argument(
-        "--mpc-config",
-        type=Path,
-        help="YAML file of the MPC and safety settings (see deploy/mpc.yaml); the flags below override it",
-    )
-    p.add_argument(
-        "--interval-min", type=float, help="control interval, minutes (default 10, or the --mpc-config file's)"
-    )
-    p.add_argument("--horizon-h", type=float, help="prediction horizon, hours (default 2, or the --mpc-config file's)")
-    p.add_argument("--noise", action="store_true", help="measurement noise (2 degC on the bath temperature)")
-    p.add_argument("--in-process", action="store_true", help="plant in-process instead of the plant service")
-    p.add_argument("--models", default=str(DEFAULT_MODELS), help="folder of the committed model directories")
-    p.add_argument("--no-jit", action="store_true", help="do not compile the NLP to C (slow solves, quick builds)")
-    p.add_argument(
-        "--watchdog-s", type=float, help="measurement watchdog, s; 0: off (default 30, or the --mpc-config file's)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+def _remote(args: argparse.Namespace, service: str) -> Remote | None:
+    """``--twin`` or ``--plant`` with its TLS roots and its token, read here (None: start our own)."""
+    address = getattr(args, service, None)
+    tls_ca = getattr(args, f"{service}_tls_ca", None)
+    if address is None:
+        if tls_ca is not None:
+            raise ValueError(f"--{service}-tls-ca needs --{service}")
+        return None
+    env = getattr(args, f"{service}_token_env", None)
+    token = (os.environ.get(env) or None) if env else None  # an unset variable: no token
+    try:
+        roots = Path(tls_ca).read_bytes() if tls_ca else None
+    except OSError as exc:
+        raise ValueError(f"--{service}-tls-ca {tls_ca}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return Remote(address, token=token, root_certificates=roots)
+    except ValueError as exc:
+        raise ValueError(f"--{service}: {exc}") from None
+
+
+def _cells(args: argparse.Namespace, controllers: tuple[str, ...], plant: Remote | None) -> tuple[int, ...]:
+    """``--cells``: one cell of the remote plant per controller."""
+    text = str(getattr(args, "cells", "0"))
+    try:
+        cells = tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise ValueError(f"--cells must be a comma-separated list of cell indices, got {text!r}") from None
+    if plant is None:
+        if cells != (0,):
+            raise ValueError(f"--cells {text} names cells of a remote plant: it needs --plant")
+        return cells
+    if not cells or min(cells) < 0 or len(set(cells)) != len(cells):
+        raise ValueError(f"--cells must name distinct cell indices >= 0, got {text!r}")
+    if len(cells) != len(controllers):
+        example = ",".join(str(i) for i in range(len(controllers)))
+        raise ValueError(
+            f"--cells names {len(cells)} cell{'s' if len(cells) != 1 else ''} for {len(controllers)} controllers "
+            f"({','.join(controllers)}): give one cell per controller, e.g. --cells {example}"
+        )
+    return cells
 
 
 def _summary(doc: dict[str, Any], out: Path) -> str:
@@ -145,37 +215,21 @@ def _summary(doc: dict[str, Any], out: Path) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     config = build_config(args)
-    if not args.quiet:
-        configure_logging(logging.WARNING)
-    doc = control(config, args.out)
-    print(_summary(doc, args.out))
+    out = fresh_output_dir("control-output") if args.out is None else output_dir(args.out)
+    try:
+        doc = control(config, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out.rmdir()  # only if still empty: a run that failed before its report leaves no folder behind
+        raise
+    print(_summary(doc, out))
     return 0
 
 
-def register_cli(subparsers: Any) -> None:
-    """Add ``alutwin control`` (entry point ``alutwin.commands``)."""
-    p = subparsers.add_parser(
-        "control",
-        help="closed-loop NMPC against the plant service, with the twin in the loop",
-        description="Run the cell's own controllers and the NMPC on the true equations, on the sparse and on the "
-        "dense surrogate served by the twin, on the same seeded scenarios (random initial state, 'aprbs' current "
-        "steps), against the plant service on loopback; write report.md, report.json and PNG plots. The MPC and "
-        "safety settings come from --mpc-config (see deploy/mpc.yaml) or the defaults; the flags override them.",
-    )
-    _add_arguments(p)
-    p.set_defaults(func=_run)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line without the ``alutwin`` dispatcher; errors print one line and return 2."""
-    parser = argparse.ArgumentParser(prog="alutwin control")
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except ValueError as exc:
-        print(f"alutwin control: error: {exc}", file=sys.stderr)
-        return 2
+    """Run ``alutwin control`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code (2 for a bad
+    argument or setting, with one line on stderr)."""
+    return cli_main(["control", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

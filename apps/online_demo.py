@@ -1,10 +1,10 @@
 """``alutwin online-demo``: the twin follows a drifting plant, and refuses to learn from a broken sensor.
 
 Everything runs in this process on loopback: the plant service (stepped, "aprbs" line current, with the
-scenario's drift or sensor fault), the twin (seeded with a committed model from ``docs/study/models``), the
-bridge that streams the plant's measurements into the twin's historian, and the online re-fit worker
-(:mod:`twin.online.worker`). Plant time is accelerated: the demo steps the plant an hour at a time, waits until the
-historian holds every sample, and lets the worker look.
+scenario's drift or sensor fault), the twin (seeded with a model that ships with alutwin,
+:mod:`identification.pretrained`), the bridge that streams the plant's measurements into the twin's historian,
+and the online re-fit worker (:mod:`twin.online.worker`). Plant time is accelerated: the demo steps the plant
+an hour at a time, waits until the historian holds every sample, and lets the worker look.
 
 Afterwards it replays the record: every ``curve_every_s`` of plant time it asks the twin (Predict, by version)
 for a 1-hour-ahead prediction of every cell from the measured state under the inputs that were applied, once
@@ -12,7 +12,8 @@ with the version that was serving the alias then and once with the seed version 
 scores both against what the plant did (AN-RFMSE averaged over the hour, in the seed model's training stds).
 The measured states are the truth here: the demo's plant has no measurement noise, and cells with a sensor
 fault are left out of the curve. It writes ``online_demo.png`` (both curves, the drift, every promotion and
-rejection), ``summary.json`` and ``README.md`` to ``--out``.
+rejection), ``summary.json`` and ``README.md`` to ``--out`` (default: a new folder in the working directory;
+the command's parser is in :mod:`apps.commands`).
 
 :func:`run_scenario` is also what ``bench/online_drift.py`` runs.
 """
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
+from alutwin.cli import fresh_output_dir, output_dir
+from alutwin.cli import main as cli_main
 from identification.metrics import DIVERGENCE_LIMIT, an_rfmse_curve
 from identification.modelfile import load_model
 from identification.online import Gate, RefitConfig, ScreenConfig
+from identification.pretrained import default_models_dir
 from plant.client import PlantClient
 from plant.config import PlantConfig
 from plant.scenarios import ScenarioEvent
@@ -55,13 +60,12 @@ __all__ = [
     "ScenarioConfig",
     "ScenarioResult",
     "main",
-    "register_cli",
     "run_scenario",
     "write_report",
 ]
 
-DEFAULT_SEED_MODEL = Path(__file__).resolve().parents[1] / "docs" / "study" / "models" / "sparse-inputskip"
-"""The committed model the demo's twin starts from."""
+DEFAULT_SEED_MODEL = default_models_dir() / "sparse-inputskip"
+"""The model the demo's twin starts from: the packaged sparse surrogate (or ``$ALUTWIN_MODELS``'s)."""
 
 _MODEL = "cell"
 _HOUR = 3600.0
@@ -251,7 +255,7 @@ def run_scenario(config: ScenarioConfig, workdir: Path, *, progress: bool = True
         # the bridge must be subscribed (the plant's first measurements stored) before the plant moves on
         _wait_for(lambda: bridge_error or worker.historian.count() >= config.n_cells, 60.0, "the bridge to start")
         plant_client = PlantClient(plant_addr)
-        bar = tqdm(total=n_steps, desc="plant time", unit="step", disable=not progress, leave=False)
+        bar = tqdm(total=n_steps, desc="plant time", unit="step", disable=not progress or None, leave=False)
         done = 0
         while done < n_steps:
             n = min(config.chunk, n_steps - done)
@@ -446,13 +450,15 @@ def _run(args: argparse.Namespace) -> int:
     drift_h = args.drift_hours if args.drift_hours is not None else args.hours * 4 / 9
     horizon = round(args.horizon_min * 6)
     cfg = drift_config(
-        args.hours, drift_h, seed=args.seed, n_cells=args.cells, seed_model=args.model,
+        args.hours, drift_h, seed=args.seed, n_cells=args.cells,
+        seed_model=DEFAULT_SEED_MODEL if args.model is None else args.model,
         every_h=args.every_hours, replay_h=args.replay_hours, holdout_h=args.holdout_hours, horizon=horizon,
         stride=max(1, horizon // 12), epochs=args.epochs, curve_every_s=args.curve_every_min * 60.0,
     )  # fmt: skip
-    out = Path(args.out)
+    out = fresh_output_dir("online-demo-output") if args.out is None else output_dir(args.out)
     with tempfile.TemporaryDirectory(prefix="alutwin-online-demo-") as tmp:
-        result = run_scenario(cfg, Path(tmp), progress=not args.no_progress)
+        # not show_progress(args): the worker's messages go to a log too; the bar draws only on a terminal anyway
+        result = run_scenario(cfg, Path(tmp), progress=not args.quiet)
         summary = write_report(result, out, drift_h=drift_h, title="Online re-fit through a drift")
         (out / "decisions.jsonl").write_bytes((Path(tmp) / "decisions.jsonl").read_bytes())
     a = summary["acceptance"]
@@ -463,32 +469,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """Add ``alutwin online-demo`` (entry point ``alutwin.commands``)."""
-    p = sub.add_parser("online-demo", help="plant + twin + online re-fit through a drift; plots the twin's error")
-    p.add_argument("--out", type=Path, default=Path("docs/online"), help="output folder (default docs/online)")
-    p.add_argument("--hours", type=float, default=18.0, help="plant time to run (default 18 h)")
-    p.add_argument("--drift-hours", type=float, help="when the drift starts (default 4/9 of --hours: 8 h of 18)")
-    p.add_argument("--cells", type=int, default=4, help="cells of the potline (default 4)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--model", type=Path, default=DEFAULT_SEED_MODEL, help="seed model directory")
-    p.add_argument("--every-hours", type=float, default=1.0, help="re-fit cadence (default 1 h)")
-    p.add_argument("--replay-hours", type=float, default=4.0)
-    p.add_argument("--holdout-hours", type=float, default=1.5)
-    p.add_argument("--horizon-min", type=float, default=60.0, help="prediction horizon scored (default 60 min)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--curve-every-min", type=float, default=10.0)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the demo as ``alutwin online-demo`` would."""
-    parser = argparse.ArgumentParser(prog="alutwin online-demo")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register_cli(sub)
-    args = parser.parse_args(["online-demo", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``alutwin online-demo`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return cli_main(["online-demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 It starts, in one process and bound to 127.0.0.1 only:
 
 1. the **plant service** (one cell, a seeded random initial state and line-current steps, stepped by the loop);
-2. the **twin**, seeded with the committed sparse surrogate (``docs/study/models/sparse-inputskip``) as the
+2. the **twin**, seeded with the packaged sparse surrogate (``identification/pretrained/sparse-inputskip``) as the
    champion of ``cell-sparse``, with its historian;
 3. the **bridge**, streaming the plant's measurements into the twin's historian, and the **online re-fit
    worker**, which re-fits the champion on those data every ``--refit-hours`` of plant time and promotes a
@@ -14,7 +14,8 @@ It starts, in one process and bound to 127.0.0.1 only:
 
 The same scenario is also run under the cell's own controllers (the baseline, in process), and the report
 (``report.md``, ``report.json``, trajectory plots with the windows shaded, and ``online.md`` with the worker's
-decisions) is written to ``--out``. Everything is shut down at the end, also on errors and Ctrl-C.
+decisions) is written to ``--out`` (default: a new folder in the working directory). The command's parser is in
+:mod:`apps.commands`. Everything is shut down at the end, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from alutwin.cli import CliError
+from alutwin.cli import fresh_output_dir, output_dir
+from alutwin.cli import main as cli_main
 from controller.closed_loop import DEFAULT_MODELS, SURROGATE_DIRS, Scenario, Trace, run_loop
 from controller.config import MPCConfig, SafetyConfig
 from controller.models import TwinModel
@@ -50,7 +52,7 @@ from twin.historian import BridgeConfig, run_bridge
 from twin.online import OnlineWorker, WorkerConfig
 from twin.serving import create_server as create_twin_server
 
-__all__ = ["DemoConfig", "main", "register_cli", "run_demo"]
+__all__ = ["DemoConfig", "main", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class DemoConfig:
     models_dir : Path
         Folder holding the committed surrogates.
     progress : bool
-        Progress bars and the worker's messages on stderr.
+        Progress bars (drawn on a terminal only) and the worker's messages on stderr.
     jit : bool
         Compile the NMPC's problem to C (faster solves; the first build on a machine is slow, later ones come
         from the cache). Tests turn it off.
@@ -258,49 +260,30 @@ def run_demo(config: DemoConfig, out: str | Path) -> dict[str, Any]:
     return doc
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("demo-output"), help="report folder (default demo-output)")
-    p.add_argument("--hours", type=float, default=4.0, help="plant time of the scenario (default 4 h)")
-    p.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
-    p.add_argument("--refit-hours", type=float, default=1.0, help="online re-fit cadence in plant time (default 1)")
-    p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="folder of the committed surrogates")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        config = DemoConfig(args.hours, args.seed, args.refit_hours, args.models, progress=not args.quiet)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    models = DEFAULT_MODELS if args.models is None else args.models
+    # not show_progress(args): the worker's messages go to a log too; the bars draw only on a terminal anyway
+    config = DemoConfig(args.hours, args.seed, args.refit_hours, models, progress=not args.quiet)
+    out = fresh_output_dir("demo-output") if args.out is None else output_dir(args.out)
     t0 = time.perf_counter()
-    doc = run_demo(config, args.out)
+    doc = run_demo(config, out)
     head = doc.get("headline", {})
-    print(f"wrote {args.out}/report.md (and plots, online.md) in {time.perf_counter() - t0:.0f} s")
-    if head:
-        print(json.dumps(head, default=str)[:2000])
+    print(f"wrote {out}/report.md (and plots, online.md) in {time.perf_counter() - t0:.0f} s")
+    for seed, figures in head.get("per_seed", {}).items():
+        ratios = ", ".join(f"{k.removeprefix('kwh_per_kg_')} {_fmt(v)}" for k, v in figures.items())
+        print(f"seed {seed}: kWh/kg {ratios}")
+    if head.get("solve_p50_s"):
+        print("NMPC solve p50: " + ", ".join(f"{k} {_fmt(v)} s" for k, v in head["solve_p50_s"].items()))
     return 0
 
 
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``alutwin demo``."""
-    p = subparsers.add_parser(
-        "demo",
-        help="the whole system on loopback: plant, twin + online re-fit, NMPC; writes a report",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    _add_arguments(p)
-    p.set_defaults(func=_run)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo as ``alutwin demo`` would; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="alutwin demo", description=__doc__.splitlines()[0] if __doc__ else None)
-    _add_arguments(parser)
-    try:
-        return _run(parser.parse_args(argv))
-    except CliError as exc:
-        print(f"alutwin demo: {exc}", file=sys.stderr)
-        return 2
+    """Run ``alutwin demo`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

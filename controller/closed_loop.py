@@ -1,8 +1,9 @@
 """The closed loop: controller, plant and (for surrogate MPCs) the twin, on the same seeded scenarios.
 
 :func:`run_loop` runs one controller against one cell, through any :class:`~controller.plantlink.PlantLink`
-(:func:`apps.runner.run_system` starts the whole system on loopback around it). The loop reads as three calls
-per interval::
+(:func:`apps.runner.run_system` starts the whole system on loopback around it, or connects to a twin and a
+plant that run elsewhere); :func:`run_cells` runs one controller per cell of one plant in lockstep. The loop
+reads as three calls per interval::
 
     decision = controller.decide(y, current, v_prev, acd_now)   # MPC + safety layer
     plant.command(decision.v)                                   # plant service (or in-process potline)
@@ -15,17 +16,18 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from controller.mpc import Plan
-from controller.plantlink import PlantLink
+from controller.plantlink import Observation, PlantLink
 from controller.problem import WINDOWS, controlled
 from controller.safety import SafeController, Watchdog
+from identification.pretrained import default_models_dir
 from plant.config import PlantConfig
 from plant.excitation import sample_initial_states
 from plant.potline import Potline
@@ -37,9 +39,12 @@ __all__ = [
     "DEFAULT_MODELS",
     "INITIAL_STATES",
     "OPERATING_MARGINS",
+    "SURROGATE_DIRS",
+    "TWIN_MODELS",
     "Scenario",
     "Trace",
     "operating_initial_state",
+    "run_cells",
     "run_loop",
 ]
 
@@ -49,11 +54,15 @@ CONTROLLERS = ("baseline", "oracle", "sparse", "dense")
 """The controllers of ``control.md``: the cell's own, and the NMPC on the true equations, on the sparse and on
 the dense surrogate the twin serves."""
 
-DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "docs" / "study" / "models"
-"""The committed surrogates (``sparse-inputskip`` and ``dense`` are used)."""
+DEFAULT_MODELS = default_models_dir()
+"""The surrogates that ship with alutwin, or ``$ALUTWIN_MODELS`` (:func:`identification.pretrained.default_models_dir`;
+``sparse-inputskip`` and ``dense`` are used)."""
 
 SURROGATE_DIRS = {"sparse": "sparse-inputskip", "dense": "dense"}
 """Which model directory each surrogate controller serves through the twin."""
+
+TWIN_MODELS = {name: f"cell-{name}" for name in SURROGATE_DIRS}
+"""The twin's registry name of each surrogate controller's model (the NMPC follows its alias ``champion``)."""
 
 _STEPS_PER_HOUR = 360  # 10 s steps
 
@@ -162,6 +171,9 @@ class Trace:
     fault : the plant's fault in words, or "".
     model : what the MPC's model was.
     wall_s : wall time of the run.
+    watchdog_expired : how often the measurement watchdog handed the cell back.
+    start_step : the plant's step at the first measurement (0 for a fresh plant).
+    missed_steps : steps of a real-time plant the run could not record (it fell too far behind).
     """
 
     controller: str
@@ -177,6 +189,8 @@ class Trace:
     model: dict[str, Any] | None = None
     wall_s: float = 0.0
     watchdog_expired: int = 0
+    start_step: int = 0
+    missed_steps: int = 0
 
 
 def run_loop(
@@ -205,72 +219,165 @@ def run_loop(
     -------
     Trace
     """
+    return run_cells(
+        [plant],
+        [controller],
+        n_steps,
+        interval_steps=interval_steps,
+        names=[name],
+        scenario=scenario,
+        watchdog_s=watchdog_s,
+        progress=progress,
+    )[0]
+
+
+@dataclass
+class _Lane:
+    """One cell and its controller in :func:`run_cells`."""
+
+    plant: PlantLink
+    controller: SafeController | None
+    name: str
+    obs: Observation
+    start_step: int
+    xs: list[np.ndarray]
+    ys: list[np.ndarray]
+    us: list[np.ndarray] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)
+    fault: str = ""
+    watchdog: Watchdog | None = None
+
+    def decide(self, k: int, interval_steps: int) -> Any:
+        """The controller's decision for the interval from step ``k``, sent to the cell (None: the baseline)."""
+        if self.controller is None:
+            self.modes.append("auto")
+            return None
+        obs = self.obs
+        if self.us:
+            seg = np.asarray(self.us[-interval_steps:])  # (n, 5)
+            v_prev = np.array([seg[:, 0].mean(), seg[:, 2].mean(), seg[-1, 4]])
+        else:
+            v_prev = np.array([obs.u[0], obs.u[2], obs.u[4]])
+        decision = self.controller.decide(obs.y, float(obs.u[1]), v_prev, float(obs.u[4]), step=k)
+        self.plant.command(decision.v)
+        self.modes.append(decision.mode)
+        return decision
+
+    def step(self) -> bool:
+        """One step of the cell, recorded; False once the cell has faulted."""
+        self.plant.advance(1)
+        obs = self.obs = self.plant.measure()
+        if self.watchdog is not None:
+            self.watchdog.feed()
+        self.xs.append(obs.x)
+        self.ys.append(obs.y)
+        self.us.append(obs.u)
+        return not obs.fault
+
+
+def run_cells(
+    plants: Sequence[PlantLink],
+    controllers: Sequence[SafeController | None],
+    n_steps: int,
+    *,
+    interval_steps: int = 60,
+    names: Sequence[str] | None = None,
+    scenario: Scenario | None = None,
+    watchdog_s: float = 0.0,
+    progress: bool = True,
+) -> list[Trace]:
+    """Run one controller per cell, the cells of one plant in lockstep, for ``n_steps`` steps of its clock.
+
+    Every interval each controller decides for its cell, then every cell advances one step at a time (links of
+    one plant share its clock, so the plant steps once per step; :mod:`controller.plantlink`). A cell that
+    faults stops its own run; the others go on.
+
+    Parameters
+    ----------
+    plants : one link per cell.
+    controllers : for each cell the MPC behind its safety layer, or None for the cell's own controllers.
+    n_steps : 10 s steps to run.
+    interval_steps : steps per control interval.
+    names : the runs' names (progress bar, log), one per cell.
+    scenario : recorded in every trace.
+    watchdog_s : hand a cell back to its own controllers when no measurement arrives for this long (0: off).
+    progress : show a progress bar.
+
+    Returns
+    -------
+    list of Trace, one per cell, in the order of ``plants``.
+    """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    names = [f"cell {i}" for i in range(len(plants))] if names is None else list(names)
+    if not plants or len(controllers) != len(plants) or len(names) != len(plants):
+        raise ValueError(
+            f"run_cells needs one controller and one name per plant link, got {len(plants)} links, "
+            f"{len(controllers)} controllers and {len(names)} names"
+        )
     t0 = time.perf_counter()
-    obs = plant.measure()
-    xs, ys, us = [obs.x], [obs.y], []  # lists of (8,), (8,), (5,)
-    modes: list[str] = []
-    fault = ""
-    if controller is None:
-        plant.automatic()
-    watchdog = Watchdog(watchdog_s, plant.automatic) if watchdog_s > 0 else None
-    bar = tqdm(total=n_steps, desc=name, unit="step", disable=not progress, leave=False)
+    lanes: list[_Lane] = []
+    for plant, controller, name in zip(plants, controllers, names, strict=True):
+        obs = plant.measure()
+        lanes.append(_Lane(plant, controller, name, obs, obs.step, [obs.x], [obs.y]))
+    for lane in lanes:
+        if lane.controller is None:
+            lane.plant.automatic()
+        if watchdog_s > 0:
+            lane.watchdog = Watchdog(watchdog_s, lane.plant.automatic)
+    bar = tqdm(total=n_steps, desc=" / ".join(names), unit="step", disable=not progress or None, leave=False)
     try:
         k = 0
-        while k < n_steps:
-            decision = None
-            if controller is not None:
-                if us:
-                    seg = np.asarray(us[-interval_steps:])  # (n, 5)
-                    v_prev = np.array([seg[:, 0].mean(), seg[:, 2].mean(), seg[-1, 4]])
-                else:
-                    v_prev = np.array([obs.u[0], obs.u[2], obs.u[4]])
-                decision = controller.decide(obs.y, float(obs.u[1]), v_prev, float(obs.u[4]), step=k)
-                plant.command(decision.v)
-                modes.append(decision.mode)
-            else:
-                modes.append("auto")
-            y_start = obs.y
+        running = list(lanes)
+        while k < n_steps and running:
+            decisions = [lane.decide(k, interval_steps) for lane in running]
+            starts = [lane.obs.y for lane in running]
             n = min(interval_steps, n_steps - k)
+            done = [0] * len(running)
             for _ in range(n):
-                plant.advance(1)
-                obs = plant.measure()
-                if watchdog is not None:
-                    watchdog.feed()
-                xs.append(obs.x)
-                ys.append(obs.y)
-                us.append(obs.u)
-                if obs.fault:
+                healthy = [i for i, lane in enumerate(running) if done[i] >= 0]
+                if not healthy:
                     break
+                for i in healthy:
+                    done[i] = done[i] + 1 if running[i].step() else -1
             bar.update(n)
             k += n
-            if obs.fault:
-                fault = f"step {obs.step}: {obs.fault_text}"
-                log.error("%s: the cell faulted at %s", name, fault)
-                break
-            if decision is not None and decision.mode != "fallback" and n == interval_steps:
-                seg = np.asarray(us[-n:])  # (n, 5)
-                v_mean = np.array([seg[:, 0].mean(), seg[:, 2].mean(), seg[:, 4].mean()])
-                controller.mpc.observe(y_start, v_mean, float(seg[:, 1].mean()), obs.y)
+            for lane, decision, y_start, steps in zip(running, decisions, starts, done, strict=True):
+                obs = lane.obs
+                if steps < 0:
+                    lane.fault = f"step {obs.step}: {obs.fault_text}"
+                    log.error("%s: the cell faulted at %s", lane.name, lane.fault)
+                elif lane.controller is not None and decision.mode != "fallback" and steps == interval_steps:
+                    seg = np.asarray(lane.us[-steps:])  # (n, 5)
+                    v_mean = np.array([seg[:, 0].mean(), seg[:, 2].mean(), seg[:, 4].mean()])
+                    lane.controller.mpc.observe(y_start, v_mean, float(seg[:, 1].mean()), obs.y)
+            running = [lane for lane, steps in zip(running, done, strict=True) if steps >= 0]
     finally:
         bar.close()
-        if watchdog is not None:
-            watchdog.close()
-        if controller is not None:
-            with contextlib.suppress(Exception):  # leave the cell under its own control
-                plant.automatic()
-    return Trace(
-        controller=name,
-        scenario=scenario or Scenario(hours=n_steps / _STEPS_PER_HOUR, seed=0),
-        x=np.asarray(xs),
-        y=np.asarray(ys),
-        u=np.asarray(us).reshape(-1, 5),
-        dt=plant.dt,
-        modes=modes,
-        plans=list(controller.plans) if controller is not None else [],
-        safety=controller.summary() if controller is not None else None,
-        fault=fault,
-        wall_s=time.perf_counter() - t0,
-        watchdog_expired=watchdog.expired if watchdog is not None else 0,
-    )
+        for lane in lanes:
+            if lane.watchdog is not None:
+                lane.watchdog.close()
+        for lane in lanes:
+            if lane.controller is not None:
+                with contextlib.suppress(Exception):  # leave the cell under its own control
+                    lane.plant.automatic()
+    wall_s = time.perf_counter() - t0
+    return [
+        Trace(
+            controller=lane.name,
+            scenario=scenario or Scenario(hours=n_steps / _STEPS_PER_HOUR, seed=0),
+            x=np.asarray(lane.xs),
+            y=np.asarray(lane.ys),
+            u=np.asarray(lane.us).reshape(-1, 5),
+            dt=lane.plant.dt,
+            modes=lane.modes,
+            plans=list(lane.controller.plans) if lane.controller is not None else [],
+            safety=lane.controller.summary() if lane.controller is not None else None,
+            fault=lane.fault,
+            wall_s=wall_s,
+            watchdog_expired=lane.watchdog.expired if lane.watchdog is not None else 0,
+            start_step=lane.start_step,
+            missed_steps=lane.plant.missed,
+        )
+        for lane in lanes
+    ]

@@ -120,6 +120,25 @@ class NMPC:
     source, which holds the model's weights), so a second build of the same problem loads in a second.
     """
 
+    # Set by _install from the problem _construct builds (one set per model revision).
+    dt: float
+    v_low: np.ndarray  # (3,) input bounds, spec spans and lows of the manipulated inputs
+    v_high: np.ndarray
+    v_span: np.ndarray
+    v_ref: np.ndarray
+    _interval: ca.Function
+    _n_dyn: int
+    _n_rate: int
+    _n_win: int
+    _solver: ca.Function | None  # None once closed
+    _slices: tuple[slice, slice, slice]
+    _lbx: np.ndarray
+    _ubx: np.ndarray
+    _lbg: np.ndarray
+    _ubg: np.ndarray
+    _weights: np.ndarray
+    _windows: np.ndarray
+
     def __init__(self, model: ModelSource, config: MPCConfig | None = None) -> None:
         if not isinstance(model, ModelSource):
             raise ValueError(f"model must be a controller.models.ModelSource, got {type(model).__name__}")
@@ -248,7 +267,7 @@ class NMPC:
         par = ca.vertcat(p_x0, p_cur, p_prev, p_d, p_w, p_lo, p_hi)
         cons = ca.vertcat(*g_dyn, *g_rate, *g_win)
         n_dyn, n_win = N_STATES * n, 2 * _NW * n
-        opts = {
+        opts: dict[str, Any] = {
             "print_time": False,
             "ipopt": {
                 "print_level": 0,
@@ -463,10 +482,13 @@ class NMPC:
         args = {"x0": guess, "p": p, "lbx": self._lbx, "ubx": self._ubx, "lbg": self._lbg, "ubg": self._ubg}
         if cfg.warm_multipliers and self._lam is not None and self._guess is not None:
             args["lam_x0"], args["lam_g0"] = self._lam
+        solver = self._solver
+        if solver is None:
+            raise RuntimeError("NMPC.solve called after close()")
         t0 = time.perf_counter()
         try:
-            res = self._solver(**args)
-            stats = self._solver.stats()
+            res = solver(**args)
+            stats = solver.stats()
             status = str(stats.get("return_status", "unknown"))
             iters = int(stats.get("iter_count", 0))
         except RuntimeError as exc:  # an evaluation error inside IPOPT

@@ -23,7 +23,7 @@ from controller.problem import WINDOWS, CostWeights, controlled, cost_rate, viol
 from plant.params import DEFAULT_PARAMS
 from plant.signals import U
 
-__all__ = ["SETTLE_H", "headline", "metrics", "write_report"]
+__all__ = ["SETTLE_H", "headline", "metrics", "trajectory_figure", "write_report"]
 
 SETTLE_H = 6.0
 """Hours after which the time inside the windows is counted a second time: the random initial state may start
@@ -228,52 +228,69 @@ def _markdown(results: Sequence[dict[str, Any]], head: dict[str, Any], settings:
 
 
 _PANELS = (
-    ("alumina_pct", "alumina %", 0),
-    ("alf3_pct", "AlF3 %", 1),
-    ("superheat", "superheat °C", 2),
-    ("ledge_mass", "ledge kg", 3),
+    ("alumina_pct", "alumina (wt %)", 0),
+    ("alf3_pct", "AlF3 (wt %)", 1),
+    ("superheat", "superheat (°C)", 2),
+    ("ledge_mass", "ledge mass (kg)", 3),
 )
 
 
-def _plot(traces: Sequence[Trace], path: Path) -> None:
-    fig = Figure(figsize=(13, 11))
+def trajectory_figure(traces: Sequence[Trace]) -> Figure:
+    """The trajectories of runs on one scenario: controlled values with their windows (left), inputs (right).
+
+    Parameters
+    ----------
+    traces
+        Runs of different controllers on the same scenario, in the order of the legend.
+
+    Returns
+    -------
+    A matplotlib Figure (not attached to pyplot) with 4 x 2 panels and one legend for all of them.
+    """
+    fig = Figure(figsize=(13, 11), layout="constrained")
     FigureCanvasAgg(fig)  # no pyplot: no process-wide backend or figure registry
     axes = fig.subplots(4, 2, sharex=True)
     axes = axes.T.ravel()
-    for trace in traces:
+    lines = []
+    for n, trace in enumerate(traces):
+        # earlier traces drawn wider, so a controller that follows another one exactly stays visible under it
+        style = {"lw": max(2.4 - 0.6 * n, 0.8), "color": f"C{n}", "zorder": 2 + n}
         t = np.arange(len(trace.u) + 1) * trace.dt / 3600.0
         with np.errstate(all="ignore"):
             u_ext = np.vstack([trace.u, trace.u[-1:]]) if len(trace.u) else np.zeros((1, 5))
             values, power = controlled(trace.x, u_ext)
         for ax, (_, label, i) in zip(axes[:4], _PANELS, strict=True):
-            ax.plot(t, values[i], lw=1.0, label=trace.controller)
+            (line,) = ax.plot(t, values[i], label=trace.controller, **style)
             ax.set_ylabel(label)
+        lines.append(line)
         th = t[:-1]
-        axes[4].plot(th, trace.u[:, U.ACD] * 1000.0, lw=1.0)
-        axes[4].set_ylabel("ACD mm")
+        axes[4].plot(th, trace.u[:, U.ACD] * 1000.0, **style)
         # feeds as 10-min means (the cell's own feeder doses in batches)
         k = 60
-        n = len(trace.u) // k * k
-        if n:
-            tm = th[:n].reshape(-1, k).mean(axis=1)
-            axes[5].plot(tm, trace.u[:n, U.FEED_AL2O3].reshape(-1, k).mean(axis=1) * 1000, lw=1.0)
-            axes[6].plot(tm, trace.u[:n, U.FEED_ALF3].reshape(-1, k).mean(axis=1) * 1000, lw=1.0)
-        axes[7].plot(th, power[:-1] / 1000.0, lw=0.8)
+        m = len(trace.u) // k * k
+        if m:
+            tm = th[:m].reshape(-1, k).mean(axis=1)
+            axes[5].plot(tm, trace.u[:m, U.FEED_AL2O3].reshape(-1, k).mean(axis=1) * 1000, **style)
+            axes[6].plot(tm, trace.u[:m, U.FEED_ALF3].reshape(-1, k).mean(axis=1) * 1000, **style)
+        axes[7].plot(th, power[:-1] / 1000.0, **(style | {"lw": style["lw"] * 0.7}))
     for ax, (name, _, _) in zip(axes[:4], _PANELS, strict=True):
         w = next(w for w in WINDOWS if w.name == name)
-        ax.axhspan(w.low, w.high, color="tab:green", alpha=0.12, lw=0)
+        ax.axhspan(w.low, w.high, color="tab:green", alpha=0.12, lw=0, label="window")
         if w.target is not None:
-            ax.axhline(w.target, color="tab:green", lw=0.6, ls="--")
-    axes[5].set_ylabel("alumina feed g/s (10-min mean)")
-    axes[6].set_ylabel("AlF3 feed g/s (10-min mean)")
-    axes[7].set_ylabel("power kW")
-    axes[3].set_xlabel("hours")
-    axes[7].set_xlabel("hours")
-    axes[0].legend(loc="best", fontsize=8)
+            ax.axhline(w.target, color="tab:green", lw=0.8, ls="--", label="target")
+    axes[4].set_ylabel("anode-cathode distance (mm)")
+    axes[5].set_ylabel("alumina feed (g/s, 10-min mean)")
+    axes[6].set_ylabel("AlF3 feed (g/s, 10-min mean)")
+    axes[7].set_ylabel("cell power (kW)")
+    axes[3].set_xlabel("hours of plant time")
+    axes[7].set_xlabel("hours of plant time")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    marks = [h for h in axes[0].get_legend_handles_labels()[0] if h.get_label() in ("window", "target")]
+    fig.legend(handles=[*lines, *marks], loc="outside lower center", ncol=len(lines) + len(marks), fontsize=10)
     seed = traces[0].scenario.seed if traces else 0
-    fig.suptitle(f"Closed loop, scenario seed {seed} (windows shaded)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.suptitle(f"Closed loop, scenario seed {seed}: controlled values (left) and inputs (right)")
+    return fig
 
 
 def write_report(
@@ -298,5 +315,6 @@ def write_report(
     (out / "report.json").write_text(json.dumps(doc, indent=1, default=str, allow_nan=True) + "\n")
     (out / "report.md").write_text(_markdown(results, head, settings))
     for seed in sorted({t.scenario.seed for t in traces}):
-        _plot([t for t in traces if t.scenario.seed == seed], out / f"trajectories_seed{seed}.png")
+        fig = trajectory_figure([t for t in traces if t.scenario.seed == seed])
+        fig.savefig(out / f"trajectories_seed{seed}.png", dpi=90)
     return doc

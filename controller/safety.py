@@ -152,10 +152,10 @@ class SafeController:
         else:
             self.counters.failures += 1
             events.append(self._log(step, "solve failed", plan.status))
-            usable = self._plan is not None and self._age + 1 < len(self._plan.v)
-            if usable and self._age < self.config.shifted_intervals:
+            last = self._plan
+            if last is not None and self._age + 1 < len(last.v) and self._age < self.config.shifted_intervals:
                 self._age += 1
-                v, mode = self._plan.v[self._age], "shifted"
+                v, mode = last.v[self._age], "shifted"
                 self.counters.shifted += 1
                 events.append(self._log(step, "shifted plan", f"move {self._age} of the last feasible plan"))
             else:

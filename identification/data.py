@@ -28,12 +28,17 @@ N_FEATURES = N_STATES + N_INPUTS
 
 
 class TrajectoryLike(Protocol):
-    """What the pipeline reads: ``plant.simulator.Trajectories`` and ``plant.datasets.Dataset`` both fit."""
+    """What the pipeline reads: ``plant.simulator.Trajectories`` and ``plant.datasets.Dataset`` both fit (read-only
+    attributes: frozen dataclasses fit)."""
 
-    x: np.ndarray  # (N, T + 1, 8)
-    u: np.ndarray  # (N, T, 5)
-    fault_step: np.ndarray  # (N,)
-    dt: float
+    @property
+    def x(self) -> np.ndarray: ...  # (N, T + 1, 8)
+    @property
+    def u(self) -> np.ndarray: ...  # (N, T, 5)
+    @property
+    def fault_step(self) -> np.ndarray: ...  # (N,)
+    @property
+    def dt(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,8 @@ class Normalization:
             raise ValueError(
                 f"normalization must have exactly the keys {sorted(keys)}, got {sorted(d) if isinstance(d, dict) else type(d).__name__}"
             )
-        return cls(**{k: (np.asarray(v, dtype=np.float64) if k != "dt" else float(v)) for k, v in d.items()})
+        arrays = {k: np.asarray(d[k], dtype=np.float64) for k in sorted(keys - {"dt"})}
+        return cls(**arrays, dt=float(d["dt"]))
 
 
 @dataclass(frozen=True)
@@ -134,16 +140,18 @@ def make_samples(data: TrajectoryLike, measured: bool = False) -> Samples:
     With ``measured`` the noisy measurements ``data.y`` are used instead of the true states.
     """
     _check(data)
-    x = np.asarray(data.y if measured else data.x, dtype=np.float64)
-    if measured and getattr(data, "y", None) is None:
+    y = getattr(data, "y", None)
+    if measured and y is None:
         raise ValueError("measured=True but the data set holds no measurements (y)")
+    x = np.asarray(y if measured else data.x, dtype=np.float64)
     u = np.asarray(data.u, dtype=np.float64)
     lengths = valid_lengths(data)
     parts = [(x[b, :n], u[b, :n], (x[b, 1 : n + 1] - x[b, :n]) / data.dt) for b, n in enumerate(lengths) if n > 0]
     if not parts:
         raise ValueError("the trajectories hold no valid step")
     traj = np.concatenate([np.full(n, b) for b, n in enumerate(lengths) if n > 0])
-    return Samples(*(np.concatenate(p) for p in zip(*parts, strict=True)), trajectory=traj)
+    xs, us, dxdt = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return Samples(xs, us, dxdt, trajectory=traj)
 
 
 def fit_normalization(samples: Samples, dt: float, target_offset: np.ndarray | None = None) -> Normalization:

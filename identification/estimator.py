@@ -6,7 +6,9 @@ with fitted attributes ending in ``_``; ``predict`` gives one-step derivatives a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +89,7 @@ class SurrogateEstimator:
         measured: bool = False,
         trainer: str = "auto",
         progress: bool = False,
-        **overrides: object,
+        **overrides: Any,
     ) -> None:
         if trainer not in TRAINERS:
             raise ValueError(f"unknown trainer {trainer!r}; must be one of {list(TRAINERS)}")
@@ -102,7 +104,7 @@ class SurrogateEstimator:
             if key in spec_fields:
                 spec = replace(spec, **{key: value})
             elif key in ("lam", "lam_in", "lam_skip", "lam_group"):
-                reg[key] = float(value)  # type: ignore[arg-type]
+                reg[key] = float(value)
             else:
                 raise ValueError(
                     f"unknown setting {key!r}; valid: {sorted(spec_fields | {'lam', 'lam_in', 'lam_skip', 'lam_group'})}"
@@ -124,7 +126,7 @@ class SurrogateEstimator:
     def regularizer(self) -> Regularizer:
         return make_regularizer(self.spec.regularizer, **self.spec.reg_settings)
 
-    def _train_fn(self):
+    def _train_fn(self) -> Callable[..., TrainResult]:
         if self.trainer == "torch" or (self.trainer == "auto" and not fast_training_available(self.config.dtype)):
             return train_ensemble
         return train_ensemble_fast

@@ -142,11 +142,11 @@ class EnsembleWeights:
                 raise ValueError(f"layer {i} holds non-finite weights or biases")
             ws.append(w)
             bs.append(bias)
-        masks = None
+        masks: tuple[np.ndarray, ...] | None = None
         if self.masks is not None:
             if len(self.masks) != len(shapes):
                 raise ValueError(f"expected {len(shapes)} masks, got {len(self.masks)}")
-            masks = []
+            checked = []
             for i, (w, mask) in enumerate(zip(ws, self.masks, strict=True)):
                 mask = np.asarray(mask)
                 if mask.shape != w.shape:
@@ -154,8 +154,8 @@ class EnsembleWeights:
                 mask = mask.astype(bool)
                 if np.any(w[~mask] != 0):
                     raise ValueError(f"layer {i} has non-zero weights where its mask is zero")
-                masks.append(mask)
-            masks = tuple(masks)
+                checked.append(mask)
+            masks = tuple(checked)
         object.__setattr__(self, "weights", tuple(ws))
         object.__setattr__(self, "biases", tuple(bs))
         object.__setattr__(self, "masks", masks)

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from identification.estimator import KINDS
 from identification.metrics import TRUE_STRUCTURE, WINDOWS
+from identification.pretrained import PACKAGED_KINDS
 from plant.signals import INPUT_NAMES, STATE_NAMES
+from plant.simulator import DT
 
-__all__ = ["GOALS", "PUBLISHED", "write_report"]
+__all__ = ["GOALS", "PUBLISHED", "figures", "write_figures", "write_report"]
 
 PUBLISHED = {
     "dense": {"100dT_median": 2e-2, "5000dT_median": 3e-1, "diverged_by_2500dT": 120, "diverged_by_5000dT": 275},
@@ -48,111 +51,191 @@ def _sizes(runs: dict) -> list[int]:
     return sorted({r["n_train"] for r in runs.values()})
 
 
-def _plot_horizon(runs: dict, size: int, path: Path) -> None:
-    fig = Figure(figsize=(8, 4.5))
+def _plot_horizon(runs: dict, size: int) -> Figure:
+    fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.add_subplot()
     for kind in _kinds(runs):
         r = runs.get(f"{kind}@{size}")
         if not r or not r["median_curve"]:
             continue
         k = np.arange(len(r["median_curve"])) * r["curve_stride"]
-        ax.semilogy(k[1:], np.maximum(r["median_curve"][1:], 1e-6), label=kind)
+        ax.semilogy(k[1:], np.maximum(r["median_curve"][1:], 1e-6), lw=1.3, label=kind)
     for start, _ in WINDOWS.values():
         if start:
-            ax.axvline(start, color="0.8", lw=0.8)
-    ax.set_xlabel("step k (10 s)")
-    ax.set_ylabel("median AN-RFMSE e_k (non-diverged rollouts)")
-    ax.set_title(f"Open-loop error vs horizon, {size} training trajectories")
-    ax.legend(fontsize=8)
+            ax.axvline(start, color="0.55", lw=0.8, ls=":")
+            ax.text(start, 0.02, f" {start}ΔT", transform=ax.get_xaxis_transform(), fontsize=8, color="0.35")
+    ax.set_xlabel("open-loop step k (ΔT = 10 s)")
+    ax.set_ylabel("median AN-RFMSE e_k (log scale)")
+    hours = ax.secondary_xaxis("top", functions=(lambda k: k * DT / 3600.0, lambda h: h * 3600.0 / DT))
+    hours.set_xlabel("hours of plant time")
+    ax.set_title(
+        f"Open-loop error vs horizon, {size} training trajectories (median over rollouts that did not diverge)"
+    )
+    ax.legend(title="model", fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, which="both")
-    _save(fig, path)
+    return fig
 
 
-def _plot_divergence(runs: dict, path: Path) -> None:
+def _plot_divergence(runs: dict) -> Figure:
     kinds, sizes = _kinds(runs), _sizes(runs)
-    fig = Figure(figsize=(8, 4))
+    fig = Figure(figsize=(9, 1.6 + 0.24 * len(kinds) * len(sizes)), layout="constrained")
     ax = fig.add_subplot()
-    width = 0.8 / max(len(sizes), 1)
+    height = 0.8 / len(sizes)
+    rows = np.arange(len(kinds))
+    top = 100 * GOALS["diverged_fraction"]
     for j, n in enumerate(sizes):
-        vals = [runs.get(f"{k}@{n}", {}).get("diverged_by_5000dT", np.nan) for k in kinds]
-        tot = [runs.get(f"{k}@{n}", {}).get("rollouts", 1) for k in kinds]
-        ax.bar(
-            np.arange(len(kinds)) + j * width,
-            100 * np.asarray(vals, float) / np.asarray(tot, float),
-            width,
-            label=f"{n} traj.",
-        )
-    ax.set_xticks(np.arange(len(kinds)) + width * (len(sizes) - 1) / 2, kinds)
-    ax.set_ylabel("% of rollouts diverged by 5000ΔT")
-    ax.axhline(100 * GOALS["diverged_fraction"], color="k", ls="--", lw=0.8, label="goal 1 %")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    _save(fig, path)
+        found = [runs.get(f"{k}@{n}") for k in kinds]
+        pct = [100 * r["diverged_by_5000dT"] / r["rollouts"] if r else 0.0 for r in found]
+        bars = ax.barh(rows - 0.4 + (j + 0.5) * height, pct, height, label=f"{n} training trajectories")
+        texts = [f"{p:.1f} %" if r else "not run" for p, r in zip(pct, found, strict=True)]
+        ax.bar_label(bars, texts, padding=3, fontsize=8, bbox={"fc": "white", "ec": "none", "pad": 0.3})
+        top = max(top, *pct)
+    ax.set_yticks(rows, kinds)
+    ax.set_ylabel("model")
+    ax.invert_yaxis()  # the first kind on top
+    ax.set_xlim(0, 1.18 * top)  # room for the value labels
+    ax.axvline(100 * GOALS["diverged_fraction"], color="k", ls="--", lw=0.9, label="goal: at most 1 %")
+    ax.set_xlabel("rollouts diverged by 5000ΔT (% of each model's rollouts)")
+    counts = sorted({r["rollouts"] for r in runs.values()})
+    each = f"{counts[0]} rollouts per model" if len(counts) == 1 else "rollouts per model as in the table"
+    ax.set_title(f"Open-loop rollouts that diverged within 5000 steps of 10 s ({each})")
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3, axis="x")
+    return fig
 
 
-def _plot_structure(runs: dict, size: int, path: Path) -> None:
+def _plot_structure(runs: dict, size: int) -> Figure:
     kinds = [k for k in _kinds(runs) if f"{k}@{size}" in runs]
-    panels = [("true structure", TRUE_STRUCTURE.astype(float))] + [
+    panels = [("true structure (plant.md)", TRUE_STRUCTURE.astype(float))] + [
         (
-            f"{k}: F1 {runs[f'{k}@{size}']['structure_jacobian']['f1']:.2f}",
+            f"{k}: structure F1 {runs[f'{k}@{size}']['structure_jacobian']['f1']:.2f}",
             np.asarray(runs[f"{k}@{size}"]["dependency_fraction"]),
         )
         for k in kinds
     ]
-    ncol = min(4, len(panels))
+    ncol = min(3, len(panels))
     nrow = -(-len(panels) // ncol)
-    fig = Figure(figsize=(3.1 * ncol, 2.7 * nrow + 0.6))
+    fig = Figure(figsize=(4.7 * ncol + 1.4, 3.4 * nrow + 1.0), layout="constrained")
     axes = fig.subplots(nrow, ncol, squeeze=False)
-    labels = [*STATE_NAMES, *INPUT_NAMES]
+    inputs = [*STATE_NAMES, *INPUT_NAMES]
+    outputs = [f"d{n}/dt" for n in STATE_NAMES]
     rows, cols = np.nonzero(TRUE_STRUCTURE)
+    image = None
     for i, ax in enumerate(axes.flat):
         if i >= len(panels):
             ax.set_axis_off()
             continue
         title, mat = panels[i]
-        ax.imshow(mat, cmap="Greys", vmin=0, vmax=1)
-        ax.scatter(cols, rows, s=7, c="tab:red", marker="o", linewidths=0)
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks(range(13), labels if i >= len(panels) - ncol else [""] * 13, rotation=90, fontsize=6)
-        ax.set_yticks(range(8), [f"d{n}" for n in STATE_NAMES] if i % ncol == 0 else [""] * 8, fontsize=6)
+        image = ax.imshow(mat, cmap="Greys", vmin=0, vmax=1)
+        ax.scatter(cols, rows, s=14, c="tab:red", linewidths=0)
+        ax.axvline(len(STATE_NAMES) - 0.5, color="tab:blue", lw=1.2)  # states | manipulated inputs
+        ax.set_xticks(range(len(inputs)), inputs, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(outputs)), outputs, fontsize=8)
+        ax.tick_params(labelleft=i % ncol == 0)
+        ax.set_xticks(np.arange(len(inputs) + 1) - 0.5, minor=True)
+        ax.set_yticks(np.arange(len(outputs) + 1) - 0.5, minor=True)
+        ax.grid(which="minor", color="0.75", lw=0.4)
+        ax.tick_params(which="minor", length=0)
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=axes, shrink=0.5, label="share of ensemble members whose data Jacobian uses the input")
+    fig.supxlabel("state or manipulated input the derivative depends on")
+    fig.supylabel("derivative of the state")
     fig.suptitle(
-        f"Dependency matrices, {size} training trajectories: share of members whose data Jacobian uses each input "
-        "(black = all); red dots = true structure",
-        fontsize=9,
+        f"Dependency matrices, {size} training trajectories: which state or input (columns) each derivative (rows) "
+        "depends on\nred dots: the true dependencies (plant.md); blue line: states | manipulated inputs"
     )
-    _save(fig, path)
+    return fig
 
 
-def _plot_lambda(sweep: dict, path: Path) -> None:
-    if not sweep:
-        return
+def _from_zero(ax: Axes, values: list[float]) -> None:
+    """The y axis from 0 to a tenth above the largest finite value (the autoscaled top where none is)."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    top = 1.1 * max(finite) if finite and max(finite) > 0 else None
+    ax.set_ylim(0, top)
+
+
+def _plot_lambda(sweep: dict, members: int | None) -> Figure:
     items = sorted(sweep.values(), key=lambda r: r["lambda"])
     lam = [r["lambda"] for r in items]
-    fig = Figure(figsize=(7, 4))
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
-    ax.semilogx(lam, [r["nonzero_1e-2"] for r in items], "o-", label="non-zero weights (|w| > 1e-2)")
-    ax.set_xlabel("λ = λ_in")
-    ax.set_ylabel("non-zero weights (mean of members)")
+    left, right = "tab:blue", "tab:red"
+    of = f"mean of {members} members" if members else "mean of the members"
+    (nz,) = ax.semilogx(lam, [r["nonzero_1e-2"] for r in items], "o-", color=left, label="non-zero weights (left axis)")
+    ax.set_xlabel("ℓ1 strength λ = λ_in (log scale)")
+    ax.set_ylabel(f"non-zero weights, |w| > 1e-2 ({of})", color=left)
+    ax.tick_params(axis="y", colors=left)
+    _from_zero(ax, [r["nonzero_1e-2"] for r in items])
     ax2 = ax.twinx()
-    ax2.semilogx(lam, [r["5000dT_median"] for r in items], "s--", color="tab:red", label="median 5000ΔT")
-    ax2.set_ylabel("median AN-RFMSE 5000ΔT", color="tab:red")
+    (err,) = ax2.semilogx(
+        lam, [r["5000dT_median"] for r in items], "s--", color=right, label="median AN-RFMSE at 5000ΔT (right axis)"
+    )
+    ax2.set_ylabel("median AN-RFMSE at 5000ΔT (window 2500–5000ΔT)", color=right)
+    ax2.tick_params(axis="y", colors=right)
+    _from_zero(ax2, [r["5000dT_median"] for r in items])
+    ax2.spines["left"].set_color(left)
+    ax2.spines["right"].set_color(right)
     ax.set_title(f"ℓ1 strength vs sparsity and accuracy ({items[0]['n_train']} training trajectories)")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    fig.legend(handles=[nz, err], loc="outside lower center", ncol=2, fontsize=9)
+    return fig
+
+
+def figures(results: dict) -> dict[str, Figure]:
+    """The study's figures for ``results`` (the contents of ``results.json``), by file name.
+
+    Parameters
+    ----------
+    results
+        The study's results: ``runs`` (required, non-empty), and ``lambda_sweep`` and ``config`` if present.
+
+    Returns
+    -------
+    ``error_vs_horizon.png``, ``divergence.png``, ``structure.png`` and, when the results hold a λ sweep,
+    ``nonzeros_vs_lambda.png``, each a matplotlib Figure (not attached to pyplot).
+
+    Raises
+    ------
+    ValueError
+        If ``results`` holds no finished run.
+    """
+    runs = results.get("runs", {})
+    if not runs:
+        raise ValueError("the results hold no finished run to report on")
+    big = _sizes(runs)[-1]
+    out = {
+        "error_vs_horizon.png": _plot_horizon(runs, big),
+        "divergence.png": _plot_divergence(runs),
+        "structure.png": _plot_structure(runs, big),
+    }
+    if results.get("lambda_sweep"):
+        out["nonzeros_vs_lambda.png"] = _plot_lambda(
+            results["lambda_sweep"], results.get("config", {}).get("sweep_members")
+        )
+    return out
+
+
+def write_figures(results: dict, out: Path) -> list[Path]:
+    """Render :func:`figures` of ``results`` as PNGs into the folder ``out``; returns their paths.
+
+    This needs only ``results.json``: ``write_figures(json.loads(Path("results.json").read_text()), folder)``
+    redraws a finished study's figures without re-running it.
+    """
+    out = Path(out)
+    paths = []
+    for name, fig in figures(results).items():
+        _save(fig, out / name)
+        paths.append(out / name)
+    return paths
 
 
 def write_report(results: dict, out: Path) -> Path:
     """Write figures and ``README.md`` for ``results`` into ``out``; returns the report's path."""
     out = Path(out)
     runs = results.get("runs", {})
-    if not runs:
-        raise ValueError("the results hold no finished run to report on")
+    write_figures(results, out)
     sizes = _sizes(runs)
     big = sizes[-1]
-    _plot_horizon(runs, big, out / "error_vs_horizon.png")
-    _plot_divergence(runs, out / "divergence.png")
-    _plot_structure(runs, big, out / "structure.png")
-    _plot_lambda(results.get("lambda_sweep", {}), out / "nonzeros_vs_lambda.png")
     cfg = results.get("config", {})
     lines = [
         "# Identification study: sparse neural surrogates of the Hall–Héroult cell",
@@ -211,6 +294,8 @@ def write_report(results: dict, out: Path) -> Path:
         lines += ["![non-zeros vs lambda](nonzeros_vs_lambda.png)", ""]
     lines += _claims(runs, sizes)
     lines += _per_state(runs, big)
+    if cfg.get("save_models", True):
+        lines += _models_note(big)
     data = results.get("data", {})
     lines += [
         "## Data and run",
@@ -224,6 +309,22 @@ def write_report(results: dict, out: Path) -> Path:
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _models_note(size: int) -> list[str]:
+    """Where the run's models are, and how they become alutwin's default models."""
+    return [
+        "## Models",
+        "",
+        f"`alutwin study` writes the ensembles trained on {size} trajectories as model directories into "
+        "`models/<kind>/` of its output folder (`manifest.json` + `weights.safetensors`, with the training data's "
+        "checksum and their scores). alutwin's default models are three such directories "
+        f"({', '.join(f'`{k}`' for k in PACKAGED_KINDS)} in `identification/pretrained/`, from the published "
+        "protocol). To use a run's models instead, set `ALUTWIN_MODELS` to its `models` folder; to make them the "
+        "packaged defaults, copy those three directories over `identification/pretrained/` in a checkout and "
+        "reinstall (`pip install .`; an editable install sees them at once).",
+        "",
+    ]
 
 
 def _claims(runs: dict, sizes: list[int]) -> list[str]:

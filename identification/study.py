@@ -3,7 +3,7 @@
 Train ensembles of every model kind on 10, 20 and 40 "aprbs" trajectories, roll each member out open loop
 over 100 test trajectories of 5000 steps, and score them as ``spec/learning.md`` prescribes. Results are
 written incrementally to ``results.json`` (a re-run with ``--resume`` skips finished entries), then turned
-into a markdown report with figures.
+into a markdown report with figures. The command's parser is in :mod:`identification.commands`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import casadi as ca
 import numpy as np
 from tqdm.auto import tqdm
 
+from alutwin.cli import CliError, fresh_output_dir, output_dir, show_progress
 from identification.estimator import KINDS, SurrogateEstimator
 from identification.metrics import (
     fit_percent,
@@ -36,7 +37,7 @@ from plant.datasets import generate
 from plant.physics import rhs
 from plant.simulator import Trajectories
 
-__all__ = ["StudyConfig", "save_trained", "evaluate", "prior_structure", "register_cli", "run_study"]
+__all__ = ["StudyConfig", "save_trained", "evaluate", "prior_structure", "run_study"]
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def run_study(cfg: StudyConfig) -> dict:
     }
     jobs = [(n, k) for n in cfg.sizes for k in cfg.kinds]
     sweep = [(cfg.sweep_size, lam) for lam in cfg.lambdas]
-    bar = tqdm(total=len(jobs) + len(sweep), desc="study", disable=not cfg.progress, unit="model")
+    bar = tqdm(total=len(jobs) + len(sweep), desc="study", disable=not cfg.progress or None, unit="model")
     for n, kind in jobs:
         key = f"{kind}@{n}"
         if key in runs:
@@ -262,24 +263,11 @@ def _probe(est: SurrogateEstimator, train: Trajectories, n: int = 2000) -> np.nd
     return est.normalization_.features(x[idx], u[idx])
 
 
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="reproduce and extend the published identification study; writes a report")
-    p.add_argument("--out", type=Path, default=Path("docs/study"), help="output folder (default: docs/study)")
-    p.add_argument("--quick", action="store_true", help="a tiny study (seconds), for smoke tests")
-    p.add_argument("--sizes", type=int, nargs="+", help="training set sizes (default 10 20 40)")
-    p.add_argument("--kinds", nargs="+", choices=sorted(KINDS), help="model kinds (default: all)")
-    p.add_argument("--members", type=int, help="ensemble size (default 10)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 100)")
-    p.add_argument("--test", type=int, help="test trajectories (default 100)")
-    p.add_argument("--steps", type=int, help="steps per trajectory (default 5000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="keep finished entries of an earlier results.json")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run)
-
-
 def _run(args: argparse.Namespace) -> int:
-    cfg = StudyConfig.quick(args.out) if args.quick else StudyConfig(out=args.out)
+    if args.resume and args.out is None:
+        raise CliError("--resume continues an earlier study: give its folder with --out")
+    placeholder = Path(args.out or ".")  # the sizes are checked before any folder is made
+    cfg = StudyConfig.quick(placeholder) if args.quick else StudyConfig(out=placeholder)
     changes = {
         "sizes": tuple(args.sizes) if args.sizes else None,
         "kinds": tuple(args.kinds) if args.kinds else None,
@@ -292,9 +280,10 @@ def _run(args: argparse.Namespace) -> int:
         cfg,
         seed=args.seed,
         resume=args.resume,
-        progress=not args.no_progress and cfg.progress,
+        progress=show_progress(args) and cfg.progress,
         **{k: v for k, v in changes.items() if v is not None},
     )
+    cfg = replace(cfg, out=fresh_output_dir("study-output") if args.out is None else output_dir(args.out))
     t = time.perf_counter()
     results = run_study(cfg)
     print(

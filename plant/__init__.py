@@ -5,11 +5,16 @@ Above only the shared layer ``alutwin``: ``plant`` imports nothing from ``identi
 or ``apps``.
 """
 
-from plant.excitation import Exogenous, aprbs, constant, oper, sample_initial_states
-from plant.params import DEFAULT_LIMITS, DEFAULT_PARAMS, SPEC_VERSION, CellParams, DomainLimits
-from plant.physics import algebraic, feed_controllers, rhs, rk4_step
-from plant.signals import INPUT_NAMES, INPUTS, N_INPUTS, N_STATES, STATE_NAMES, STATES, U, X
-from plant.simulator import DT, Fault, MeasurementNoise, Trajectories, check_domain, simulate, step
+from typing import TYPE_CHECKING
+
+from alutwin.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from plant.excitation import Exogenous, aprbs, constant, oper, sample_initial_states
+    from plant.params import DEFAULT_LIMITS, DEFAULT_PARAMS, SPEC_VERSION, CellParams, DomainLimits
+    from plant.physics import algebraic, feed_controllers, rhs, rk4_step
+    from plant.signals import INPUT_NAMES, INPUTS, N_INPUTS, N_STATES, STATE_NAMES, STATES, U, X
+    from plant.simulator import DT, Fault, MeasurementNoise, Trajectories, check_domain, simulate, step
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -42,3 +47,16 @@ __all__ = [
     "simulate",
     "step",
 ]
+
+# imported on first use, so that the commands' parsers (plant.commands) load without numpy and CasADi
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    __all__,
+    {
+        "plant.excitation": ("Exogenous", "aprbs", "constant", "oper", "sample_initial_states"),
+        "plant.params": ("DEFAULT_LIMITS", "DEFAULT_PARAMS", "SPEC_VERSION", "CellParams", "DomainLimits"),
+        "plant.physics": ("algebraic", "feed_controllers", "rhs", "rk4_step"),
+        "plant.signals": ("INPUT_NAMES", "INPUTS", "N_INPUTS", "N_STATES", "STATE_NAMES", "STATES", "U", "X"),
+        "plant.simulator": ("DT", "Fault", "MeasurementNoise", "Trajectories", "check_domain", "simulate", "step"),
+    },
+)

@@ -9,7 +9,9 @@ Example::
         m = plant.state(0)                     # m.x (8,), m.u (5,), m.outputs["superheat"]
         plant.set_inputs(0, alumina_feed=AUTOMATIC)
 
-Errors of the service arrive as :class:`grpc.RpcError` (``.code()``, ``.details()``).
+The calls that change the plant (:meth:`PlantClient.set_inputs`, :meth:`~PlantClient.set_many`,
+:meth:`~PlantClient.step`) send the client's ``token`` (needed where the server has one). Errors of the service
+arrive as :class:`grpc.RpcError` (``.code()``, ``.details()``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from alutwin.rpc import bearer_metadata, open_channel
 from alutwin.v1 import plant_pb2, plant_pb2_grpc
 from plant.config import COMMANDS
 from plant.domain import Fault
@@ -169,16 +171,29 @@ class PlantClient:
     ----------
     address : str
         Where the service listens.
+    token : str, optional
+        Bearer token sent with the calls that change the plant.
     timeout : float
         Deadline of each unary call, s.
+    root_certificates : bytes, optional
+        PEM roots to trust: connect with TLS (the server's certificate must name the host of ``address``).
     options : sequence of (str, value)
         gRPC channel options, e.g. ``[("grpc.max_receive_message_length", 1 << 24)]``.
     """
 
-    def __init__(self, address: str, *, timeout: float = 30.0, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        root_certificates: bytes | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=list(options))
+        self._auth = bearer_metadata(token)
+        self._channel = open_channel(address, root_certificates=root_certificates, options=options)
         self._stub = plant_pb2_grpc.PlantServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -227,12 +242,13 @@ class PlantClient:
 
     def set_many(self, commands: Iterable[plant_pb2.CellCommand]) -> int:
         """Send several cells' commands at once (all checked, then applied together)."""
-        r = self._stub.SetInputs(plant_pb2.SetInputsRequest(commands=list(commands)), timeout=self.timeout)
+        request = plant_pb2.SetInputsRequest(commands=list(commands))
+        r = self._stub.SetInputs(request, timeout=self.timeout, metadata=self._auth)
         return r.step
 
     def step(self, n: int = 1) -> int:
         """Advance a stepped plant by ``n`` steps; returns the steps taken so far."""
-        return self._stub.Step(plant_pb2.StepRequest(n=n), timeout=self.timeout).step
+        return self._stub.Step(plant_pb2.StepRequest(n=n), timeout=self.timeout, metadata=self._auth).step
 
     def measurements(
         self, cells: Iterable[int] = (), *, every: int = 1, include_true: bool = False

@@ -15,6 +15,8 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from alutwin.config import (
     Config,
+    ConfigPath,
+    EnvName,
     Host,
     NonNegativeInt,
     NonNegativeNumber,
@@ -23,8 +25,10 @@ from alutwin.config import (
     Port,
     PositiveInt,
     PositiveNumber,
+    Token,
     config_dataclass,
 )
+from alutwin.security import ServerSecurity
 from plant.params import DEFAULT_LIMITS, DomainLimits
 from plant.scenarios import ScenarioEvent, check_cells
 from plant.signals import INPUTS, N_STATES, U
@@ -68,7 +72,7 @@ def _no_events(value: Any) -> Any:
 
 
 @config_dataclass
-class PlantConfig(Config):
+class PlantConfig(Config, ServerSecurity):
     """Settings of a simulated potline and of the service that serves it.
 
     Parameters
@@ -106,6 +110,18 @@ class PlantConfig(Config):
         Largest ``n`` of one ``Step`` call.
     grace_s : float
         Seconds in-flight calls get to finish when the server stops.
+    token : str, optional
+        Bearer token of the RPCs that change the plant (``SetInputs``, ``Step``; at least 16 characters).
+        Prefer ``token_env``; with neither, those RPCs are open to every client (fine on loopback).
+    token_env : str, optional
+        Name of an environment variable holding the token.
+    tls_cert, tls_key : Path, optional
+        PEM certificate chain and private key: serve TLS only (both or neither).
+    metrics_port : int, optional
+        Port of the Prometheus ``/metrics`` HTTP endpoint on ``metrics_host``; 0 picks a free one; None (the
+        default) serves no endpoint.
+    metrics_host : str
+        Address of the metrics endpoint (loopback by default).
     scenario : tuple of ScenarioEvent
         Drifts and sensor faults (:mod:`plant.scenarios`); in YAML a list of mappings. The cells an event names
         must exist.
@@ -127,6 +143,12 @@ class PlantConfig(Config):
     stream_queue_size: PositiveInt = 1000
     max_steps_per_call: PositiveInt = 8640
     grace_s: NonNegativeNumber = 2.0
+    token: Token | None = None
+    token_env: EnvName | None = None
+    tls_cert: ConfigPath | None = None
+    tls_key: ConfigPath | None = None
+    metrics_port: Port | None = None
+    metrics_host: Host = "127.0.0.1"
     scenario: Annotated[tuple[ScenarioEvent, ...], BeforeValidator(_no_events)] = ()
 
     @model_validator(mode="after")
@@ -137,6 +159,7 @@ class PlantConfig(Config):
                 f"max_streams ({self.max_streams}) must be less than max_workers ({self.max_workers}), so that "
                 "unary calls still find a thread while every stream is open"
             )
+        problems += self.security_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self

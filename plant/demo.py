@@ -10,6 +10,7 @@ each window, ranges, faults). A later stage grows this into the closed-loop comp
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,15 +20,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from plant.datasets import DEFAULT_ENGINE
+from alutwin.cli import fresh_output_dir, output_dir
+from alutwin.cli import main as cli_main
+from plant.datasets import DEFAULT_ENGINE, require_engine
 from plant.domain import Fault
 from plant.excitation import Exogenous, aprbs, sample_initial_states
 from plant.params import DEFAULT_PARAMS
 from plant.physics import algebraic
 from plant.signals import STATES, U, X
-from plant.simulator import DT, ENGINES, Trajectories, simulate
+from plant.simulator import DT, Trajectories, simulate
 
-__all__ = ["Window", "WINDOWS", "BASELINE_ACD", "Scenario", "run_scenario", "summarise", "plot", "register", "main"]
+__all__ = ["Window", "WINDOWS", "BASELINE_ACD", "Scenario", "run_scenario", "summarise", "plot", "main"]
 
 BASELINE_ACD = 0.05  # m, the baseline controller of control.md holds the ACD here
 
@@ -223,39 +226,10 @@ def plot(sc: Scenario, path: Path) -> Path:
     return path
 
 
-def _hours(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of hours > 0, got {text!r}") from None
-    if not (np.isfinite(v) and 0 < v <= 24 * 30):
-        raise argparse.ArgumentTypeError(f"must be a number of hours in (0, 720], got {text!r}")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return v
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("demo-output"), metavar="DIR", help="output folder")
-    p.add_argument("--hours", type=_hours, default=24.0, help="plant time to simulate (default 24)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the initial state and current steps")
-    p.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE, help="simulation engine")
-
-
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    require_engine(args.engine)
+    out: Path = fresh_output_dir("plant-demo-output") if args.out is None else output_dir(args.out)
     sc = run_scenario(args.seed, args.hours, args.engine)
     png = plot(sc, out / "baseline.png")
     lines = summarise(sc)
@@ -266,24 +240,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``alutwin plant-demo``."""
-    p = subparsers.add_parser(
-        "plant-demo",
-        help="simulate one cell for a day and write a plot and a summary",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    _add_arguments(p)
-    p.set_defaults(func=_run)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo as ``alutwin plant-demo`` would; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="alutwin plant-demo", description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    _add_arguments(parser)
-    return _run(parser.parse_args(argv))
+    """Run ``alutwin plant-demo`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    return cli_main(["plant-demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

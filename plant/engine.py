@@ -19,8 +19,8 @@ Why not ``casadi.external`` with ``mapaccum``/``map``? It works, but converting 
 matrices and numpy arrays costs about as much as the simulation itself, and ``mapaccum`` has to be rebuilt for
 every horizon T; the C driver needs neither (see ``bench/plant_sim.py``).
 
-The compiled library is kept in ``$ALUTWIN_CACHE``, else ``$XDG_CACHE_HOME/alutwin``, else
-``~/.cache/alutwin``, under a name that hashes the generated source, the compiler, its version, the flags and
+The compiled library is kept in the compile cache (:func:`alutwin.cbuild.cache_dir`: ``$ALUTWIN_CACHE``, else
+``$XDG_CACHE_HOME/alutwin``, ``~/.cache/alutwin`` or a private temporary folder), under a name that hashes the generated source, the compiler, its version, the flags and
 the CasADi version; it is written to a temporary file and renamed into place, so concurrent processes are safe.
 """
 

@@ -36,7 +36,7 @@ class Exogenous:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.current.shape  # type: ignore[return-value]
+        return self.current.shape
 
 
 def _held_levels(rng: np.random.Generator, n_steps: int, low: float, high: float, hold: tuple[int, int]) -> np.ndarray:

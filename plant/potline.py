@@ -402,7 +402,7 @@ class Potline:
             cells = range(self.n_cells) if event.cells is None else event.cells
             for c in cells:
                 if event.kind == "drift":
-                    self._cell_params[c] = apply_drift(self._cell_params[c], event.parameter, event.factor)
+                    self._cell_params[c] = apply_drift(self._cell_params[c], *event.drift)
                 elif event.kind == "offset_sensor":
                     self._offset[c, event.state_index] += event.offset
                 elif event.value is None:

@@ -172,6 +172,13 @@ class ScenarioEvent(Config):
             raise ValueError(f"a {self.kind} event has no state")
         return STATE_NAMES.index(self.state)
 
+    @property
+    def drift(self) -> tuple[str, float]:
+        """``(parameter, factor)`` of a drift event."""
+        if self.parameter is None or self.factor is None:
+            raise ValueError(f"a {self.kind} event has no drift parameter and factor")
+        return self.parameter, self.factor
+
     def describe(self) -> str:
         """The event in words."""
         who = "all cells" if self.cells is None else f"cell(s) {', '.join(map(str, self.cells))}"

@@ -1,9 +1,15 @@
 """The gRPC ``alutwin.v1.PlantService``: a thin servicer over :class:`plant.potline.Potline`.
 
-:func:`create_server` builds a bound, not yet started server (port 0 allowed) with health checking and
-reflection; :func:`serve` runs one until SIGTERM/SIGINT. In real-time mode a clock thread advances the
-potline every ``dt / real_time_factor`` seconds of wall time. Each stream has a bounded queue
-(:mod:`plant.streams`): a slow reader loses its oldest messages (counted) instead of slowing the clock.
+:func:`create_server` builds a bound, not yet started server (port 0 allowed) with health checking, reflection,
+the interceptor (the token of the commands, metrics of every call) and optionally TLS and a Prometheus
+``/metrics`` endpoint; :func:`serve` runs one until SIGTERM/SIGINT and then drains: health turns NOT_SERVING,
+the clock stops, streams end, new calls get UNAVAILABLE and calls in flight get ``grace_s`` to finish. In
+real-time mode a clock thread advances the potline every ``dt / real_time_factor`` seconds of wall time. Each
+stream has a bounded queue (:mod:`plant.streams`): a slow reader loses its oldest messages (counted) instead of
+slowing the clock.
+
+The RPCs that change the plant (:data:`COMMAND_METHODS`) need ``authorization: Bearer <token>`` when the config
+has a token; without one they are open to every client (the default host is loopback).
 """
 
 from __future__ import annotations
@@ -15,22 +21,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import grpc
 from grpc_health.v1 import health, health_pb2
 
 from alutwin.cli import CliError
 from alutwin.codec import signal_to_pb
+from alutwin.metrics import MetricsServer, RpcMetrics
 from alutwin.rpc import (
     Abort,
+    CallInterceptor,
     GrpcServer,
     bind,
+    format_address,
     new_server,
     open_or_abort,
     serve_health_and_reflection,
     serve_until_signalled,
+    server_credentials,
     status_mapping,
     unary_errors,
 )
@@ -50,13 +59,14 @@ from plant.signals import INPUTS, STATES
 from plant.streams import Broadcaster, StreamClosed, Subscriber, TooManyStreams
 
 __all__ = [
+    "COMMAND_METHODS",
     "DEFAULT_PORT",
     "SERVICE_NAME",
     "PlantRuntime",
     "PlantServer",
     "PlantServicer",
     "create_server",
-    "register_cli",
+    "plant_metrics",
     "scenario_status_pb",
     "serve",
     "snapshot_to_pb",
@@ -68,6 +78,15 @@ SERVICE_NAME = plant_pb2.DESCRIPTOR.services_by_name["PlantService"].full_name
 """``"alutwin.v1.PlantService"``."""
 
 DEFAULT_PORT = 50051
+
+_READ_ONLY = frozenset({"GetInfo", "GetState", "StreamMeasurements"})
+COMMAND_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{m.name}"
+    for m in plant_pb2.DESCRIPTOR.services_by_name["PlantService"].methods
+    if m.name not in _READ_ONLY
+)
+"""Full names of the RPCs that change the plant (``SetInputs``, ``Step``: every PlantService RPC but the read-only
+``GetInfo``, ``GetState`` and ``StreamMeasurements``); they need the token when the server has one."""
 
 _POLL_S = 0.25  # how often a waiting stream checks that its client is still there
 
@@ -96,6 +115,9 @@ class PlantRuntime:
         self._stop = threading.Event()
         self._on_clock_failure = on_clock_failure
         self._clock: threading.Thread | None = None
+        self._streams_lock = threading.Lock()
+        self._streams: set[Subscriber] = set()
+        self._dropped_by_ended = 0  # messages dropped by streams that have ended
 
     @property
     def stepped(self) -> bool:
@@ -133,10 +155,28 @@ class PlantRuntime:
             return k
 
     def subscribe(self, cells: frozenset[int] | None, every: int) -> Subscriber:
-        """A subscriber that starts with the present snapshot of its cells and then gets every step."""
+        """A subscriber that starts with the present snapshot of its cells and then gets every step; end it with
+        :meth:`unsubscribe`."""
         with self._advance_lock:
             initial = self.potline.snapshots(None if cells is None else sorted(cells))
-            return self.broadcaster.subscribe(cells, every, initial)
+            sub = self.broadcaster.subscribe(cells, every, initial)
+        with self._streams_lock:
+            self._streams.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """End a stream's subscriber (its drops stay counted in :attr:`dropped`)."""
+        self.broadcaster.unsubscribe(sub)  # closed: its drop count is final
+        with self._streams_lock:
+            if sub in self._streams:
+                self._streams.remove(sub)
+                self._dropped_by_ended += sub.dropped
+
+    @property
+    def dropped(self) -> int:
+        """Messages every stream so far has dropped because its reader fell behind."""
+        with self._streams_lock:
+            return self._dropped_by_ended + sum(sub.dropped for sub in self._streams)
 
     def _run_clock(self) -> None:
         period = self.config.dt / self.config.real_time_factor
@@ -320,7 +360,6 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
         self, request: plant_pb2.StreamMeasurementsRequest, context: grpc.ServicerContext
     ) -> Iterator[plant_pb2.StreamMeasurementsResponse]:
         sub = open_or_abort(_status_of, context, lambda: self._open_stream(request))
-        broadcaster = self.runtime.broadcaster
         context.add_callback(sub.close)  # wakes the loop below when the client goes away
         try:
             while True:
@@ -337,15 +376,33 @@ class PlantServicer(plant_pb2_grpc.PlantServiceServicer):
                     snapshot=snapshot_to_pb(snap, request.include_true_state), dropped=dropped
                 )
         finally:
-            broadcaster.unsubscribe(sub)
+            self.runtime.unsubscribe(sub)
+
+
+def plant_metrics(runtime: PlantRuntime) -> RpcMetrics:
+    """The metrics of one plant server, in a registry of its own: the calls it handled
+    (:class:`alutwin.metrics.RpcMetrics`) and, read at scrape time, ``alutwin_plant_cells``,
+    ``alutwin_plant_cells_faulted``, ``alutwin_plant_steps_total``, ``alutwin_plant_time_seconds``,
+    ``alutwin_plant_streams`` (measurement streams open) and ``alutwin_plant_stream_dropped_total`` (messages the
+    streams dropped because their reader fell behind)."""
+    metrics = RpcMetrics()
+    potline, add = runtime.potline, metrics.read_at_scrape
+    add("gauge", "alutwin_plant_cells", "Cells on the line.", lambda: potline.n_cells)
+    add("gauge", "alutwin_plant_cells_faulted", "Cells out of the valid domain.", lambda: (potline.faults != 0).sum())
+    add("counter", "alutwin_plant_steps", "Steps the plant has taken.", lambda: potline.step_index)
+    add("gauge", "alutwin_plant_time_seconds", "Plant time, s.", lambda: potline.step_index * potline.dt)
+    add("gauge", "alutwin_plant_streams", "Measurement streams open.", lambda: runtime.broadcaster.count)
+    add("counter", "alutwin_plant_stream_dropped", "Messages streams dropped (reader behind).", lambda: runtime.dropped)
+    return metrics
 
 
 class PlantServer(GrpcServer):
     """A bound PlantService server: :meth:`start`, :meth:`begin_shutdown`, :meth:`stop`.
 
     Made by :func:`create_server`; also a context manager (start on enter, stop on exit). :meth:`stop` reports
-    NOT_SERVING, stops the clock, ends every stream cleanly, then stops the server (calls in flight get ``grace``
-    s, default ``config.grace_s``, from the moment the clock has stopped).
+    NOT_SERVING, stops the clock, ends every stream cleanly (new calls get UNAVAILABLE), then stops the server
+    (calls in flight get ``grace`` s, default ``config.grace_s``, from the moment the clock has stopped) and the
+    metrics endpoint.
     """
 
     grace_includes_drain = False  # stopping the clock (up to its join timeout) does not eat the calls' grace
@@ -357,23 +414,53 @@ class PlantServer(GrpcServer):
         health_servicer: health.HealthServicer,
         host: str,
         port: int,
+        metrics: RpcMetrics | None = None,
+        metrics_server: MetricsServer | None = None,
     ) -> None:
         super().__init__(server, health_servicer, host, port, runtime.config.grace_s)
         self.runtime = runtime
+        self.metrics = metrics
+        self.metrics_server = metrics_server
 
     @property
     def potline(self) -> Potline:
         return self.runtime.potline
 
+    @property
+    def metrics_port(self) -> int | None:
+        """Port of the ``/metrics`` endpoint, or None without one."""
+        return None if self.metrics_server is None else self.metrics_server.port
+
     def _started(self) -> None:
         self.runtime.start()  # the clock, in real-time mode
+        if self.metrics_server is not None:
+            self.metrics_server.start()
 
     def _drain(self, grace: float) -> None:
         self.runtime.close()
 
+    def _close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+
+
+def _warn_if_exposed(config: PlantConfig, token: str | None) -> None:
+    if config.loopback:
+        return
+    if not config.tls:
+        log.warning("serving on %s without TLS: anyone on the network can reach the plant", config.host)
+    if token is None:
+        log.warning(
+            "serving on %s with the commands open (no token): anyone who reaches the plant can set its inputs "
+            "and step it; set token_env in its config",
+            config.host,
+        )
+
 
 def create_server(config: PlantConfig, *, potline: Potline | None = None) -> tuple[PlantServer, int]:
     """A PlantService server bound to ``config.host:config.port``, not yet started.
+
+    Logs a warning when it listens beyond loopback without TLS or with the commands open (no token).
 
     Parameters
     ----------
@@ -387,32 +474,60 @@ def create_server(config: PlantConfig, *, potline: Potline | None = None) -> tup
     -------
     (PlantServer, int)
         The server and the port it is bound to.
+
+    Raises
+    ------
+    OSError
+        The address (or the metrics address) cannot be bound, or the TLS files cannot be read.
+    ValueError
+        The token in ``token_env`` is too short, or ``potline`` has another ``dt`` than ``config``.
     """
     if potline is None:
         potline = Potline.from_config(config)
     elif potline.dt != config.dt:
         raise ValueError(f"the potline's dt ({potline.dt:g} s) differs from config.dt ({config.dt:g} s)")
+    token = config.resolve_token()
+    credentials = server_credentials(config.tls_cert, config.tls_key)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
 
     def clock_failed() -> None:
         health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     runtime = PlantRuntime(potline, config, on_clock_failure=clock_failed)
-    server = new_server(config.max_workers, "plant-grpc")
+    metrics = plant_metrics(runtime)
+    interceptor = CallInterceptor(token, COMMAND_METHODS, metrics.observe)
+    server = new_server(config.max_workers, "plant-grpc", interceptors=[interceptor])
     plant_pb2_grpc.add_PlantServiceServicer_to_server(PlantServicer(runtime), server)
     serve_health_and_reflection(server, [SERVICE_NAME], health_servicer)
-    port = bind(server, config.host, config.port)
-    return PlantServer(server, runtime, health_servicer, config.host, port), port
+    metrics_server = None
+    if config.metrics_port is not None:  # before the gRPC port: a bound gRPC server holds its port until it ran
+        metrics_server = MetricsServer(metrics.registry, config.metrics_host, config.metrics_port, name="plant-metrics")
+    try:
+        port = bind(server, config.host, config.port, credentials)
+    except BaseException:
+        if metrics_server is not None:
+            metrics_server.stop()
+        raise
+    _warn_if_exposed(config, token)
+    return PlantServer(server, runtime, health_servicer, config.host, port, metrics, metrics_server), port
 
 
-def _describe(config: PlantConfig) -> str:
+def _describe(config: PlantConfig, server: PlantServer, token: bool) -> str:
     mode = "stepped mode" if config.stepped else f"real time x{config.real_time_factor:g}"
     events = f", {len(config.scenario)} scenario event(s)" if config.scenario else ""
-    return f"{config.n_cells} cells, {mode}, current {config.current_profile}, seed {config.seed}{events}"
+    parts = [
+        f"{config.n_cells} cells, {mode}, current {config.current_profile}, seed {config.seed}{events}",
+        "TLS" if config.tls else "no TLS",
+        "commands need the token" if token else "commands open (no token)",
+    ]
+    if server.metrics_port is not None:
+        parts.append(f"metrics on http://{format_address(config.metrics_host, server.metrics_port)}/metrics")
+    return ", ".join(parts)
 
 
 def serve(config: PlantConfig, *, out: TextIO | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then report NOT_SERVING and stop with ``config.grace_s`` of grace.
+    """Serve until SIGTERM or SIGINT, then drain: report NOT_SERVING, stop the clock, end the streams and stop
+    with ``config.grace_s`` of grace for the calls in flight.
 
     Prints the bound address to ``out`` (default stdout) once serving. Signal handlers are installed only when
     called from the main thread (and restored afterwards).
@@ -421,7 +536,8 @@ def serve(config: PlantConfig, *, out: TextIO | None = None) -> None:
     server, _ = create_server(config)
 
     def serving() -> None:
-        print(f"alutwin plant: serving {SERVICE_NAME} on {server.address} ({_describe(config)})", file=out, flush=True)
+        description = _describe(config, server, config.resolve_token() is not None)
+        print(f"alutwin plant: serving {SERVICE_NAME} on {server.address} ({description})", file=out, flush=True)
 
     serve_until_signalled(
         server,
@@ -438,6 +554,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "n_cells": args.cells,
         "real_time_factor": args.real_time_factor,
         "seed": args.seed,
+        "metrics_port": args.metrics_port,
     }
     config = PlantConfig.from_cli(args.config, flags, n_cells=4, seed=0, port=DEFAULT_PORT)
     try:
@@ -445,22 +562,3 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(str(exc)) from None
     return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``alutwin plant serve`` to the ``alutwin`` command (entry point ``alutwin.commands``)."""
-    parser = subparsers.add_parser("plant", help="the simulated potline as a gRPC service")
-    actions = parser.add_subparsers(dest="plant_command", metavar="ACTION", required=True)
-    p = actions.add_parser(
-        "serve",
-        help="serve alutwin.v1.PlantService until SIGTERM/SIGINT",
-        description="Serve a simulated potline over gRPC (health checking and reflection included). "
-        "Without --config: 4 cells, seed 0, stepped mode, 127.0.0.1:50051; flags override either.",
-    )
-    p.add_argument("--config", type=Path, help="YAML file of PlantConfig settings (see deploy/plant.yaml)")
-    p.add_argument("--port", type=int, help="TCP port; 0 picks a free one")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--cells", type=int, help="number of cells")
-    p.add_argument("--real-time-factor", type=float, help="plant seconds per wall second; 0 = stepped mode")
-    p.add_argument("--seed", type=int, help="seed of initial states, current profile and noise")
-    p.set_defaults(func=_cmd_serve)

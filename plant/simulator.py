@@ -37,10 +37,11 @@ DT = 10.0
 def validate_states(x: object, name: str = "x0") -> np.ndarray:
     """``x`` as a float64 array of shape ``(B, 8)``, or a ValueError naming what is wrong."""
     arr = np.asarray(x, dtype=np.float64)
+    given = arr.shape
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != N_STATES:
-        raise ValueError(f"{name} must have shape (B, {N_STATES}) or ({N_STATES},), got {np.shape(x)}")
+        raise ValueError(f"{name} must have shape (B, {N_STATES}) or ({N_STATES},), got {given}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} holds non-finite values")
     return arr
@@ -209,5 +210,5 @@ def simulate(
     if noise is not None and rng is None:
         raise ValueError("noise needs an rng (numpy.random.Generator) to draw from")
     xs, us, fault_step, fault_code = ENGINES[engine](x0, exo, dt, params, limits)
-    y = noise.apply(rng, xs) if noise is not None else None
+    y = noise.apply(rng, xs) if noise is not None and rng is not None else None  # rng checked above
     return Trajectories(xs, us, fault_step, fault_code, y, dt)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from identification.data import Normalization, fit_normalization, make_samples
 from identification.network import Architecture, EnsembleWeights
@@ -187,6 +191,38 @@ def random_surrogate() -> Callable[..., Any]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Servers on 127.0.0.1, port 0
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``cert, key``: PEM files of a self-signed certificate for ``localhost`` and ``127.0.0.1`` (valid one day)
+    and its key, made by the ``openssl`` command (a test that needs them is skipped where it is missing)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _scrape_metrics(port: int) -> dict[tuple[str, frozenset], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+
+
+@pytest.fixture(scope="session")
+def scrape_metrics() -> Callable[[int], dict[tuple[str, frozenset], float]]:
+    """``scrape_metrics(port)``: every sample of ``http://127.0.0.1:<port>/metrics`` (Prometheus text format), by
+    name and label set: ``{(name, frozenset(labels.items())): value}``."""
+    return _scrape_metrics
 
 
 @contextlib.contextmanager

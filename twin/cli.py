@@ -1,6 +1,7 @@
-"""The ``alutwin twin`` command: ``serve`` (the entry point of a twin server, and the only place that sets its
-process-wide settings: logging and the allocator's :func:`keep_freed_memory`), the client commands ``register``
-and ``models`` (through :class:`twin.client.TwinClient`), and the bridge's ``ingest``."""
+"""What the ``alutwin twin`` command runs (its parser is in :mod:`twin.commands`): ``serve`` (the entry point of a
+twin server, and the only place that sets the allocator's process-wide :func:`keep_freed_memory`; the dispatcher
+sets up logging), the client commands ``register`` and ``models`` (through :class:`twin.client.TwinClient`), and
+the bridge's ``ingest``."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import grpc
 
-from alutwin.cli import CliError, configure_logging
+from alutwin.cli import CliError
 from alutwin.rpc import stop_on_signals
 from twin.client import TwinClient
 from twin.config import DEFAULT_PORT, TwinConfig
@@ -23,7 +23,7 @@ from twin.historian import BridgeConfig, BridgeError, HistorianError, run_bridge
 from twin.registry import StoreError
 from twin.serving import serve
 
-__all__ = ["config_from_args", "keep_freed_memory", "register_cli"]
+__all__ = ["config_from_args", "keep_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ def keep_freed_memory(mib: int) -> bool:
 def _cmd_serve(args: argparse.Namespace) -> int:
     flags = {"port": args.port, "host": args.host, "store": args.store}
     config = TwinConfig.from_cli(args.config, flags, store=Path("data/twin-store"), port=DEFAULT_PORT)
-    configure_logging(logging.INFO)
     if config.heap_keep_mib and not keep_freed_memory(config.heap_keep_mib):
         log.info("heap_keep_mib: this C library has no mallopt; the allocator keeps its defaults")
     try:
@@ -112,39 +111,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers: Any) -> None:
-    """Add ``alutwin twin serve|register|models|ingest`` to the ``alutwin`` command (entry point
-    ``alutwin.commands``)."""
-    parser = subparsers.add_parser("twin", help="the digital twin: model registry and predictions over gRPC")
-    actions = parser.add_subparsers(dest="twin_command", metavar="ACTION", required=True)
-    p = actions.add_parser(
-        "serve",
-        help="serve alutwin.v1.PredictionService and ModelRegistry until SIGTERM/SIGINT",
-        description="Serve the twin over gRPC (health checking and reflection included). Without --config: "
-        f"store ./data/twin-store, 127.0.0.1:{DEFAULT_PORT}, no TLS, management off; flags override either.",
-    )
-    p.add_argument("--config", type=Path, help="YAML file of TwinConfig settings (see deploy/twin.yaml)")
-    p.add_argument("--port", type=int, help="TCP port; 0 picks a free one")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--store", type=Path, help="model store directory")
-    p.set_defaults(func=_cmd_serve)
-    for name, helptext, func in (
-        ("register", "upload a model directory as a new version", _cmd_register),
-        ("models", "list the models, versions and aliases", _cmd_models),
-    ):
-        q = actions.add_parser(name, help=helptext)
-        q.add_argument("--address", default=f"127.0.0.1:{DEFAULT_PORT}", help="host:port of the twin")
-        q.add_argument("--token-env", default="ALUTWIN_TWIN_TOKEN", help="environment variable holding the token")
-        q.add_argument("--tls-ca", help="PEM file of the roots to trust: connect with TLS")
-        if name == "register":
-            q.add_argument("--name", required=True, help="model name")
-            q.add_argument("--model", required=True, type=Path, help="model directory (manifest.json + weights)")
-            q.add_argument("--alias", help="move this alias to the new version (e.g. champion)")
-            q.add_argument("--description", default="", help="free text kept with the version")
-        q.set_defaults(func=func)
-    _register_ingest(actions)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # alutwin twin ingest: the plant-to-twin bridge
 
@@ -178,7 +144,6 @@ def config_from_args(args: argparse.Namespace) -> BridgeConfig:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     token, roots = _credentials(config.token_env, config.tls_ca)
-    configure_logging(logging.INFO)
     print(f"alutwin twin ingest: plant {config.plant} -> twin {config.twin}", flush=True)
     try:
         with stop_on_signals() as stop:
@@ -188,30 +153,3 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     fields = ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(stats).items() if k != "last_error")
     print(f"alutwin twin ingest: stopped ({fields})", file=sys.stdout, flush=True)
     return 0
-
-
-def _register_ingest(actions: Any) -> None:
-    """Add ``ingest`` to the ``alutwin twin`` actions."""
-    defaults = {f.name: f.default for f in dataclasses.fields(BridgeConfig)}
-    p = actions.add_parser(
-        "ingest",
-        help="forward the plant service's measurements into the twin's historian",
-        description="Subscribe to the plant's StreamMeasurements and send the measurements to the twin's Ingest in "
-        "batches, reconnecting with backoff when either side restarts and resuming after the twin's last "
-        "acknowledged step. Runs until SIGTERM/SIGINT. Settings from --config (see deploy/bridge.yaml), "
-        "overridden by the flags given.",
-    )
-    p.add_argument("--config", type=Path, help="YAML file of BridgeConfig settings (see deploy/bridge.yaml)")
-    p.add_argument("--plant", help="host:port of the plant service (required without --config)")
-    p.add_argument("--twin", help="host:port of the twin (required without --config)")
-    p.add_argument("--cells", type=int, nargs="*", help="cells to forward (default all)")
-    p.add_argument("--every", type=int, help=f"forward every N-th step (default {defaults['every']})")
-    p.add_argument("--batch-size", type=int, help=f"most samples per batch (default {defaults['batch_size']})")
-    p.add_argument(
-        "--flush-s", type=float, help=f"longest a sample waits for its batch, s (default {defaults['flush_s']})"
-    )
-    p.add_argument(
-        "--token-env", help=f"environment variable holding the twin's token (default {defaults['token_env']})"
-    )
-    p.add_argument("--tls-ca", type=Path, help="PEM file of the roots to trust: connect to the twin with TLS")
-    p.set_defaults(func=_cmd_ingest)

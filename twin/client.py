@@ -96,7 +96,7 @@ PRECISIONS = {"float64": twin_pb2.ARRAY_ENCODING_RAW, "float32": twin_pb2.ARRAY_
 """How :meth:`TwinClient.predict` sends and receives arrays, by name."""
 
 
-def _encoding(precision: str) -> int:
+def _encoding(precision: str) -> twin_pb2.ArrayEncoding:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]
@@ -304,7 +304,8 @@ class TwinClient:
 
     def health(self, service: str = "") -> str:
         """The health status name ("SERVING", "NOT_SERVING", ...) of ``service`` ("" = the whole server)."""
-        r = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        # types-grpcio-health-checking declares no methods on HealthStub
+        r = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)  # type: ignore[attr-defined]
         return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
 
     def close(self) -> None:

@@ -7,15 +7,12 @@ YAML file are relative to the file's own directory. The file's JSON schema is ``
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, model_validator
 
 from alutwin.config import (
-    TOKEN_MIN_LENGTH,
     Config,
     ConfigPath,
     EnvName,
@@ -29,6 +26,7 @@ from alutwin.config import (
     Token,
     config_dataclass,
 )
+from alutwin.security import ServerSecurity
 from identification.rollout import ENGINES
 
 __all__ = ["DEFAULT_PORT", "HISTORIAN_FILE", "HistorianConfig", "TwinConfig"]
@@ -70,7 +68,7 @@ class HistorianConfig(Config):
 
 
 @config_dataclass
-class TwinConfig(Config):
+class TwinConfig(Config, ServerSecurity):
     """Settings of a twin server.
 
     Parameters
@@ -118,8 +116,9 @@ class TwinConfig(Config):
         Name of an environment variable holding the token.
     tls_cert, tls_key : Path, optional
         PEM certificate chain and private key: serve TLS only (both or neither).
-    metrics_port : int
-        Port of the Prometheus ``/metrics`` HTTP endpoint on ``metrics_host``; 0 = no endpoint.
+    metrics_port : int, optional
+        Port of the Prometheus ``/metrics`` HTTP endpoint on ``metrics_host``; 0 picks a free one; None (the
+        default) serves no endpoint.
     metrics_host : str
         Address of the metrics endpoint (loopback by default).
     grace_s : float
@@ -154,7 +153,7 @@ class TwinConfig(Config):
     token_env: EnvName | None = None
     tls_cert: ConfigPath | None = None
     tls_key: ConfigPath | None = None
-    metrics_port: Port = 0
+    metrics_port: Port | None = None
     metrics_host: Host = "127.0.0.1"
     grace_s: NonNegativeNumber = 5.0
     heap_keep_mib: Annotated[NonNegativeInt, Field(le=2047)] = 256
@@ -180,10 +179,7 @@ class TwinConfig(Config):
                 f"max_message_bytes ({self.max_message_bytes}) must exceed max_upload_bytes "
                 f"({self.max_upload_bytes}) by at least 2 MiB (the manifest and the rest of the message)"
             )
-        if self.token is not None and self.token_env is not None:
-            problems.append("give token or token_env, not both")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            problems.append("tls_cert and tls_key go together (give both for TLS, or neither)")
+        problems += self.security_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -194,38 +190,3 @@ class TwinConfig(Config):
         if not self.historian.enabled:
             return None
         return self.historian.path if self.historian.path is not None else self.store / HISTORIAN_FILE
-
-    @property
-    def tls(self) -> bool:
-        """True when the server serves TLS."""
-        return self.tls_cert is not None
-
-    @property
-    def loopback(self) -> bool:
-        """True when ``host`` is a loopback address (or ``localhost``)."""
-        host = self.host.strip("[]")
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
-
-    def resolve_token(self) -> str | None:
-        """The management token: ``token``, else the value of the ``token_env`` variable; None when neither is set.
-
-        Raises
-        ------
-        ValueError
-            The variable holds a token shorter than 16 characters.
-        """
-        if self.token is not None:
-            return self.token
-        if self.token_env is None:
-            return None
-        value = os.environ.get(self.token_env)
-        if not value:
-            return None
-        if len(value) < TOKEN_MIN_LENGTH:
-            raise ValueError(f"the token in ${self.token_env} must be at least {TOKEN_MIN_LENGTH} characters long")
-        return value

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -400,11 +400,12 @@ class EventType(str, enum.Enum):
 
     # the plain string, as enum.StrEnum (Python 3.11+) gives it; Enum's own would be "EventType.SNAPSHOT"
     __str__ = str.__str__
-    __format__ = str.__format__
+    __format__ = str.__format__  # type: ignore[assignment]  # typeshed: str's format_spec is positional-only
 
     @property
-    def number(self) -> int:
-        return twin_pb2.RegistryEventType.Value(_EVENT_PREFIX + self.value)
+    def number(self) -> twin_pb2.RegistryEventType:
+        # protobuf's stubs type Value() as a plain int
+        return cast("twin_pb2.RegistryEventType", twin_pb2.RegistryEventType.Value(_EVENT_PREFIX + self.value))
 
     @classmethod
     def of_number(cls, number: int) -> EventType:

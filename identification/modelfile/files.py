@@ -146,7 +146,7 @@ def model_to_bytes(
     for i, (w, b) in enumerate(zip(weights.weights, weights.biases, strict=True)):
         tensors[f"layer{i}.weight"] = np.ascontiguousarray(w, dtype="<f8")  # (M, n_in, n_out)
         tensors[f"layer{i}.bias"] = np.ascontiguousarray(b, dtype="<f8")  # (M, n_out)
-        if masks:
+        if weights.masks is not None:
             tensors[f"layer{i}.mask"] = np.ascontiguousarray(weights.masks[i], dtype=np.uint8)  # (M, n_in, n_out)
     blob = safetensors.numpy.save(tensors)
     if len(blob) > MAX_WEIGHTS_BYTES:

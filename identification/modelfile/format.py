@@ -298,7 +298,10 @@ def _check_tensors(
         raise ModelFileError(file, f"tensors differ from the manifest: missing {missing}, unexpected {extra[:20]}")
     ws, bs, ms = [], [], []
     for i, (a, b) in enumerate(arch.layer_shapes):
-        specs = [(f"layer{i}.weight", (n_members, a, b), np.float64), (f"layer{i}.bias", (n_members, b), np.float64)]
+        specs: list[tuple[str, tuple[int, ...], type[np.generic]]] = [
+            (f"layer{i}.weight", (n_members, a, b), np.float64),
+            (f"layer{i}.bias", (n_members, b), np.float64),
+        ]
         if masks:
             specs.append((f"layer{i}.mask", (n_members, a, b), np.uint8))
         for name, shape, dtype in specs:

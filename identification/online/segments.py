@@ -28,13 +28,18 @@ __all__ = [
 
 
 class WindowLike(Protocol):
-    """What :func:`segments_from_window` reads (``twin.historian.historian.Window`` fits)."""
+    """What :func:`segments_from_window` reads (``twin.historian.historian.Window`` fits; read-only attributes)."""
 
-    cell: int
-    steps: np.ndarray  # (n,) int64, ascending
-    time_s: np.ndarray  # (n,)
-    x: np.ndarray  # (n, 8) measured state at each step
-    u: np.ndarray  # (n, 5) input applied over the step that ended there
+    @property
+    def cell(self) -> int: ...
+    @property
+    def steps(self) -> np.ndarray: ...  # (n,) int64, ascending
+    @property
+    def time_s(self) -> np.ndarray: ...  # (n,)
+    @property
+    def x(self) -> np.ndarray: ...  # (n, 8) measured state at each step
+    @property
+    def u(self) -> np.ndarray: ...  # (n, 5) input applied over the step that ended there
 
 
 @dataclass(frozen=True)

@@ -164,9 +164,9 @@ def train_ensemble_fast(
 
     # the reference's initialisation, drawn from the same generators (also when init is given)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    ws, bs = init_weights(arch, gens, getattr(torch, config.dtype))
-    ws = [w.numpy() for w in ws]
-    bs = [b.numpy()[:, 0, :] for b in bs]
+    ws_t, bs_t = init_weights(arch, gens, getattr(torch, config.dtype))
+    ws = [w.numpy() for w in ws_t]
+    bs = [b.numpy()[:, 0, :] for b in bs_t]
     if init is not None:
         ws = [np.asarray(w).astype(real) for w in init.weights]
         bs = [np.asarray(b).astype(real) for b in init.biases]
@@ -200,7 +200,7 @@ def train_ensemble_fast(
     pen = np.zeros(m)
     label = progress if isinstance(progress, str) else "training"
     t0 = time.perf_counter()
-    bar = tqdm(total=config.epochs * n_batches, desc=label, disable=not progress, unit="step", leave=False)
+    bar = tqdm(total=config.epochs * n_batches, desc=label, disable=not progress or None, unit="step", leave=False)
     for epoch in range(config.epochs):
         perm = np.ascontiguousarray(torch.stack([torch.randperm(s, generator=g) for g in gens]).numpy(), np.int64)
         rc = lib.train_epoch(

@@ -158,13 +158,15 @@ def train_ensemble(
     pen_hist = np.zeros((config.epochs, m))
     label = progress if isinstance(progress, str) else "training"
     t0 = time.perf_counter()
-    bar = tqdm(total=config.epochs * n_batches, desc=label, disable=not progress, unit="step", leave=False)
+    bar = tqdm(total=config.epochs * n_batches, desc=label, disable=not progress or None, unit="step", leave=False)
     for epoch in range(config.epochs):
         perm = torch.stack([torch.randperm(s, generator=g) for g in gens])  # (M, S)
         acc = torch.zeros(m, dtype=torch.float64)
         for k in range(n_batches):
             idx = perm[:, k * config.batch_size : (k + 1) * config.batch_size]  # (M, b)
-            w_eff = [w * mk for w, mk in zip(ws_p, mask_t, strict=True)] if mask_t is not None else list(ws_p)
+            w_eff: list[torch.Tensor] = (
+                [w * mk for w, mk in zip(ws_p, mask_t, strict=True)] if mask_t is not None else list(ws_p)
+            )
             out = _forward(w_eff, list(bs_p), z[idx], arch.skip)  # (M, b, n_out)
             mse = ((out - y[idx]) ** 2).mean(dim=(1, 2))  # (M,)
             pen = regularizer.penalty(w_eff, arch)

@@ -1,10 +1,11 @@
 """Identification data sets on disk: generation, a validated safetensors format, and ``alutwin simulate``.
 
 Modules: ``fileformat`` (the file: save, load, validation, checksum), ``generation`` (simulating a set from a
-seed) and ``cli`` (the command). ``docs/datasets.md`` describes the format.
+seed) and ``cli`` (what ``alutwin simulate`` runs; its parser is in :mod:`plant.commands`). ``docs/datasets.md``
+describes the format.
 """
 
-from plant.datasets.cli import register_cli
+from plant.datasets.cli import require_engine
 from plant.datasets.fileformat import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -32,5 +33,5 @@ __all__ = [
     "save_dataset",
     "load_dataset",
     "tensor_checksum",
-    "register_cli",
+    "require_engine",
 ]

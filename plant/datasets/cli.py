@@ -1,4 +1,7 @@
-"""``alutwin simulate``: write the training and test sets of the published study (or any sizes) to a folder."""
+"""``alutwin simulate``: write the training and test sets of the published study (or any sizes) to a folder.
+
+The command's parser is in :mod:`plant.commands`; this module holds what it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +11,29 @@ from pathlib import Path
 
 import numpy as np
 
-from alutwin.cli import CliError
+from alutwin.cbuild import find_compiler
+from alutwin.cli import CliError, fresh_output_dir, output_dir, show_progress
 from plant.datasets.fileformat import save_dataset
-from plant.datasets.generation import DEFAULT_ENGINE, PUBLISHED_SIZES, generate
+from plant.datasets.generation import generate
 from plant.domain import Fault
-from plant.excitation import EXCITATIONS
-from plant.simulator import ENGINES, MeasurementNoise, Trajectories
+from plant.simulator import MeasurementNoise, Trajectories
 
-__all__ = ["register_cli"]
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return v
+__all__ = ["require_engine"]
 
 
-def _positive(text: str) -> int:
-    v = _count(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return v
+def require_engine(engine: str) -> None:
+    """Refuse ``--engine compiled`` where there is no C compiler, in one line, before any work starts.
 
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``alutwin simulate``: write ``DIR/train.safetensors`` and ``DIR/test.safetensors``."""
-    p = subparsers.add_parser(
-        "simulate",
-        help="simulate identification data sets (train and test) to safetensors files",
-        description=(
-            "Simulate the training and test sets of the published study (40 and 100 trajectories of 5000 "
-            "steps of 10 s by default) and write OUT/train.safetensors and OUT/test.safetensors. The test set "
-            "draws from an independent stream of the same seed. A size of 0 skips that set."
-        ),
-    )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--train", type=_count, default=PUBLISHED_SIZES["train"], metavar="N", help="training trajectories")
-    p.add_argument("--test", type=_count, default=PUBLISHED_SIZES["test"], metavar="N", help="test trajectories")
-    p.add_argument(
-        "--steps", type=_positive, default=PUBLISHED_SIZES["steps"], metavar="T", help="steps per trajectory"
-    )
-    p.add_argument("--seed", type=_count, default=0, help="seed (non-negative integer)")
-    p.add_argument("--excitation", choices=sorted(EXCITATIONS), default="aprbs", help="excitation (default aprbs)")
-    p.add_argument("--noise", action="store_true", help="add measurement noise y (2 degC on the bath temperature)")
-    p.add_argument("--engine", choices=sorted(ENGINES), default=DEFAULT_ENGINE, help="simulation engine")
-    p.add_argument("--force", action="store_true", help="overwrite existing files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_simulate)
+    Raises
+    ------
+    alutwin.cli.CliError
+        ``engine`` is ``"compiled"`` and neither ``$CC``, ``cc`` nor ``gcc`` is found.
+    """
+    if engine == "compiled" and find_compiler() is None:
+        raise CliError(
+            "--engine compiled needs a C compiler ($CC, cc or gcc) and none was found; "
+            "--engine numpy (or auto) runs without one"
+        )
 
 
 def _describe_faults(traj: Trajectories, dt: float) -> str:
@@ -78,14 +53,12 @@ def _run_simulate(args: argparse.Namespace) -> int:
     sizes = {"train": args.train, "test": args.test}
     if not any(sizes.values()):
         raise CliError("--train and --test are both 0: nothing to simulate")
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} exists and is not a folder")
+    require_engine(args.engine)
+    out: Path = fresh_output_dir("simulate-output") if args.out is None else output_dir(args.out)
     targets = {split: out / f"{split}.safetensors" for split, n in sizes.items() if n > 0}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not args.force:
         raise CliError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
-    out.mkdir(parents=True, exist_ok=True)
     noise = MeasurementNoise() if args.noise else None
     t_all = time.perf_counter()
     for split, path in targets.items():
@@ -97,7 +70,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
             args.excitation,
             noise,
             args.engine,
-            progress=not args.no_progress,
+            progress=show_progress(args),
             split=split,
         )
         save_dataset(path, traj, meta)
@@ -108,6 +81,6 @@ def _run_simulate(args: argparse.Namespace) -> int:
         )
     print(
         f"seed {args.seed}, excitation {args.excitation}, engine {args.engine}, "
-        f"noise {'on' if noise else 'off'}; total {time.perf_counter() - t_all:.1f} s"
+        f"noise {'on' if noise else 'off'}; total {time.perf_counter() - t_all:.1f} s; output in {out}"
     )
     return 0

@@ -383,7 +383,7 @@ def _parse_header(blob: bytes, source: str) -> tuple[dict[str, Any], int]:
         ok = ok and isinstance(info.get("shape"), list) and all(isinstance(s, int) and s >= 0 for s in info["shape"])
         offs = info.get("data_offsets") if isinstance(info, dict) else None
         ok = ok and isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)
-        if not ok:
+        if not ok or not isinstance(offs, list):  # (ok implies a list: the second test narrows its type)
             raise fail(f"malformed header entry for tensor {name!r}")
         size = int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(_ST_DTYPES[info["dtype"]]).itemsize
         if offs[1] - offs[0] != size or offs[0] < 0:

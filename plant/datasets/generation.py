@@ -8,7 +8,6 @@ with the same ``seed`` are therefore independent, and no ``(seed, split)`` pair 
 from __future__ import annotations
 
 import platform
-import sys
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
@@ -155,8 +154,8 @@ def generate(
     init_rng, exc_rng, noise_rng = (np.random.default_rng(s) for s in set_seq.spawn(3))
     x0 = sample_initial_states(init_rng, n_traj)  # (N, 8)
     exo = EXCITATIONS[excitation](exc_rng, n_traj, n_steps)  # (N, T) each
-    show = progress and sys.stderr.isatty()
-    with tqdm(total=n_traj * n_steps, unit="step", unit_scale=True, desc=split, disable=not show) as bar:
+    # disable=None: tqdm draws only on a terminal
+    with tqdm(total=n_traj * n_steps, unit="step", unit_scale=True, desc=split, disable=not progress or None) as bar:
         xs, us, fault_step, fault_code = _simulate_chunked(x0, exo, dt, engine, bar)
     y = noise.apply(noise_rng, xs) if noise is not None else None  # (N, T+1, 8)
     traj = Trajectories(xs, us, fault_step, fault_code, y, dt)

@@ -93,3 +93,15 @@ def test_schema_and_loader_both_refuse(name, change):
     cls, _ = generate.SCHEMAS[name]
     with pytest.raises(ConfigError):
         cls.from_mapping(data)
+
+
+def test_schema_command_prints_the_committed_schemas(capsys):
+    """``alutwin schema NAME`` prints what the repository commits, for every schema (an installed package has no
+    deploy/ folder: this command is where its users get them)."""
+    from alutwin.cli import main
+    from apps.commands import SCHEMA_NAMES
+
+    assert {f"{n}.schema.json" for n in SCHEMA_NAMES} == set(generate.SCHEMAS)
+    for name in SCHEMA_NAMES:
+        assert main(["schema", name]) == 0
+        assert capsys.readouterr().out == (SCHEMAS / f"{name}.schema.json").read_text()

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from apps.control import build_config, register_cli
+from apps.commands import register_control
+from apps.control import build_config
 from apps.control import main as control_main
 from apps.runner import SystemConfig, run_system
 from controller.closed_loop import Scenario
@@ -64,7 +65,7 @@ def test_cli_reports_bad_arguments_clearly(argv, message, capsys, tmp_path):
 
 def _control_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="alutwin")
-    register_cli(parser.add_subparsers(dest="command"))
+    register_control(parser.add_subparsers(dest="command"))
     return parser.parse_args(["control", *argv])
 
 

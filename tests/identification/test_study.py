@@ -12,7 +12,7 @@ from identification.modelfile import load_model
 
 def test_quick_study_writes_results_figures_and_report(tmp_path):
     out = tmp_path / "study"
-    assert main(["study", "--quick", "--out", str(out), "--no-progress", "--kinds", "dense", "structured"]) == 0
+    assert main(["study", "--quick", "--out", str(out), "--quiet", "--kinds", "dense", "structured"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["runs"]) == {"dense@2", "dense@3", "structured@2", "structured@3"}
     for r in results["runs"].values():
@@ -31,10 +31,7 @@ def test_quick_study_writes_results_figures_and_report(tmp_path):
     assert "| structured | 3 |" in report and "## Do the paper's claims hold on our plant?" in report
     # --resume keeps the finished runs and trains nothing new.
     before = (out / "results.json").read_text()
-    assert (
-        main(["study", "--quick", "--out", str(out), "--no-progress", "--kinds", "dense", "structured", "--resume"])
-        == 0
-    )
+    assert main(["study", "--quick", "--out", str(out), "--quiet", "--kinds", "dense", "structured", "--resume"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["runs"] == json.loads(before)["runs"]
 

@@ -329,7 +329,7 @@ def cli(monkeypatch: pytest.MonkeyPatch):
 def test_cli_simulate_writes_loadable_sets_and_refuses_to_overwrite(tmp_path: Path, cli, capsys) -> None:
     out = tmp_path / "data"
     args = ["simulate", "--out", str(out), "--train", "2", "--test", "3", "--steps", "40", "--seed", "5"]
-    assert cli([*args, "--no-progress"]) == 0
+    assert cli([*args, "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "train" in printed and "test" in printed and "faults: none" in printed and "total" in printed
     train, test = load_dataset(out / "train.safetensors"), load_dataset(out / "test.safetensors")
@@ -346,7 +346,7 @@ def test_cli_simulate_writes_loadable_sets_and_refuses_to_overwrite(tmp_path: Pa
     assert "already exist" in err and "--force" in err and "train.safetensors" in err
     assert (out / "train.safetensors").read_bytes() == before
 
-    assert cli([*args, "--force", "--no-progress", "--noise", "--excitation", "oper"]) == 0
+    assert cli([*args, "--force", "--quiet", "--noise", "--excitation", "oper"]) == 0
     again = load_dataset(out / "train.safetensors")
     assert again.y is not None and again.meta.excitation == "oper"
 
@@ -375,7 +375,5 @@ def test_cli_simulate_nothing_to_do(tmp_path: Path, cli, capsys) -> None:
 
 
 def test_cli_simulate_single_set(tmp_path: Path, cli) -> None:
-    assert (
-        cli(["simulate", "--out", str(tmp_path), "--train", "1", "--test", "0", "--steps", "5", "--no-progress"]) == 0
-    )
+    assert cli(["simulate", "--out", str(tmp_path), "--train", "1", "--test", "0", "--steps", "5", "--quiet"]) == 0
     assert (tmp_path / "train.safetensors").is_file() and not (tmp_path / "test.safetensors").exists()

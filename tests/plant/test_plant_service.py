@@ -326,13 +326,7 @@ def test_calls_in_flight_get_the_whole_grace_after_the_clock_stops(plant_server,
 def test_cli_serve_prints_the_address_and_stops_on_sigterm(tmp_path):
     config = tmp_path / "plant.yaml"
     config.write_text("n_cells: 2\nseed: 3\nport: 50051\n")
-    code = (
-        "import argparse, sys\n"
-        "from plant.service import register_cli\n"
-        "p = argparse.ArgumentParser(); register_cli(p.add_subparsers(dest='command'))\n"
-        "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
-    )
-    cmd = [sys.executable, "-c", code, "plant", "serve", "--config", str(config), "--port", "0", "--cells", "5"]
+    cmd = [sys.executable, "-m", "alutwin", "plant", "serve", "--config", str(config), "--port", "0", "--cells", "5"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     try:

@@ -14,7 +14,8 @@ import pytest
 from alutwin.cli import CliError
 from alutwin.config import ConfigError
 from identification.rollout import ENGINES
-from twin.cli import _register_ingest, config_from_args
+from twin.cli import _cmd_ingest, config_from_args
+from twin.commands import register_ingest
 from twin.config import HISTORIAN_FILE, HistorianConfig, TwinConfig
 from twin.historian import Backoff, BridgeConfig
 
@@ -184,7 +185,7 @@ def test_bridge_yaml_resolves_tls_ca_against_its_folder(tmp_path):
 
 def _ingest_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="alutwin twin")
-    _register_ingest(parser.add_subparsers(dest="twin_command", required=True))
+    register_ingest(parser.add_subparsers(dest="twin_command", required=True))
     return parser.parse_args(["ingest", *argv])
 
 
@@ -206,8 +207,9 @@ def test_ingest_command_refuses_a_bad_config_before_it_connects(tmp_path):
     path = tmp_path / "bridge.yaml"
     path.write_text("plant: p:1\ntwn: t:2\nevery: 0\n")
     args = _ingest_args("--config", str(path))
+    assert args.func == "twin.cli:_cmd_ingest"
     with pytest.raises(ConfigError) as err:  # a ValueError: the alutwin command prints it as one line, exit 2
-        args.func(args)
+        _cmd_ingest(args)
     assert str(err.value) == (
         f"{path}: missing required key 'twin'; every: must be >= 1, got 0; unknown key 'twn' (did you mean 'twin'?)"
     )

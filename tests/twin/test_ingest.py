@@ -24,7 +24,7 @@ from plant.config import PlantConfig
 from plant.excitation import sample_initial_states
 from plant.potline import Potline
 from plant.signals import X
-from twin.cli import register_cli
+from twin.commands import register_twin
 from twin.config import HistorianConfig, TwinConfig
 from twin.historian import (
     INGEST_SERVICE,
@@ -189,21 +189,9 @@ def test_historian_config(tmp_path, make_twin, rpc_error):
 # Crash safety: SIGKILL the twin while it acknowledges batches
 
 
-# `alutwin twin serve` through the twin's own command registration: the same code as the `alutwin` command, without
-# loading every package's sub-commands (torch), so that each restart takes about a second.
-SERVE = """
-import argparse, sys
-from twin.cli import register_cli
-parser = argparse.ArgumentParser(prog="alutwin")
-register_cli(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
-"""
-
-
 def _start_twin(config: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "ALUTWIN_TWIN_TOKEN": TOKEN}
-    cmd = [sys.executable, "-c", SERVE, "twin", "serve", "--config", str(config)]
+    cmd = [sys.executable, "-m", "alutwin", "twin", "serve", "--config", str(config)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     line = proc.stdout.readline()
     if " on 127.0.0.1:" not in line:
@@ -357,7 +345,7 @@ def test_bridge_stops_on_a_wrong_token(make_twin, plant_server):
 
 def test_the_bridge_command_is_registered(capsys):
     parser = argparse.ArgumentParser(prog="alutwin")
-    register_cli(parser.add_subparsers(dest="command", required=True))
+    register_twin(parser.add_subparsers(dest="command", required=True))
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(["twin", "ingest", "--help"])
     assert exit_.value.code == 0

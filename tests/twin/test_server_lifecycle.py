@@ -5,7 +5,6 @@ setting its entry point applies."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,6 @@ import grpc
 import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from plant import sample_initial_states
 from twin.client import TwinClient
@@ -100,19 +98,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of an exposition, by name and label set (the order of labels is the library's)."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
-    }
-
-
-def _scrape(port: int) -> dict[tuple[str, frozenset], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as r:
-        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        return _samples(r.read().decode())
-
-
 def _key(name: str, **labels: str) -> tuple[str, frozenset]:
     return name, frozenset(labels.items())
 
@@ -130,12 +115,12 @@ def test_a_twin_that_cannot_bind_releases_its_store(tmp_path, twin_server):
     assert client.health() == "SERVING" and client.list_models()[0] == []
 
 
-def test_prometheus_metrics(twin_server, twin_models, rpc_error):
+def test_prometheus_metrics(twin_server, twin_models, rpc_error, scrape_metrics):
     server, client = twin_server(metrics_port=_free_port())
     client.register("cell", twin_models["v1"][0], set_alias="champion")
     client.predict("cell", X0, U)
     rpc_error(lambda: client.predict("cell", X0[:, :5], U))
-    got = _scrape(server.metrics_port)
+    got = scrape_metrics(server.metrics_port)
     assert got[_key("grpc_server_handled_total", **PREDICT, grpc_code="OK")] == 1
     assert got[_key("grpc_server_handled_total", **PREDICT, grpc_code="INVALID_ARGUMENT")] == 1
     assert got[_key("grpc_server_handling_seconds_bucket", **PREDICT, le="+Inf")] == 2
@@ -149,15 +134,15 @@ def test_prometheus_metrics(twin_server, twin_models, rpc_error):
         urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/other", timeout=WAIT)
 
 
-def test_each_server_counts_its_own_calls(twin_server, twin_models):
+def test_each_server_counts_its_own_calls(twin_server, twin_models, scrape_metrics):
     """Two twins in one process: each has its own metrics (not the process-global registry)."""
     busy, client = twin_server(metrics_port=_free_port())
     idle, _ = twin_server(metrics_port=_free_port())
     client.register("cell", twin_models["v1"][0], set_alias="champion")
     for _ in range(3):
         client.predict("cell", X0, U)
-    assert _scrape(busy.metrics_port)[_key("grpc_server_handled_total", **PREDICT, grpc_code="OK")] == 3
-    quiet = _scrape(idle.metrics_port)
+    assert scrape_metrics(busy.metrics_port)[_key("grpc_server_handled_total", **PREDICT, grpc_code="OK")] == 3
+    quiet = scrape_metrics(idle.metrics_port)
     assert not any(name == "grpc_server_handled_total" for name, _ in quiet)
     assert quiet[_key("alutwin_twin_registry_revision")] == 0
     busy.stop(0)  # the endpoint goes with its server
@@ -165,14 +150,8 @@ def test_each_server_counts_its_own_calls(twin_server, twin_models):
         urllib.request.urlopen(f"http://127.0.0.1:{busy.metrics_port}/metrics", timeout=WAIT)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
-def test_tls(twin_server, twin_models, tmp_path, rpc_error):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
-        check=True, capture_output=True,
-    )  # fmt: skip
+def test_tls(twin_server, twin_models, tls_files, rpc_error):
+    cert, key = tls_files
     server, _ = twin_server(token=TOKEN, tls_cert=cert, tls_key=key)
     with TwinClient(f"localhost:{server.port}", token=TOKEN, root_certificates=cert.read_bytes()) as client:
         client.register("cell", twin_models["v1"][0], set_alias="champion")

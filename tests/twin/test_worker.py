@@ -247,7 +247,7 @@ def test_online_demo_runs_shrunk(tmp_path):
     rc = demo_main(
         ["--hours", "1.5", "--drift-hours", "0.75", "--horizon-min", "10", "--every-hours", "0.5",
          "--replay-hours", "0.5", "--holdout-hours", "0.25", "--epochs", "2", "--cells", "2",
-         "--curve-every-min", "10", "--out", str(out), "--no-progress"]
+         "--curve-every-min", "10", "--out", str(out), "--quiet"]
     )  # fmt: skip
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())

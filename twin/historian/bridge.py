@@ -267,7 +267,7 @@ class _PlantReader:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            out = []
+            out: list[Sample] = []
             while self._buffer and len(out) < n:
                 out.append(self._buffer.popleft())
             return out

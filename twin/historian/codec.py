@@ -23,7 +23,7 @@ __all__ = [
 INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 """``"alutwin.v1.IngestService"``."""
 
-REASON_TO_PB: dict[QuarantineReason, int] = {
+REASON_TO_PB: dict[QuarantineReason, ingest_pb2.QuarantineReason] = {
     QuarantineReason.NON_FINITE: ingest_pb2.QUARANTINE_REASON_NON_FINITE,
     QuarantineReason.OUT_OF_BOUNDS: ingest_pb2.QUARANTINE_REASON_OUT_OF_BOUNDS,
     QuarantineReason.OUT_OF_ORDER: ingest_pb2.QUARANTINE_REASON_OUT_OF_ORDER,

@@ -250,7 +250,7 @@ class IngestClient:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         acks = list(self.ingest_batches(batch[i : i + size] for i in range(0, len(batch), size)))
-        quarantined = []
+        quarantined: list[Quarantined] = []
         progress: dict[int, int] = {}
         for k, ack in enumerate(acks):
             quarantined.extend(dataclasses.replace(q, index=k * size + (q.index or 0)) for q in ack.quarantined)
@@ -285,7 +285,8 @@ class IngestClient:
 
     def health(self, service: str = INGEST_SERVICE) -> str:
         """The health status name ("SERVING", "NOT_SERVING", ...) of ``service``."""
-        r = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        # types-grpcio-health-checking declares no methods on HealthStub
+        r = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)  # type: ignore[attr-defined]
         return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
 
     def close(self) -> None:

@@ -106,6 +106,11 @@ def _first_non_finite(names: Sequence[str], values: np.ndarray) -> str:
     return f"{names[i]} = {float(values[i])!r}"
 
 
+def _bad_shape(name: str, arr: np.ndarray | None, n: int) -> tuple[QuarantineReason, str]:
+    got = "not an array of numbers" if arr is None else f"shape {tuple(np.shape(arr))}"
+    return QuarantineReason.BAD_SHAPE, f"{name} must hold {n} numbers (shape ({n},)), got {got}"
+
+
 def check_sample(sample: Sample, bounds: SampleBounds = DEFAULT_BOUNDS) -> tuple[QuarantineReason, str] | None:
     """The reason and detail why ``sample`` is bad on its own (shape, finiteness, bounds), or None if it is good.
 
@@ -116,10 +121,10 @@ def check_sample(sample: Sample, bounds: SampleBounds = DEFAULT_BOUNDS) -> tuple
     if as_index(sample.step) is None:
         return QuarantineReason.BAD_INDEX, f"step = {sample.step!r} is not an integer in [0, {MAX_INDEX}]"
     x, u = as_vector(sample.x), as_vector(sample.u)
-    for name, arr, n in (("x", x, N_STATES), ("u", u, N_INPUTS)):
-        if arr is None or arr.shape != (n,):
-            got = "not an array of numbers" if arr is None else f"shape {tuple(np.shape(arr))}"
-            return QuarantineReason.BAD_SHAPE, f"{name} must hold {n} numbers (shape ({n},)), got {got}"
+    if x is None or x.shape != (N_STATES,):
+        return _bad_shape("x", x, N_STATES)
+    if u is None or u.shape != (N_INPUTS,):
+        return _bad_shape("u", u, N_INPUTS)
     t = as_time(sample.time_s)
     if not math.isfinite(t):
         return QuarantineReason.NON_FINITE, f"time_s = {sample.time_s!r} is not a finite number"

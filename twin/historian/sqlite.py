@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -97,6 +97,14 @@ def _from_blob(data: bytes) -> np.ndarray:
 def _frozen(arr: np.ndarray) -> np.ndarray:
     arr.flags.writeable = False
     return arr
+
+
+@overload
+def _check_query_index(name: str, value: Any, optional: Literal[False] = False) -> int: ...
+
+
+@overload
+def _check_query_index(name: str, value: Any, optional: bool) -> int | None: ...
 
 
 def _check_query_index(name: str, value: Any, optional: bool = False) -> int | None:

@@ -6,6 +6,6 @@ Modules: ``worker`` (the cycle loop and ``alutwin identify --online``), ``config
 
 from twin.online.config import WorkerConfig
 from twin.online.records import CycleRecord
-from twin.online.worker import OnlineWorker, WorkerStopped, register_cli
+from twin.online.worker import OnlineWorker, WorkerStopped
 
-__all__ = ["CycleRecord", "OnlineWorker", "WorkerConfig", "WorkerStopped", "register_cli"]
+__all__ = ["CycleRecord", "OnlineWorker", "WorkerConfig", "WorkerStopped"]

@@ -44,11 +44,10 @@ import grpc
 import numpy as np
 from tqdm.auto import tqdm
 
-from alutwin.cli import CliError
+from alutwin.cli import CliError, show_progress
 from alutwin.fileio import utc_now
 from identification.modelfile import LoadedModel
 from identification.online import (
-    REFIT_MODES,
     Gate,
     RefitConfig,
     RefitError,
@@ -68,7 +67,7 @@ from twin.online.config import WorkerConfig
 from twin.online.publish import Challenger, challenger_description, challenger_files
 from twin.online.records import CycleRecord, append_record, load_state, save_state, summary_line
 
-__all__ = ["OnlineWorker", "WorkerStopped", "register_cli"]
+__all__ = ["OnlineWorker", "WorkerStopped"]
 
 T = TypeVar("T")
 _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -397,7 +396,7 @@ class OnlineWorker:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Command line
+# Command line (the parser of `alutwin identify` is in twin.commands)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -434,7 +433,7 @@ def _run(args: argparse.Namespace) -> int:
         register_rejected=not args.log_rejected_only,
         poll_s=args.poll_s,
     )
-    with OnlineWorker(config, progress=not args.no_progress, out=sys.stdout) as worker:
+    with OnlineWorker(config, progress=show_progress(args), out=sys.stdout) as worker:
         if args.reset_faults:
             worker.reset_faults()
         print(
@@ -450,40 +449,3 @@ def _run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             worker.stop()
     return 0
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    """Add ``alutwin identify --online`` (entry point ``alutwin.commands``)."""
-    p = sub.add_parser(
-        "identify",
-        help="online identification: re-fit the twin's model from the historian and promote only what is better",
-        description="Watch the historian; every N samples or T hours of plant time fit a challenger, judge it "
-        "against the champion on held-out recent data by 1-hour-ahead rollout error, register it, and move the "
-        "alias if the gate passes. Every decision goes to a JSON-lines log.",
-    )
-    p.add_argument("--online", action="store_true", help="run the online re-fit worker (the only mode)")
-    p.add_argument("--twin", required=True, help="host:port of the twin")
-    p.add_argument("--historian", required=True, help="the historian's SQLite file")
-    p.add_argument("--model", required=True, help="model name in the twin's registry")
-    p.add_argument("--alias", default="champion", help="alias to read and move (default champion)")
-    p.add_argument("--token-env", default="ALUTWIN_TWIN_TOKEN", help="environment variable holding the token")
-    p.add_argument("--tls-ca", help="PEM file of the roots to trust: connect with TLS")
-    p.add_argument("--every-samples", type=int, help="re-fit after this many new samples (all cells)")
-    p.add_argument("--every-hours", type=float, default=1.0, help="re-fit after this much plant time (0: off)")
-    p.add_argument("--replay-hours", type=float, default=4.0, help="training window (default 4 h)")
-    p.add_argument("--holdout-hours", type=float, default=1.5, help="held-out window (default 1.5 h, >= 1 h)")
-    p.add_argument("--cells", type=int, nargs="+", help="cells to learn from (default: all)")
-    p.add_argument("--mode", choices=REFIT_MODES, default="warm", help="warm start (default) or fresh fit")
-    p.add_argument("--epochs", type=int, default=20, help="epochs of a warm re-fit (default 20)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--margin", type=float, default=0.9, help="promote if error <= margin x champion's")
-    p.add_argument("--cell-tolerance", type=float, default=1.1, help="no cell worse than this x champion's")
-    p.add_argument("--decisions", type=Path, help="decisions log (default beside the historian)")
-    p.add_argument("--state", type=Path, help="worker state file (default beside the historian)")
-    p.add_argument("--no-screen", action="store_true", help="do not screen the data for sensor faults")
-    p.add_argument("--log-rejected-only", action="store_true", help="do not register rejected challengers")
-    p.add_argument("--reset-faults", action="store_true", help="forget latched sensor faults first")
-    p.add_argument("--once", action="store_true", help="run one cycle now and exit")
-    p.add_argument("--poll-s", type=float, default=2.0, help="seconds between looks at the historian")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run)

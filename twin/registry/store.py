@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 from alutwin.fileio import fsync_dir, utc_now, write_atomic
 from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME, ModelFileError, read_manifest, read_model_files
@@ -202,7 +202,7 @@ class StoreState:
         return cls(revision, out)
 
 
-def _is_count(v: Any) -> bool:
+def _is_count(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 

@@ -20,7 +20,16 @@ from typing import TextIO
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from alutwin.rpc import GrpcServer, bind, format_address, new_server, serve_health_and_reflection, serve_until_signalled
+from alutwin.metrics import MetricsServer
+from alutwin.rpc import (
+    GrpcServer,
+    bind,
+    format_address,
+    new_server,
+    serve_health_and_reflection,
+    serve_until_signalled,
+    server_credentials,
+)
 from alutwin.v1 import ingest_pb2_grpc, twin_pb2_grpc
 from identification.rollout import make_rollout_engine
 from twin.config import TwinConfig
@@ -31,7 +40,7 @@ from twin.serving.interceptor import Interceptor
 from twin.serving.prediction import PREDICTION_SERVICE, PredictionServicer, add_prediction_service
 from twin.serving.registry_servicer import REGISTRY_SERVICE, RegistryServicer
 from twin.serving.runtime import TwinRuntime
-from twin.serving.telemetry import MetricsServer, TwinMetrics
+from twin.serving.telemetry import TwinMetrics
 
 __all__ = ["TwinServer", "create_server", "serve"]
 
@@ -82,8 +91,12 @@ class TwinServer(GrpcServer):
         self.registry.end_watches()
         if self.ingest is not None:
             self.ingest.drain()  # Ingest streams end after their batch in progress
-        if not self._gate.close(grace):
-            log.warning("calls still in flight after the grace period of %g s are cancelled", grace)
+        if not self._gate.close(grace):  # grace 0 asks for exactly this: no warning then
+            log.log(
+                logging.WARNING if grace > 0 else logging.INFO,
+                "calls in flight after the grace period of %g s are cancelled",
+                grace,
+            )
 
     def _close(self) -> None:
         _release(self.runtime, self.ingest, self.metrics_server)
@@ -97,15 +110,6 @@ def _release(runtime: TwinRuntime, ingest: IngestServicer | None, metrics_server
         ingest.close()
     if metrics_server is not None:
         metrics_server.stop()
-
-
-def _credentials(config: TwinConfig) -> grpc.ServerCredentials | None:
-    if not config.tls:
-        return None
-    try:
-        return grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
-    except OSError as exc:
-        raise OSError(f"cannot read the TLS key or certificate: {exc.strerror} ({exc.filename})") from None
 
 
 def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
@@ -128,7 +132,7 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
         The token in ``token_env`` is too short.
     """
     token = config.resolve_token()
-    credentials = _credentials(config)
+    credentials = server_credentials(config.tls_cert, config.tls_key)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     opened: list[ModelRegistry] = []  # the registry, once built: it reports changes from its constructor on
 
@@ -179,9 +183,11 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
             services.append(INGEST_SERVICE)
         serve_health_and_reflection(server, services, health_servicer)
         on_change()  # PredictionService serves only once a model does
+        if config.metrics_port is not None:  # before the gRPC port: a bound gRPC server holds its port until it ran
+            metrics_server = MetricsServer(
+                metrics.registry, config.metrics_host, config.metrics_port, name="twin-metrics"
+            )
         port = bind(server, config.host, config.port, credentials)
-        if config.metrics_port:
-            metrics_server = MetricsServer(metrics.registry, config.metrics_host, config.metrics_port)
     except BaseException:
         _release(runtime, ingest, metrics_server)
         raise
@@ -198,7 +204,7 @@ def _describe(server: TwinServer, config: TwinConfig, token: bool) -> str:
         "management on" if token else "management off (no token)",
         f"historian {config.historian_path}" if config.historian_path is not None else "no historian",
     ]
-    if server.metrics_port:
+    if server.metrics_port is not None:
         parts.append(f"metrics on http://{format_address(config.metrics_host, server.metrics_port)}/metrics")
     return ", ".join(parts)
 
