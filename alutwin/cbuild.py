@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def build_shared_library(
     return target, True
 
 
-class LibraryCache(Generic[T]):
+class LibraryCache(Generic[T, E]):
     """A compiled library loaded once per key and process, or the error that says why it cannot be had.
 
     Parameters
@@ -287,14 +288,12 @@ class LibraryCache(Generic[T]):
         changed ``PATH`` or ``CC`` is tried again; False saves that lookup on hot paths.
     """
 
-    def __init__(
-        self, load: Callable[..., T], error: type[Exception], *, maxsize: int = 8, per_compiler: bool = True
-    ) -> None:
+    def __init__(self, load: Callable[..., T], error: type[E], *, maxsize: int = 8, per_compiler: bool = True) -> None:
         self.error = error
         self.per_compiler = per_compiler
 
         @lru_cache(maxsize=maxsize)
-        def cached(key: tuple[Hashable, ...], compiler: str | None) -> T | Exception:
+        def cached(key: tuple[Hashable, ...], compiler: str | None) -> T | E:
             del compiler  # part of the cache key only
             try:
                 return load(*key)
@@ -303,14 +302,14 @@ class LibraryCache(Generic[T]):
 
         self._cached = cached
 
-    def get_or_error(self, *key: Hashable) -> T | Exception:
+    def get_or_error(self, *key: Hashable) -> T | E:
         """The library for ``key``, or the cached ``error`` saying why there is none."""
         return self._cached(key, find_compiler() if self.per_compiler else None)
 
     def get(self, *key: Hashable) -> T:
         """The library for ``key``; raises a fresh ``error`` with the cached message where there is none."""
         lib = self.get_or_error(*key)
-        if isinstance(lib, self.error):
+        if isinstance(lib, Exception):  # only ``error`` is cached as an exception
             raise self.error(str(lib))
         return lib
 

@@ -272,7 +272,11 @@ def run_scenario(config: ScenarioConfig, workdir: Path, *, progress: bool = True
         stop.set()
 
         # --- replay: 1-hour-ahead predictions of the served champion and of the seed version
-        timeline = [(0, 1)] + [(r.plant_step, r.challenger_version) for r in worker.records if r.event == "promoted"]
+        timeline = [(0, 1)] + [
+            (r.plant_step, v)
+            for r in worker.records
+            if r.event == "promoted" and (v := r.challenger_version) is not None  # promoted: registered
+        ]
         faulty = {c for e in config.events if e.kind != "drift" for c in (e.cells or range(config.n_cells))}
         healthy = tuple(c for c in range(config.n_cells) if c not in faulty)
         sigma = seed.surrogate.normalization.state_std

@@ -191,10 +191,13 @@ def run_demo(config: DemoConfig, out: str | Path) -> dict[str, Any]:
         )
         bridge.start()
         stack.callback(bridge.join, 10.0)
+        historian = twin_config.historian_path
+        if historian is None:
+            raise RuntimeError("the demo's twin runs without a historian")
         worker = OnlineWorker(
             WorkerConfig(
                 twin=twin.address,
-                historian=twin_config.historian_path,
+                historian=historian,
                 model=MODEL,
                 decisions=out / "decisions.jsonl",
                 state=work / "worker.json",

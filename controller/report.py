@@ -46,7 +46,7 @@ def metrics(trace: Trace, weights: CostWeights | None = None) -> dict[str, Any]:
         rate = cost_rate(x[:-1], u, weights)  # (T,) per hour
     energy = float(np.sum(power) * dt / 3.6e6)
     metal = float(np.sum(DEFAULT_PARAMS.k6 * u[:, U.CURRENT]) * dt)
-    windows = {}
+    windows: dict[str, dict[str, Any]] = {}
     target_cost = violation_cost = 0.0
     for i, (value, window, wt) in enumerate(zip(values, WINDOWS, weights.targets, strict=True)):
         v_scaled = violation(value, window)  # (T,) in window scale
@@ -254,7 +254,7 @@ def trajectory_figure(traces: Sequence[Trace]) -> Figure:
     lines = []
     for n, trace in enumerate(traces):
         # earlier traces drawn wider, so a controller that follows another one exactly stays visible under it
-        style = {"lw": max(2.4 - 0.6 * n, 0.8), "color": f"C{n}", "zorder": 2 + n}
+        style: dict[str, Any] = {"lw": max(2.4 - 0.6 * n, 0.8), "color": f"C{n}", "zorder": 2 + n}
         t = np.arange(len(trace.u) + 1) * trace.dt / 3600.0
         with np.errstate(all="ignore"):
             u_ext = np.vstack([trace.u, trace.u[-1:]]) if len(trace.u) else np.zeros((1, 5))

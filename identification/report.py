@@ -66,7 +66,9 @@ def _plot_horizon(runs: dict, size: int) -> Figure:
             ax.text(start, 0.02, f" {start}ΔT", transform=ax.get_xaxis_transform(), fontsize=8, color="0.35")
     ax.set_xlabel("open-loop step k (ΔT = 10 s)")
     ax.set_ylabel("median AN-RFMSE e_k (log scale)")
-    hours = ax.secondary_xaxis("top", functions=(lambda k: k * DT / 3600.0, lambda h: h * 3600.0 / DT))
+    hours = ax.secondary_xaxis(
+        "top", functions=(lambda k: np.asarray(k) * DT / 3600.0, lambda h: np.asarray(h) * 3600.0 / DT)
+    )
     hours.set_xlabel("hours of plant time")
     ax.set_title(
         f"Open-loop error vs horizon, {size} training trajectories (median over rollouts that did not diverge)"
@@ -137,7 +139,8 @@ def _plot_structure(runs: dict, size: int) -> Figure:
         ax.grid(which="minor", color="0.75", lw=0.4)
         ax.tick_params(which="minor", length=0)
         ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=axes, shrink=0.5, label="share of ensemble members whose data Jacobian uses the input")
+    if image is not None:  # always: the true structure is the first panel
+        fig.colorbar(image, ax=axes, shrink=0.5, label="share of ensemble members whose data Jacobian uses the input")
     fig.supxlabel("state or manipulated input the derivative depends on")
     fig.supylabel("derivative of the state")
     fig.suptitle(

@@ -14,6 +14,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import casadi as ca
 import numpy as np
@@ -124,7 +125,7 @@ def evaluate(surrogate: Surrogate, test: Trajectories, z_probe: np.ndarray, exac
     ok = scores.diverged_at < 0
     curve = scores.curve[ok]
     stride = max(1, curve.shape[1] // 500)
-    out = scores.summary()
+    out: dict[str, Any] = scores.summary()
     out["median_curve"] = np.median(curve, axis=0)[::stride].tolist() if curve.size else []
     out["curve_stride"] = stride
     out["nrmse"] = nrmse(flat[ok], truth[ok], sigma).tolist() if ok.any() else [float("nan")] * 8
@@ -188,7 +189,7 @@ def run_study(cfg: StudyConfig) -> dict:
             bar.update()
             continue
         train = _subset(train_all, n)
-        overrides = (
+        overrides: dict[str, Any] = (
             {} if cfg.retrain_epochs is None or not KINDS[kind].exact else {"retrain_epochs": cfg.retrain_epochs}
         )
         est = SurrogateEstimator(

@@ -247,7 +247,9 @@ def _checked(dt: float, params: CellParams, limits: DomainLimits) -> _Library:
 
 
 # once per process, not per compiler: simulate_compiled asks on every call, and a PATH lookup is not free
-_LIBRARIES: LibraryCache[_Library] = LibraryCache(_checked, CompiledEngineError, maxsize=16, per_compiler=False)
+_LIBRARIES: LibraryCache[_Library, CompiledEngineError] = LibraryCache(
+    _checked, CompiledEngineError, maxsize=16, per_compiler=False
+)
 """The engine for each ``(dt, params, limits)``, loaded once per process (or why it cannot be had)."""
 
 

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TextIO
+from typing import TextIO, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -245,7 +245,8 @@ def scenario_status_pb(status: ScenarioStatus) -> plant_pb2.ScenarioEventStatus:
 def snapshot_to_pb(snap: CellSnapshot, include_true_state: bool) -> plant_pb2.CellSnapshot:
     """The message of a :class:`plant.potline.CellSnapshot`."""
     manual = {c.field: float(v) for c, v in zip(COMMANDS, snap.manual, strict=True) if not math.isnan(v)}
-    fault = plant_pb2.FaultStatus(code=int(snap.fault), text=snap.fault_text)
+    code = cast("plant_pb2.FaultCode", int(snap.fault))  # the stubs take only the enum type; a number is one
+    fault = plant_pb2.FaultStatus(code=code, text=snap.fault_text)
     if snap.fault_step >= 0:
         fault.step = snap.fault_step
     return plant_pb2.CellSnapshot(

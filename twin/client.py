@@ -304,8 +304,7 @@ class TwinClient:
 
     def health(self, service: str = "") -> str:
         """The health status name ("SERVING", "NOT_SERVING", ...) of ``service`` ("" = the whole server)."""
-        # types-grpcio-health-checking declares no methods on HealthStub
-        r = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)  # type: ignore[attr-defined]
+        r = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
 
     def close(self) -> None:

@@ -141,7 +141,7 @@ def _checked(prior: str) -> KernelLibrary:
     return lib
 
 
-_LIBRARIES: LibraryCache[KernelLibrary] = LibraryCache(_checked, CompiledEngineError, maxsize=8)
+_LIBRARIES: LibraryCache[KernelLibrary, CompiledEngineError] = LibraryCache(_checked, CompiledEngineError, maxsize=8)
 """The kernel of each prior, loaded and self-checked once per process and compiler (or why it cannot be)."""
 
 

@@ -73,7 +73,7 @@ def _load(dtype: str) -> ctypes.CDLL:
     return lib
 
 
-_LIBRARIES: LibraryCache[ctypes.CDLL] = LibraryCache(_load, BuildError, maxsize=2)
+_LIBRARIES: LibraryCache[ctypes.CDLL, BuildError] = LibraryCache(_load, BuildError, maxsize=2)
 """The kernel of each dtype, loaded once per process and compiler (or why it cannot be)."""
 
 

@@ -273,8 +273,8 @@ class OnlineWorker:
         train, held, faults, newest = self._data(champion)
         dt = champion.surrogate.dt
         seconds = {"data": time.perf_counter() - t0}
-        common = {"cycle": cycle, "plant_step": int(newest), "plant_time_s": float(newest * dt),
-                  "champion_version": version, "faults": tuple(faults), "time_utc": utc_now()}  # fmt: skip
+        common: dict[str, Any] = {"cycle": cycle, "plant_step": int(newest), "plant_time_s": float(newest * dt),
+                                  "champion_version": version, "faults": tuple(faults), "time_utc": utc_now()}  # fmt: skip
         n_train = sum(s.n_steps for s in train)
         n_roll = count_windows(held, cfg.horizon, cfg.stride)
         record: CycleRecord
