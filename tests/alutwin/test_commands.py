@@ -146,7 +146,18 @@ def test_help_lists_every_entry_point_and_imports_nothing_heavy():
     after_import, after_help, text = json.loads(_run_python(code))
     assert after_import == [] and after_help == []
     names = {ep.name for ep in entry_points(group="alutwin.commands")}
-    assert names == {"simulate", "plant", "plant-demo", "study", "twin", "identify", "demo", "control", "online-demo", "schema"}
+    assert names == {
+        "simulate",
+        "plant",
+        "plant-demo",
+        "study",
+        "twin",
+        "identify",
+        "demo",
+        "control",
+        "online-demo",
+        "schema",
+    }
     listed = set(re.findall(r"^    (\S+)", text, flags=re.MULTILINE))
     assert names <= listed and "unavailable" not in text
     assert {ep.value.partition(":")[0] for ep in entry_points(group="alutwin.commands")} == set(COMMANDS)
