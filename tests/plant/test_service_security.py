@@ -294,7 +294,9 @@ def test_stop_reports_not_serving_and_lets_the_call_in_flight_finish(plant_serve
     watch.cancel()  # an open Watch would hold the server for the whole grace
     channel.close()
     assert until(lambda: server.runtime.closed)  # the clock has stopped and the streams have ended
-    assert rpc_error(client.info)[0] == grpc.StatusCode.UNAVAILABLE  # new calls are turned away ...
+    # new calls are turned away: UNAVAILABLE from the drain gate, or CANCELLED once grpc's own stop has begun
+    # (which of the two depends on timing, seen under load) ...
+    assert rpc_error(client.info)[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     assert caller.is_alive() and stopper.is_alive()  # ... while the one in flight still runs
     release.set()
     caller.join(WAIT)
