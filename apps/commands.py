@@ -18,6 +18,7 @@ __all__ = [
     "SCHEMA_NAMES",
     "register_control",
     "register_demo",
+    "register_health",
     "register_online_demo",
     "register_schema",
 ]
@@ -140,3 +141,19 @@ def register_schema(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", choices=SCHEMA_NAMES, help="which settings file")
     p.set_defaults(func="apps.schemas:run")
+
+
+def register_health(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``alutwin health``."""
+    p = subparsers.add_parser(
+        "health",
+        help="check a server's gRPC health: exit 0 when SERVING, 1 otherwise (for container health checks)",
+        description="Ask the gRPC health service (grpc.health.v1.Health/Check) of a plant or twin server whether "
+        "it serves; print the status and exit 0 when SERVING, 1 otherwise (NOT_SERVING, unknown service, "
+        "unreachable). Health checks need no token.",
+    )
+    p.add_argument("address", metavar="ADDR", help="host:port of the server")
+    p.add_argument("--service", default="", help="health service name (default '': the server as a whole)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds the check may take (default 3)")
+    p.add_argument("--tls-ca", type=Path, metavar="PEM", help="PEM file of the roots to trust: check over TLS")
+    p.set_defaults(func="alutwin.health:run")

@@ -90,7 +90,11 @@ def register_identify(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--online", action="store_true", help="run the online re-fit worker (the only mode)")
     p.add_argument("--twin", required=True, help="host:port of the twin")
-    p.add_argument("--historian", required=True, help="the historian's SQLite file")
+    p.add_argument(
+        "--historian",
+        required=True,
+        help="the historian's SQLite file, or a postgresql:// URL (password: $PGPASSWORD or ~/.pgpass)",
+    )
     p.add_argument("--model", required=True, help="model name in the twin's registry")
     p.add_argument("--alias", default="champion", help="alias to read and move (default champion)")
     p.add_argument("--token-env", default="ALUTWIN_TWIN_TOKEN", help="environment variable holding the token")

@@ -7,6 +7,7 @@ YAML file are relative to the file's own directory. The file's JSON schema is ``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from alutwin.config import (
     OneOf,
     Port,
     PositiveInt,
+    PositiveNumber,
     Token,
     config_dataclass,
 )
@@ -50,8 +52,15 @@ class HistorianConfig(Config):
     enabled : bool
         Serve ``alutwin.v1.IngestService`` over a historian.
     path : Path, optional
-        The SQLite file; default ``<store>/historian.sqlite``, so that the one server that holds the store's lock
-        is also the one writer of its historian.
+        The SQLite file; default ``<store>/historian.sqlite``. One twin server writes it (it holds
+        ``<path>.lock``); a second one configured with the same file stops at start with one line saying so, so
+        replicas on one store need their own files or ``enabled: false`` on all but one.
+    url : str, optional
+        A PostgreSQL database instead of the SQLite file (``postgresql://user@host:5432/dbname``, a libpq URL
+        without a password), for replicas: every replica may write, the server serialises the appends. Needs
+        ``pip install .[postgres]``. Exclusive with ``path``.
+    password_env : str, optional
+        The environment variable holding the PostgreSQL password (only with ``url``; never in the file).
     max_batch_samples : int
         Largest batch of one Ingest request (at most 1 000 000).
     max_ingest_streams : int
@@ -62,9 +71,36 @@ class HistorianConfig(Config):
 
     enabled: Flag = True
     path: ConfigPath | None = None
+    url: Annotated[str, Field(pattern=r"^postgres(ql)?://\S*$")] | None = None
+    password_env: EnvName | None = None
     max_batch_samples: Annotated[PositiveInt, Field(le=1_000_000)] = 10_000
     max_ingest_streams: PositiveInt = 4
     max_quarantine_list: PositiveInt = 10_000
+
+    @model_validator(mode="after")
+    def _check_store(self) -> HistorianConfig:
+        if self.path is not None and self.url is not None:
+            raise ValueError("give historian.path (SQLite) or historian.url (PostgreSQL), not both")
+        if self.password_env is not None and self.url is None:
+            raise ValueError("historian.password_env names the PostgreSQL password's variable: it needs historian.url")
+        if self.url is not None and ":" in self.url.split("://", 1)[1].rpartition("@")[0]:
+            raise ValueError("historian.url must not hold a password: put it in the variable named by password_env")
+        return self
+
+    def password(self) -> str | None:
+        """The PostgreSQL password, from the variable ``password_env``; None when ``password_env`` is not set.
+
+        Raises
+        ------
+        ValueError
+            ``password_env`` names a variable that is not set.
+        """
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise ValueError(f"historian.password_env names ${self.password_env}, which is not set")
+        return value
 
 
 @config_dataclass
@@ -74,7 +110,12 @@ class TwinConfig(Config, ServerSecurity):
     Parameters
     ----------
     store : Path
-        Directory of the model store (created if missing).
+        Directory of the model store (created if missing). Several twin servers (replicas) may share one store:
+        their changes are serialised by the store's file lock.
+    store_poll_s : float
+        Seconds between two looks at the store for changes made by other replicas (at most 60): a version
+        registered or an alias moved through one replica is served by every other within ``store_poll_s`` plus
+        the time to load that version. The look is one ``stat`` of ``registry.json`` while nothing changes.
     port : int
         TCP port; 0 picks a free one.
     host : str
@@ -134,6 +175,7 @@ class TwinConfig(Config, ServerSecurity):
 
     store: ConfigPath
     port: Port
+    store_poll_s: Annotated[PositiveNumber, Field(le=60)] = 1.0
     host: Host = "127.0.0.1"
     max_workers: PositiveInt = 16
     rollout_threads: PositiveInt = 2
@@ -185,8 +227,16 @@ class TwinConfig(Config, ServerSecurity):
         return self
 
     @property
+    def historian_target(self) -> str | Path | None:
+        """Where the historian lives: ``historian.url`` (PostgreSQL), else :attr:`historian_path`."""
+        if self.historian.enabled and self.historian.url is not None:
+            return self.historian.url
+        return self.historian_path
+
+    @property
     def historian_path(self) -> Path | None:
-        """The historian's file (``historian.path``, else ``<store>/historian.sqlite``); None when it is off."""
-        if not self.historian.enabled:
+        """The historian's file (``historian.path``, else ``<store>/historian.sqlite``); None when it is off or on
+        PostgreSQL (``historian.url``)."""
+        if not self.historian.enabled or self.historian.url is not None:
             return None
         return self.historian.path if self.historian.path is not None else self.store / HISTORIAN_FILE

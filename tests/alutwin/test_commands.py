@@ -84,7 +84,7 @@ def test_the_defaults_the_help_quotes_are_the_real_ones(leaves):
 
 
 def test_every_command_runs_a_function_that_exists(leaves):
-    assert len(leaves) == 13
+    assert len(leaves) == 14
     for path, parser in leaves.items():
         func = parser.get_default("func")
         module, _, name = func.partition(":")
@@ -157,6 +157,7 @@ def test_help_lists_every_entry_point_and_imports_nothing_heavy():
         "control",
         "online-demo",
         "schema",
+        "health",
     }
     listed = set(re.findall(r"^    (\S+)", text, flags=re.MULTILINE))
     assert names <= listed and "unavailable" not in text

@@ -3,7 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import glob
+import importlib
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +87,54 @@ def serving(twin_server: Callable[..., Any], twin_models: dict[str, Any]) -> tup
     model, revision = client.register("cell", twin_models["v1"][0], set_alias="champion")
     assert (model.version, model.alias, revision) == (1, "champion", 2)
     return server, client
+
+
+# -- a real PostgreSQL server for the PostgreSQL historian (Debian's postgresql package) --------------------------
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if found is None:
+        pytest.fail(
+            f"PostgreSQL's {name} is not installed: the PostgreSQL historian's tests start a real server; "
+            "install it with `apt-get install postgresql` (Debian/Ubuntu)"
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throw-away PostgreSQL server on a unix socket (trust auth, ``fsync=off``), for the whole session; yields
+    the URL of its ``postgres`` database. As root, the server runs as ``nobody`` (initdb refuses root)."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    root = Path(tempfile.mkdtemp(prefix="alutwin-pg-"))  # under /tmp: pytest's own tmp dirs are private to root
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "nobody")
+        as_user = ["runuser", "-u", "nobody", "--"]
+    data, log = root / "data", root / "server.log"
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True, timeout=60)
+    try:
+        run([*as_user, initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-N"])
+        options = f"-c fsync=off -c listen_addresses='' -k {root}"
+        run([*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "30", "start"])
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"cannot start PostgreSQL: {exc.stderr or exc.stdout}")
+    try:
+        yield f"postgresql://postgres@/postgres?host={root}"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """The URL of a fresh, empty database on :func:`postgres_server`, dropped after the test."""
+    psycopg = importlib.import_module("psycopg")  # the optional extra [postgres]; an ImportError fails the test
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.replace("/postgres?", f"/{name}?")
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")

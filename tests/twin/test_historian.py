@@ -43,9 +43,15 @@ def samples_of(traj, cell: int, steps) -> list[Sample]:
     return [Sample(cell, k, 10.0 * k, x[cell, k], u[cell, max(k - 1, 0)]) for k in steps]
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request, tmp_path: Path) -> str | Path:
+    """Where a fresh historian lives: an SQLite file, or an empty database on the tests' PostgreSQL server."""
+    return tmp_path / "h.sqlite" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
-def hist(tmp_path: Path):
-    h = SQLiteHistorian(tmp_path / "h.sqlite")
+def hist(target):
+    h = open_historian(target)
     yield h
     h.close()
 
@@ -150,7 +156,7 @@ def test_order_and_duplicates(hist, traj):
 def test_an_append_is_atomic(hist, traj, monkeypatch):
     hist.append(samples_of(traj, 0, range(3)))
     calls = {"n": 0}
-    original = SQLiteHistorian._check_order
+    original = SQLiteHistorian._check_order  # the PostgreSQL historian's order check calls this one too
 
     def flaky(db, s, last):
         calls["n"] += 1
@@ -190,10 +196,10 @@ def test_persists_across_reopen_and_refuses_foreign_files(tmp_path, traj):
         open_historian(junk)
 
 
-def test_domain_limits_are_configurable(tmp_path, traj):
+def test_domain_limits_are_configurable(target, traj):
     x = traj[0]
     ledge = float(x[0, 3, X.M_LEDGE])
-    with SQLiteHistorian(tmp_path / "h.sqlite", limits=DomainLimits(min_ledge_mass=ledge + 1.0)) as h:
+    with open_historian(target, limits=DomainLimits(min_ledge_mass=ledge + 1.0)) as h:
         r = h.append(samples_of(traj, 0, [3]))
         assert r.accepted == 0 and r.quarantined[0].reason is R.OUT_OF_BOUNDS
         assert "side ledge below" in r.quarantined[0].detail
@@ -246,14 +252,13 @@ print(seen, last)
 """
 
 
-def test_another_process_reads_while_this_one_writes(tmp_path, traj):
-    path = tmp_path / "h.sqlite"
+def test_another_process_reads_while_this_one_writes(target, traj):
     x, u = traj
-    h = SQLiteHistorian(path)
+    h = open_historian(target)
     h.append(samples_of(traj, 0, [0]))
     total = 300
     proc = subprocess.Popen(
-        [sys.executable, "-c", READER, str(path), str(total)],
+        [sys.executable, "-c", READER, str(target), str(total)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

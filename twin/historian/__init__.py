@@ -1,7 +1,8 @@
 """Measurements: the crash-safe historian, its IngestService and client, and the plant-to-twin bridge.
 
 The historian is an interface (``historian``: samples, windows, quarantine), the checks of a sample on its own
-(``samples``: shapes, bounds, domain) and the SQLite store behind it (``sqlite``)."""
+(``samples``: shapes, bounds, domain) and the stores behind it: SQLite (``sqlite``, the default) or a PostgreSQL
+server (``postgres``)."""
 
 from twin.historian.bridge import (
     Backoff,
@@ -32,8 +33,9 @@ from twin.historian.historian import (
 )
 from twin.historian.ingest import DEFAULT_QUARANTINE_LIST, IngestServicer
 from twin.historian.ingest_client import CellHistory, HistorianInfo, IngestAck, IngestClient, IngestStream, StreamEnded
+from twin.historian.postgres import PostgresHistorian, is_postgres_url, open_historian
 from twin.historian.samples import DEFAULT_BOUNDS, MAX_INDEX, SampleBounds, check_sample
-from twin.historian.sqlite import SCHEMA_VERSION, SQLiteHistorian, open_historian
+from twin.historian.sqlite import SCHEMA_VERSION, SQLiteHistorian
 
 __all__ = [
     "AppendResult",
@@ -54,6 +56,7 @@ __all__ = [
     "IngestServicer",
     "IngestStream",
     "MAX_INDEX",
+    "PostgresHistorian",
     "QuarantineReason",
     "Quarantined",
     "REASON_FROM_PB",
@@ -65,6 +68,7 @@ __all__ = [
     "StreamEnded",
     "Window",
     "check_sample",
+    "is_postgres_url",
     "measurement_to_sample",
     "open_historian",
     "quarantined_from_pb",

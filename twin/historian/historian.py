@@ -176,6 +176,14 @@ class Historian(abc.ABC):
     backend: str = "generic"
     """Name of the storage kind (reported by the ingest service)."""
 
+    def claim_writer(self) -> None:
+        """Make this process the historian's one writer, or raise :class:`HistorianError` naming the one that is.
+
+        This default claims nothing: for storage that serialises concurrent writers itself (a database server).
+        The twin server calls it at start; readers (the online worker) never do.
+        """
+        return None
+
     def summary(self) -> list[tuple[int, int, int, int, float]]:
         """``(cell, count, first_step, last_step, last_time_s)`` of every cell with samples, ascending.
 

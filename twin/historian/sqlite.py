@@ -11,8 +11,10 @@ Layout::
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -99,6 +101,42 @@ def _frozen(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+def _check_samples(samples: Any) -> None:
+    """Refuse what is not a sequence of :class:`Sample` (shared by the SQLite and PostgreSQL historians)."""
+    if isinstance(samples, (str, bytes)) or not isinstance(samples, Sequence):
+        raise ValueError(f"samples must be a sequence of Sample, got {type(samples).__name__}")
+    for i, s in enumerate(samples):
+        if not isinstance(s, Sample):
+            raise ValueError(f"samples[{i}] must be a Sample, got {type(s).__name__}")
+
+
+def _window(cell: int, rows: Sequence[Sequence[Any]]) -> Window:
+    """The window of ``cell`` from rows ``(step, time_s, x..., u...)`` in step order."""
+    data = np.array(rows, dtype=np.float64).reshape(len(rows), 2 + N_STATES + N_INPUTS)  # (n, 15)
+    steps = np.array([r[0] for r in rows], dtype=np.int64)  # exact, not through float64
+    return Window(
+        cell=int(cell),
+        steps=_frozen(steps),
+        time_s=_frozen(data[:, 1].copy()),
+        x=_frozen(data[:, 2 : 2 + N_STATES].copy()),
+        u=_frozen(data[:, 2 + N_STATES :].copy()),
+    )
+
+
+def _quarantined(r: Sequence[Any]) -> Quarantined:
+    """A stored quarantine row ``(cell, step, time_s, x, u, reason, detail, received_at)``."""
+    return Quarantined(
+        cell=None if r[0] is None else int(r[0]),
+        step=None if r[1] is None else int(r[1]),
+        time_s=math.nan if r[2] is None else float(r[2]),
+        x=_from_blob(bytes(r[3])),
+        u=_from_blob(bytes(r[4])),
+        reason=_REASONS[r[5]],
+        detail=r[6],
+        received_at=float(r[7]),
+    )
+
+
 @overload
 def _check_query_index(name: str, value: Any, optional: Literal[False] = False) -> int: ...
 
@@ -177,6 +215,7 @@ class SQLiteHistorian(Historian):
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
+        self._writer_fd = -1
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -186,46 +225,51 @@ class SQLiteHistorian(Historian):
     # -- writing -----------------------------------------------------------------------------------------------
 
     def append(self, samples: Sequence[Sample]) -> AppendResult:
-        if isinstance(samples, (str, bytes)) or not isinstance(samples, Sequence):
-            raise ValueError(f"samples must be a sequence of Sample, got {type(samples).__name__}")
-        for i, s in enumerate(samples):
-            if not isinstance(s, Sample):
-                raise ValueError(f"samples[{i}] must be a Sample, got {type(s).__name__}")
+        _check_samples(samples)
         now = time.time()
         checked = [(s, check_sample(s, self.bounds)) for s in samples]  # outside the lock: pure
-        quarantined: list[Quarantined] = []
-        accepted = 0
         with self._lock:
             db = self._db()
             db.execute("BEGIN IMMEDIATE")
             try:
-                last: dict[int, tuple[int, float] | None] = {}
-                for i, (s, bad) in enumerate(checked):
-                    if bad is None:
-                        bad = self._check_order(db, s, last)
-                    if bad is not None:
-                        quarantined.append(self._quarantine(db, s, bad, now, i))
-                        continue
-                    cell, step, t = int(s.cell), int(s.step), float(s.time_s)
-                    x = np.asarray(s.x, dtype=np.float64).reshape(-1)
-                    u = np.asarray(s.u, dtype=np.float64).reshape(-1)
-                    db.execute(
-                        f"INSERT INTO samples (cell, step, time_s, {_VALUE_COLS}, received_at) "
-                        f"VALUES ({', '.join('?' * (N_STATES + N_INPUTS + 4))})",
-                        (cell, step, t, *x.tolist(), *u.tolist(), now),
-                    )
-                    db.execute(
-                        "INSERT INTO cells (cell, n, first_step, last_step, last_time_s) VALUES (?, 1, ?, ?, ?) "
-                        "ON CONFLICT (cell) DO UPDATE SET n = n + 1, last_step = excluded.last_step, "
-                        "last_time_s = excluded.last_time_s",
-                        (cell, step, step, t),
-                    )
-                    last[cell] = (step, t)
-                    accepted += 1
+                result = self._store(db, checked, now)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        return result
+
+    @staticmethod
+    def _store(
+        db: sqlite3.Connection, checked: Sequence[tuple[Sample, tuple[QuarantineReason, str] | None]], now: float
+    ) -> AppendResult:
+        """Store or quarantine each checked sample inside the caller's transaction (the PostgreSQL historian
+        calls it too, through a connection that takes ``?`` placeholders)."""
+        quarantined: list[Quarantined] = []
+        accepted = 0
+        last: dict[int, tuple[int, float] | None] = {}
+        for i, (s, bad) in enumerate(checked):
+            if bad is None:
+                bad = SQLiteHistorian._check_order(db, s, last)
+            if bad is not None:
+                quarantined.append(SQLiteHistorian._quarantine(db, s, bad, now, i))
+                continue
+            cell, step, t = int(s.cell), int(s.step), float(s.time_s)
+            x = np.asarray(s.x, dtype=np.float64).reshape(-1)
+            u = np.asarray(s.u, dtype=np.float64).reshape(-1)
+            db.execute(
+                f"INSERT INTO samples (cell, step, time_s, {_VALUE_COLS}, received_at) "
+                f"VALUES ({', '.join('?' * (N_STATES + N_INPUTS + 4))})",
+                (cell, step, t, *x.tolist(), *u.tolist(), now),
+            )
+            db.execute(
+                "INSERT INTO cells (cell, n, first_step, last_step, last_time_s) VALUES (?, 1, ?, ?, ?) "
+                "ON CONFLICT (cell) DO UPDATE SET n = cells.n + 1, last_step = excluded.last_step, "
+                "last_time_s = excluded.last_time_s",
+                (cell, step, step, t),
+            )
+            last[cell] = (step, t)
+            accepted += 1
         return AppendResult(accepted, tuple(quarantined))
 
     @staticmethod
@@ -303,15 +347,7 @@ class SQLiteHistorian(Historian):
                 )
                 .fetchall()
             )
-        data = np.array(rows, dtype=np.float64).reshape(len(rows), 2 + N_STATES + N_INPUTS)  # (n, 15)
-        steps = np.array([r[0] for r in rows], dtype=np.int64)  # exact, not through float64
-        return Window(
-            cell=int(c),
-            steps=_frozen(steps),
-            time_s=_frozen(data[:, 1].copy()),
-            x=_frozen(data[:, 2 : 2 + N_STATES].copy()),
-            u=_frozen(data[:, 2 + N_STATES :].copy()),
-        )
+        return _window(c, rows)
 
     def count(self, cell: int | None = None) -> int:
         with self._lock:
@@ -351,19 +387,7 @@ class SQLiteHistorian(Historian):
             else:
                 c = _check_query_index("cell", cell)
                 rows = db.execute(f"{query} WHERE cell = ? ORDER BY id DESC LIMIT ?", (c, int(limit))).fetchall()
-        return [
-            Quarantined(
-                cell=None if r[0] is None else int(r[0]),
-                step=None if r[1] is None else int(r[1]),
-                time_s=math.nan if r[2] is None else float(r[2]),
-                x=_from_blob(r[3]),
-                u=_from_blob(r[4]),
-                reason=_REASONS[r[5]],
-                detail=r[6],
-                received_at=float(r[7]),
-            )
-            for r in reversed(rows)
-        ]
+        return [_quarantined(r) for r in reversed(rows)]
 
     def quarantine_counts(self) -> dict[QuarantineReason, int]:
         counts = dict.fromkeys(QuarantineReason, 0)
@@ -373,11 +397,40 @@ class SQLiteHistorian(Historian):
                     counts[_REASONS[reason]] = int(n)
         return counts
 
+    def claim_writer(self) -> None:
+        """Hold an exclusive ``flock`` on ``<path>.lock`` until :meth:`close` (writing the holder's pid and host
+        into it); HistorianError naming the holder when another process has it. SQLite alone would let two
+        writers take turns; one writer keeps the ingest order and the quarantine counts of one process."""
+        with self._lock:
+            self._db()
+            if self._writer_fd >= 0:
+                return
+            lock = self.path.with_name(self.path.name + ".lock")
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise HistorianError(f"cannot open the historian's lock {lock}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise HistorianError(
+                    f"the historian {self.path} already has a writer ({holder}); give each twin server its own "
+                    "historian.path, or turn the historian off (historian.enabled: false) on all but one"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            self._writer_fd = fd
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if self._writer_fd >= 0:
+                os.close(self._writer_fd)  # releases the flock
+                self._writer_fd = -1
 
     def __repr__(self) -> str:
         return f"SQLiteHistorian({os.fspath(self.path)!r})"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from identification.online import Gate, RefitConfig, ScreenConfig, check_positive
+from twin.historian import is_postgres_url
 
 __all__ = ["WorkerConfig"]
 
@@ -19,8 +20,9 @@ class WorkerConfig:
     ----------
     twin : str
         ``host:port`` of the twin.
-    historian : Path
-        The historian's SQLite file.
+    historian : Path or str
+        The historian's SQLite file, or a ``postgresql://`` URL (kept as a string; the password comes from libpq's
+        own ``PGPASSWORD`` or ``~/.pgpass``).
     model : str
         Name of the model in the twin's registry.
     decisions : Path
@@ -68,7 +70,7 @@ class WorkerConfig:
     """
 
     twin: str
-    historian: Path
+    historian: Path | str
     model: str
     decisions: Path
     state: Path | None = None
@@ -101,7 +103,7 @@ class WorkerConfig:
                 raise ValueError(f"{owner}.{name} must be a non-empty string, got {v!r}")
         for name in ("historian", "decisions", "state"):
             v = getattr(self, name)
-            if v is None and name == "state":
+            if (v is None and name == "state") or (name == "historian" and is_postgres_url(v)):
                 continue
             if not isinstance(v, (str, os.PathLike)) or not os.fspath(v):
                 raise ValueError(f"{owner}.{name} must be a path, got {v!r}")

@@ -2,8 +2,8 @@
 
 Every ``every_samples`` new samples or ``every_plant_s`` of plant time (whichever comes first) the worker
 
-1. reads each cell's recent samples from the historian (the SQLite file the twin's Ingest service writes; WAL
-   lets this process read while the twin writes),
+1. reads each cell's recent samples from the historian (the SQLite file the twin's Ingest service writes, WAL
+   letting this process read while the twin writes; or the twin's PostgreSQL database),
 2. screens them for sensor faults with the champion (:func:`identification.online.screen`); a cell's data
    from a suspected stuck or offset sensor on is left out, and the fault stays latched in the worker's state,
 3. holds out the last ``holdout_s`` of every cell and fits a challenger on the ``replay_s`` before it
@@ -62,7 +62,7 @@ from identification.online import (
 )
 from plant.simulator import DT
 from twin.client import TwinClient
-from twin.historian import Historian, open_historian
+from twin.historian import Historian, is_postgres_url, open_historian
 from twin.online.config import WorkerConfig
 from twin.online.publish import Challenger, challenger_description, challenger_files
 from twin.online.records import CycleRecord, append_record, load_state, save_state, summary_line
@@ -408,11 +408,17 @@ def _run(args: argparse.Namespace) -> int:
     if not token:
         raise CliError(f"the management token is needed to register models: set ${args.token_env}")
     roots = Path(args.tls_ca).read_bytes() if args.tls_ca else None
-    historian = Path(args.historian)
-    if not historian.is_file():
-        raise CliError(f"no historian at {historian}")
-    decisions = args.decisions or historian.with_name(f"{historian.stem}-{args.model}-decisions.jsonl")
-    state = args.state or historian.with_name(f"{historian.stem}-{args.model}-worker.json")
+    historian: Path | str
+    if is_postgres_url(args.historian):  # no file to put the log and the state beside
+        if args.decisions is None or args.state is None:
+            raise CliError("with a postgresql:// historian, give --decisions and --state")
+        historian, decisions, state = args.historian, args.decisions, args.state
+    else:
+        historian = Path(args.historian)
+        if not historian.is_file():
+            raise CliError(f"no historian at {historian}")
+        decisions = args.decisions or historian.with_name(f"{historian.stem}-{args.model}-decisions.jsonl")
+        state = args.state or historian.with_name(f"{historian.stem}-{args.model}-worker.json")
     config = WorkerConfig(
         twin=args.twin,
         historian=historian,

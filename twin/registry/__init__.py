@@ -2,7 +2,8 @@
 
 Modules: ``store`` (versions and aliases on disk), ``registry`` (:class:`ModelRegistry`: loaded versions, hot swap,
 rollback, events), ``served`` (a validated version and its smoke test), ``watch`` (one Watch stream's queue),
-``explain`` (sparsity and dependency of a model), ``errors`` (the refusals). The result types (events,
+``explain`` (sparsity and dependency of a model), ``errors`` (the refusals), ``replicas`` (following the changes
+other processes make to a shared store). The result types (events,
 explanations, summaries) live in :mod:`twin.results`.
 """
 
@@ -19,6 +20,7 @@ from twin.registry.errors import (
 )
 from twin.registry.explain import JACOBIAN_POINTS, JACOBIAN_REL_THRESHOLD, WEIGHT_THRESHOLD, dependency_of, explain
 from twin.registry.registry import DEFAULT_ALIAS, MAX_DESCRIPTION, ModelRegistry, model_summaries
+from twin.registry.replicas import StorePoller, events_between
 from twin.registry.served import NOMINAL_INPUT, NOMINAL_STATE, Engine, ServedModel, default_engine, validate_model
 from twin.registry.store import (
     ALIAS_PATTERN,
@@ -59,6 +61,7 @@ __all__ = [
     "STATE_FORMAT",
     "ServedModel",
     "StoreError",
+    "StorePoller",
     "StoreState",
     "TooManyWatchers",
     "VersionRecord",
@@ -69,6 +72,7 @@ __all__ = [
     "check_name",
     "default_engine",
     "dependency_of",
+    "events_between",
     "explain",
     "model_summaries",
     "validate_model",

@@ -14,6 +14,12 @@ How a swap stays safe:
   assignment), then publish the events. Predictions never take that lock: they read the active table once and
   keep the :class:`~twin.registry.served.ServedModel` they got, so a call in flight finishes on the version it
   started with.
+- Replicas: several processes may serve one store. A change takes the store's exclusive file lock, re-reads the
+  state under it (:meth:`ModelRegistry.sync`) and writes before letting go; every ``poll_s`` seconds each
+  replica compares the state file's signature (inode, mtime, size) and, when it changed, loads the new alias
+  targets first and then swaps them in like a local change, with the events for its watchers. A change made
+  through one replica is served by every other within ``poll_s`` plus the time to load the new version; a
+  request naming a version or model a replica does not know yet makes it look at once.
 - The targets of every alias, the last ``keep_previous`` targets of each alias (instant rollback) and
   ``cache_size`` further versions (least recently used) stay loaded.
 
@@ -51,6 +57,7 @@ from twin.registry.errors import (
     RegistryClosed,
     TooManyWatchers,
 )
+from twin.registry.replicas import StorePoller, events_between
 from twin.registry.served import Engine, ServedModel, default_engine, validate_model
 from twin.registry.store import (
     ModelRecord,
@@ -127,6 +134,9 @@ class ModelRegistry:
         Makes the rollout engine of a surrogate (default :func:`~twin.registry.served.default_engine`).
     on_change : callable, optional
         Called after every change (and once at start) with no arguments.
+    poll_s : float, optional
+        Seconds between two looks at the store for changes by other processes (None: no polling thread;
+        changes by others are still seen by every change made here and by requests for unknown versions).
     """
 
     def __init__(
@@ -141,6 +151,7 @@ class ModelRegistry:
         watch_queue_size: int = 256,
         engine_for: Callable[[Surrogate], Engine] = default_engine,
         on_change: Callable[[], None] | None = None,
+        poll_s: float | None = None,
     ) -> None:
         self.store = store
         self.keep_previous = keep_previous
@@ -159,8 +170,11 @@ class ModelRegistry:
         self._watchers: set[Watcher] = set()
         self._watching = True
         self._closed = False
-        self._state = store.read_state()
-        store.write_state(self._state)  # the reconciled state
+        self._sync_lock = threading.Lock()
+        with store.locked():
+            self._state = store.read_state()
+            store.write_state(self._state)  # the reconciled state
+            self._signature = store.state_signature()
         self._active: dict[tuple[str, str], ServedModel] = {}
         for key in sorted(self._pinned(self._state)):
             try:
@@ -171,6 +185,7 @@ class ModelRegistry:
         self._active = self._active_of(self._state)
         if on_change is not None:
             on_change()
+        self._poller = StorePoller(self.sync, poll_s) if poll_s is not None else None
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -216,7 +231,7 @@ class ModelRegistry:
             if served is not None:
                 return served
             alias = _arg(check_alias, alias)
-            rec = self.record(name)
+            rec = self._record_fresh(name)
             if alias not in rec.aliases:
                 raise NotFound(f"model {name!r} has no alias {alias!r}; its aliases are {_listing(rec.aliases)}")
             target = rec.aliases[alias]
@@ -274,9 +289,9 @@ class ModelRegistry:
             raise InvalidRequest(f"model refused: {exc.problem}") from None
         staging = self.store.stage(manifest, weights)
         try:
-            with self._write_lock:
+            with self._write_lock, self.store.locked():
                 self._check_open()
-                state = self._state
+                state = self._sync_locked()
                 rec = state.models.get(name, ModelRecord())
                 version = max(rec.next_version, max(self.store.versions_on_disk(name), default=0) + 1)
                 target = self.store.commit(staging, name, version)
@@ -308,13 +323,13 @@ class ModelRegistry:
         """
         self._check_open()
         alias = _arg(check_alias, alias)
-        rec = self.record(name)
+        rec = self._record_fresh(name, version)
         if version not in rec.versions:
             raise NotFound(f"model {name!r} has no version {version}; its versions are {_listing(rec.versions)}")
         served = self._get_or_load(name, version)
-        with self._write_lock:
+        with self._write_lock, self.store.locked():
             self._check_open()
-            state = self._state
+            state = self._sync_locked()
             rec = state.models[name]
             current = rec.aliases.get(alias, 0)
             if expected_version is not None and current != expected_version:
@@ -337,7 +352,7 @@ class ModelRegistry:
         self._check_open()
         alias = _arg(check_alias, alias or DEFAULT_ALIAS)
         for _ in range(3):
-            rec = self.record(name)
+            rec = self._record_fresh(name)
             if alias not in rec.aliases:
                 raise NotFound(f"model {name!r} has no alias {alias!r}; its aliases are {_listing(rec.aliases)}")
             past = rec.history.get(alias, ())
@@ -347,9 +362,9 @@ class ModelRegistry:
                 served = self._get_or_load(name, past[-1])
             except NotServable as exc:
                 raise NotServable(f"cannot roll back alias {alias!r} of model {name!r}: {exc}") from None
-            with self._write_lock:
+            with self._write_lock, self.store.locked():
                 self._check_open()
-                state = self._state
+                state = self._sync_locked()
                 if state.models.get(name) is not rec:
                     continue  # changed meanwhile: look again
                 current = rec.aliases[alias]
@@ -389,13 +404,84 @@ class ModelRegistry:
             w.close()
 
     def close(self) -> None:
-        """End every watcher, refuse further changes and release the store."""
+        """Stop polling, end every watcher, refuse further changes and release the store."""
+        if self._poller is not None:
+            self._poller.stop()
         self.end_watches()
         with self._write_lock:
             if self._closed:
                 return
             self._closed = True
         self.store.close()
+
+    # -- other replicas ----------------------------------------------------------------------------------------
+
+    def sync(self) -> bool:
+        """Take in the changes other processes made to the store: when the state file changed, read it (under
+        the store's shared lock), load the versions it pins, then swap it in like a local change (events for the
+        watchers). Also loads pinned versions that are not loaded yet. True when the state changed."""
+        with self._sync_lock:
+            if self._closed:
+                return False
+            signature = self.store.state_signature()
+            new: StoreState | None = None
+            if signature != self._signature:
+                with self.store.locked(shared=True):
+                    new = self.store.read_state()
+                    signature = self.store.state_signature()
+            target = new if new is not None and new.revision > self._state.revision else self._state
+            missing = self._preload(target)  # outside the write lock: predictions and changes go on
+            with self._write_lock:
+                if new is not None and new.revision > self._state.revision:
+                    self._signature = signature
+                    self._adopt(new, events_between(self._state, new, _now_ms()))
+                    log.info("registry revision %d taken in from the store", new.revision)
+                    return True
+                if new is not None and new.revision == self._state.revision:
+                    self._signature = signature
+                if missing:
+                    self._active = self._active_of(self._state)
+                    if self._on_change is not None:
+                        self._on_change()
+            return False
+
+    def _sync_locked(self) -> StoreState:
+        """The store's present state, taken in if another process changed it. Under the write lock and the
+        store's exclusive lock (so the state read is the one the next write replaces)."""
+        signature = self.store.state_signature()
+        if signature != self._signature:
+            new = self.store.read_state()
+            self._signature = signature
+            if new.revision != self._state.revision:
+                self._adopt(new, events_between(self._state, new, _now_ms()))
+        return self._state
+
+    def _record_fresh(self, name: str, version: int | None = None) -> ModelRecord:
+        """:meth:`record`, after a :meth:`sync` when the model (or its ``version``) is not known here yet."""
+        rec = self._state.models.get(name)
+        if rec is None or (version is not None and version not in rec.versions):
+            self.sync()
+        return self.record(name)
+
+    def _preload(self, state: StoreState) -> bool:
+        """Load the versions ``state`` pins that are neither loaded nor refused; True if any was loaded."""
+        loaded = False
+        for key in sorted(self._pinned(state)):
+            with self._cache_lock:
+                if key in self._loaded or key in self._broken:
+                    continue
+            try:
+                served = self._load(*key)
+            except ModelRejected as exc:
+                self._broken[key] = exc.problem
+                log.warning("model %s version %d cannot be served: %s", key[0], key[1], exc.problem)
+                continue
+            except Exception:  # a version another replica is committing right now; the next poll sees it whole
+                log.debug("model %s version %d is not readable yet", *key, exc_info=True)
+                continue
+            self._cache_put(served)
+            loaded = True
+        return loaded
 
     # -- internals ---------------------------------------------------------------------------------------------
 
@@ -406,7 +492,12 @@ class ModelRegistry:
     def _commit(self, state: StoreState, events: list[RegistryEvent], served: ServedModel) -> None:
         """Write ``state``, then make it (and ``served``) current, then publish ``events``. Under the write lock."""
         self.store.write_state(state)  # raises before anything changed in memory
+        self._signature = self.store.state_signature()
         self._cache_put(served)
+        self._adopt(state, events)
+
+    def _adopt(self, state: StoreState, events: list[RegistryEvent]) -> None:
+        """Make ``state`` current with the loaded models, then publish ``events``. Under the write lock."""
         self._state = state
         self._active = self._active_of(state)
         self._evict()
@@ -461,7 +552,7 @@ class ModelRegistry:
             with self._cache_lock:
                 if key in self._loaded:
                     return self._loaded[key]
-            rec = self.record(name)
+            rec = self._record_fresh(name, version)
             if version not in rec.versions:
                 raise NotFound(f"model {name!r} has no version {version}; its versions are {_listing(rec.versions)}")
             if key in self._broken:  # versions never change: a refused one stays refused

@@ -5,14 +5,20 @@ Layout::
     store/
         registry.json              revision, and per model: next version, version records, aliases, alias history
         models/<name>/<version>/   manifest.json + weights.safetensors (identification.modelfile)
-        .staging/                  uploads being written, already validated (emptied at start)
-        .lock                      held (flock) by the one server that owns the store
+        .staging/                  uploads being written, already validated (a crash's leftovers removed at start)
+        .lock                      flock'ed by every change: exclusive to write, shared to read
 
 The registry validates an upload from its bytes first and stages only a valid model: a new version is written
 into a staging directory (each file to a temporary name, fsync, rename) and moved into place with one ``rename``
 of the directory, followed by an fsync of the parent: a crash leaves either the whole version or none of it.
 ``registry.json`` is replaced the same way (temporary file, fsync, rename). A version directory that a crash left
 without its record is found again at start.
+
+Several twin processes (replicas) may share one store. Every change takes an exclusive ``flock`` on ``.lock``
+(:meth:`ModelStore.locked`), re-reads ``registry.json`` under it and writes the new state before it lets go, so
+two processes never both create version 3 nor lose each other's alias moves; a reader takes the lock shared and
+never sees a version directory before its record. ``flock`` is the standard library's, with no extra package;
+it works on local file systems and on NFS (Linux emulates it there with POSIX byte-range locks).
 
 Names of models and aliases are checked against a strict pattern before they touch a path.
 """
@@ -27,7 +33,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -227,7 +234,8 @@ def _read_capped(path: Path, cap: int) -> bytes:
 
 
 class ModelStore:
-    """A directory of versioned models, owned by one process at a time.
+    """A directory of versioned models, shared by any number of processes (changes serialised by
+    :meth:`locked`).
 
     Parameters
     ----------
@@ -237,31 +245,58 @@ class ModelStore:
     Raises
     ------
     StoreError
-        Another process holds the store, or it cannot be created.
+        It cannot be created or its lock file cannot be opened.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._closed = False
+        self._staging: dict[Path, int] = {}  # staging directory -> descriptor holding its flock
         try:
             for d in (self.root, self.root / "models", self.root / ".staging"):
                 d.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            os.close(os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644))
         except OSError as exc:
             raise StoreError(f"cannot open the model store {self.root}: {exc.strerror}") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock_fd)
-            raise StoreError(f"the model store {self.root} is in use by another twin server") from None
-        for leftover in (self.root / ".staging").iterdir():  # uploads a crash interrupted
+        for leftover in (self.root / ".staging").iterdir():  # uploads a crash interrupted, not a live replica's
+            try:
+                fd = os.open(leftover, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # another process is writing it
+            finally:
+                os.close(fd)
             shutil.rmtree(leftover, ignore_errors=True)
 
     def close(self) -> None:
-        """Release the store (the lock)."""
-        if self._lock_fd >= 0:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        """Mark the store closed (it holds no lock between changes)."""
+        self._closed = True
+
+    @contextmanager
+    def locked(self, *, shared: bool = False) -> Iterator[None]:
+        """Hold the store's lock (``flock`` on ``.lock``) for the block: exclusive for a change, ``shared`` for a
+        consistent read. Each call opens its own descriptor, so threads of one process exclude each other too."""
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock of the model store {self.root}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the last descriptor releases the lock
+
+    def state_signature(self) -> tuple[int, int, int] | None:
+        """``(inode, mtime ns, size)`` of ``registry.json`` (None if missing): changes with every write, since a
+        write replaces the file. A cheap test for a change by another process."""
+        try:
+            st = os.stat(self.root / STATE_NAME)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     # -- versions ----------------------------------------------------------------------------------------------
 
@@ -285,6 +320,9 @@ class ModelStore:
     def stage(self, manifest: bytes, weights: bytes) -> Path:
         """Write an upload's two files into a new staging directory (each atomically); returns the directory."""
         staging = Path(tempfile.mkdtemp(dir=self.root / ".staging", prefix="upload-"))
+        fd = os.open(staging, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a replica starting meanwhile leaves it alone
+        self._staging[staging] = fd
         try:
             write_atomic(staging / WEIGHTS_NAME, weights)
             write_atomic(staging / MANIFEST_NAME, manifest)
@@ -300,6 +338,7 @@ class ModelStore:
         parent.mkdir(exist_ok=True)
         target = self.version_dir(name, version)
         os.rename(staging, target)  # fails if the target exists: a version is never overwritten
+        self._release(staging)
         fsync_dir(parent)
         fsync_dir(parent.parent)
         return target
@@ -307,6 +346,12 @@ class ModelStore:
     def discard(self, staging: Path) -> None:
         """Remove a staging directory (if still there)."""
         shutil.rmtree(staging, ignore_errors=True)
+        self._release(staging)
+
+    def _release(self, staging: Path) -> None:
+        fd = self._staging.pop(staging, -1)
+        if fd >= 0:
+            os.close(fd)
 
     def read_files(self, name: str, version: int) -> tuple[bytes, bytes]:
         """The manifest and weights bytes of a stored version (:func:`identification.modelfile.read_model_files`:

@@ -125,11 +125,11 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
     OSError
         The address (or the metrics address) cannot be bound, or the TLS files cannot be read.
     twin.registry.StoreError
-        The store is in use by another server, or its state file is unreadable.
+        The store cannot be opened, or its state file is unreadable.
     twin.historian.HistorianError
-        The historian's file cannot be opened (``config.historian``).
+        The historian cannot be opened (``config.historian``: its file, or its PostgreSQL database).
     ValueError
-        The token in ``token_env`` is too short.
+        The token in ``token_env`` is too short, or the variable ``historian.password_env`` is not set.
     """
     token = config.resolve_token()
     credentials = server_credentials(config.tls_cert, config.tls_key)
@@ -153,6 +153,7 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
             watch_queue_size=config.watch_queue_size,
             engine_for=functools.partial(make_rollout_engine, engine=config.engine),
             on_change=on_change,
+            poll_s=config.store_poll_s,
         )
     except BaseException:
         store.close()
@@ -162,8 +163,14 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
     ingest: IngestServicer | None = None
     metrics_server: MetricsServer | None = None
     try:
-        if config.historian_path is not None:
-            ingest = IngestServicer(open_historian(config.historian_path), config.historian)
+        if config.historian_target is not None:
+            historian = open_historian(config.historian_target, password=config.historian.password())
+            try:
+                historian.claim_writer()
+            except BaseException:
+                historian.close()
+                raise
+            ingest = IngestServicer(historian, config.historian)
         metrics = TwinMetrics(registry.active, lambda: runtime.in_flight, lambda: registry.state.revision)
         gate = Gate()
         server = new_server(
@@ -202,7 +209,7 @@ def _describe(server: TwinServer, config: TwinConfig, token: bool) -> str:
         f"{len(state.models)} model(s), {len(server.registry.active())} alias(es) serving",
         "TLS" if config.tls else "no TLS",
         "management on" if token else "management off (no token)",
-        f"historian {config.historian_path}" if config.historian_path is not None else "no historian",
+        f"historian {config.historian_target}" if config.historian_target is not None else "no historian",
     ]
     if server.metrics_port is not None:
         parts.append(f"metrics on http://{format_address(config.metrics_host, server.metrics_port)}/metrics")
