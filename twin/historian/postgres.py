@@ -274,7 +274,7 @@ class PostgresHistorian(Historian):
 
 
 class _QmarkConnection:
-    """A psycopg connection that takes SQLite's ``?`` placeholders, so both backends share one order check."""
+    """A psycopg connection that takes SQLite's ``?`` placeholders: both backends share the storing code."""
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
