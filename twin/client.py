@@ -27,7 +27,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alutwin.codec import encode_array, serialize_predict_request
-from alutwin.rpc import open_channel
+from alutwin.rpc import bearer_metadata, open_channel
 from alutwin.v1 import twin_pb2, twin_pb2_grpc
 from identification.modelfile import MANIFEST_NAME, WEIGHTS_NAME
 from twin.results import (
@@ -148,7 +148,7 @@ class TwinClient:
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+        self._auth = bearer_metadata(token)
         opts = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from alutwin.rpc import open_channel
+from alutwin.rpc import bearer_metadata, open_channel
 from alutwin.v1 import ingest_pb2, ingest_pb2_grpc
 from twin.historian.codec import INGEST_SERVICE, REASON_FROM_PB, quarantined_from_pb, sample_to_pb
 from twin.historian.historian import AppendResult, Quarantined, QuarantineReason, Sample
@@ -228,7 +228,7 @@ class IngestClient:
         self._channel = open_channel(address, root_certificates=root_certificates, options=opts)
         self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._metadata = bearer_metadata(token)
 
     def stream(self) -> IngestStream:
         """Open an Ingest stream (one acknowledgement per :meth:`IngestStream.send`)."""
