@@ -37,6 +37,7 @@ __all__ = [
     "USAGE_ERRORS",
     "CliError",
     "build_parser",
+    "command_output_dir",
     "configure_logging",
     "fresh_output_dir",
     "main",
@@ -174,6 +175,18 @@ def output_dir(path: str | Path, flag: str = "--out") -> Path:
     if not os.access(p, os.W_OK | os.X_OK):
         raise CliError(f"{flag} {p}: the folder is not writable")
     return p
+
+
+def command_output_dir(out: str | Path | None, stem: str) -> Path:
+    """A command's output folder: :func:`output_dir` of ``out`` when the user gave ``--out``, else a
+    :func:`fresh_output_dir` named after ``stem`` (``"demo-output"`` -> ``./demo-output-<UTC time>``).
+
+    Raises
+    ------
+    CliError
+        The folder cannot be used or created (one line naming the path).
+    """
+    return fresh_output_dir(stem) if out is None else output_dir(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from alutwin.cli import fresh_output_dir, output_dir, show_progress
+from alutwin.cli import command_output_dir, show_progress
 from alutwin.cli import main as cli_main
 from apps.runner import Remote, SystemConfig, run_system
 from controller.closed_loop import DEFAULT_MODELS, SURROGATE_DIRS, TWIN_MODELS, Scenario, Trace
@@ -215,7 +215,7 @@ def _summary(doc: dict[str, Any], out: Path) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     config = build_config(args)
-    out = fresh_output_dir("control-output") if args.out is None else output_dir(args.out)
+    out = command_output_dir(args.out, "control-output")
     try:
         doc = control(config, out)
     except BaseException:

@@ -39,7 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from alutwin.cli import fresh_output_dir, output_dir
+from alutwin.cli import command_output_dir
 from alutwin.cli import main as cli_main
 from identification.metrics import DIVERGENCE_LIMIT, an_rfmse_curve
 from identification.modelfile import load_model
@@ -459,7 +459,7 @@ def _run(args: argparse.Namespace) -> int:
         every_h=args.every_hours, replay_h=args.replay_hours, holdout_h=args.holdout_hours, horizon=horizon,
         stride=max(1, horizon // 12), epochs=args.epochs, curve_every_s=args.curve_every_min * 60.0,
     )  # fmt: skip
-    out = fresh_output_dir("online-demo-output") if args.out is None else output_dir(args.out)
+    out = command_output_dir(args.out, "online-demo-output")
     with tempfile.TemporaryDirectory(prefix="alutwin-online-demo-") as tmp:
         # not show_progress(args): the worker's messages go to a log too; the bar draws only on a terminal anyway
         result = run_scenario(cfg, Path(tmp), progress=not args.quiet)

@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from alutwin.cli import fresh_output_dir, output_dir
+from alutwin.cli import command_output_dir
 from alutwin.cli import main as cli_main
 from controller.closed_loop import DEFAULT_MODELS, SURROGATE_DIRS, Scenario, Trace, run_loop
 from controller.config import MPCConfig, SafetyConfig
@@ -271,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
     models = DEFAULT_MODELS if args.models is None else args.models
     # not show_progress(args): the worker's messages go to a log too; the bars draw only on a terminal anyway
     config = DemoConfig(args.hours, args.seed, args.refit_hours, models, progress=not args.quiet)
-    out = fresh_output_dir("demo-output") if args.out is None else output_dir(args.out)
+    out = command_output_dir(args.out, "demo-output")
     t0 = time.perf_counter()
     doc = run_demo(config, out)
     head = doc.get("headline", {})

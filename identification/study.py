@@ -20,7 +20,7 @@ import casadi as ca
 import numpy as np
 from tqdm.auto import tqdm
 
-from alutwin.cli import CliError, fresh_output_dir, output_dir, show_progress
+from alutwin.cli import CliError, command_output_dir, show_progress
 from identification.estimator import KINDS, SurrogateEstimator
 from identification.metrics import (
     fit_percent,
@@ -284,7 +284,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=show_progress(args) and cfg.progress,
         **{k: v for k, v in changes.items() if v is not None},
     )
-    cfg = replace(cfg, out=fresh_output_dir("study-output") if args.out is None else output_dir(args.out))
+    cfg = replace(cfg, out=command_output_dir(args.out, "study-output"))
     t = time.perf_counter()
     results = run_study(cfg)
     print(

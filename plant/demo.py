@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from alutwin.cli import fresh_output_dir, output_dir
+from alutwin.cli import command_output_dir
 from alutwin.cli import main as cli_main
 from plant.datasets import DEFAULT_ENGINE, require_engine
 from plant.domain import Fault
@@ -229,7 +229,7 @@ def plot(sc: Scenario, path: Path) -> Path:
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     require_engine(args.engine)
-    out: Path = fresh_output_dir("plant-demo-output") if args.out is None else output_dir(args.out)
+    out: Path = command_output_dir(args.out, "plant-demo-output")
     sc = run_scenario(args.seed, args.hours, args.engine)
     png = plot(sc, out / "baseline.png")
     lines = summarise(sc)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from alutwin.cbuild import find_compiler
-from alutwin.cli import CliError, fresh_output_dir, output_dir, show_progress
+from alutwin.cli import CliError, command_output_dir, show_progress
 from plant.datasets.fileformat import save_dataset
 from plant.datasets.generation import generate
 from plant.domain import Fault
@@ -54,7 +54,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
     if not any(sizes.values()):
         raise CliError("--train and --test are both 0: nothing to simulate")
     require_engine(args.engine)
-    out: Path = fresh_output_dir("simulate-output") if args.out is None else output_dir(args.out)
+    out: Path = command_output_dir(args.out, "simulate-output")
     targets = {split: out / f"{split}.safetensors" for split, n in sizes.items() if n > 0}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not args.force:

@@ -185,3 +185,14 @@ def test_output_dir_errors(tmp_path):
         cli.output_dir(f / "sub" / "deeper")
     made = cli.output_dir(tmp_path / "a" / "b")
     assert made.is_dir() and made == Path(tmp_path / "a" / "b")
+
+
+def test_command_output_dir_uses_out_or_a_fresh_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    given = cli.command_output_dir(tmp_path / "given", "x-output")
+    assert given == tmp_path / "given" and given.is_dir()
+    fresh = cli.command_output_dir(None, "x-output")
+    assert fresh.parent == tmp_path and fresh.name.startswith("x-output-") and fresh.is_dir()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(cli.CliError, match="is a file, not a folder"):
+        cli.command_output_dir(tmp_path / "f", "x-output")
