@@ -34,6 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 __all__ = [
+    "BALANCED_SCHEMES",
     "Abort",
     "CallInterceptor",
     "GrpcServer",
@@ -138,15 +139,29 @@ def open_or_abort(status_of: StatusOf, context: grpc.ServicerContext, open_: Cal
     context.abort(code, message)  # raises: the call ends here
 
 
+BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+"""Targets that may name several servers, whose calls :func:`open_channel` spreads over all of them."""
+
+
 def open_channel(
     address: str, *, root_certificates: bytes | None = None, options: Sequence[tuple[str, Any]] = ()
 ) -> grpc.Channel:
     """A channel to ``address``: TLS trusting the PEM ``root_certificates`` when given (the server's certificate
-    must name the host of ``address``), else plaintext."""
+    must name the host of ``address``), else plaintext.
+
+    A target with an explicit scheme of :data:`BALANCED_SCHEMES` gets client-side load balancing (gRPC's
+    ``round_robin`` policy, unless ``options`` set ``grpc.lb_policy_name``): ``dns:///alutwin-twin:50061`` (a
+    Kubernetes headless Service resolves to every ready replica, re-resolved as they come and go) or
+    ``ipv4:10.0.0.5:50061,10.0.0.6:50061``. Each call goes to the next ready server; a server that goes away is
+    skipped. A plain ``host:port`` keeps gRPC's default (the first address that answers).
+    """
+    opts = list(options)
+    if address.startswith(BALANCED_SCHEMES) and not any(key == "grpc.lb_policy_name" for key, _ in opts):
+        opts.append(("grpc.lb_policy_name", "round_robin"))
     if root_certificates is not None:
         creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-        return grpc.secure_channel(address, creds, options=list(options))
-    return grpc.insecure_channel(address, options=list(options))
+        return grpc.secure_channel(address, creds, options=opts)
+    return grpc.insecure_channel(address, options=opts)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The parsers of ``alutwin demo``, ``alutwin control`` and ``alutwin online-demo`` (entry points
-``alutwin.commands``).
+"""The parsers of ``alutwin demo``, ``alutwin control``, ``alutwin online-demo``, ``alutwin schema``, ``alutwin
+health`` and ``alutwin fleet fit`` (entry points ``alutwin.commands``).
 
 Light on purpose: this module imports only the standard library, so that ``alutwin --help`` imports neither torch
 nor CasADi nor grpc. Each command's ``func`` names its run function as ``"module:function"``; the dispatcher
@@ -18,6 +18,7 @@ __all__ = [
     "SCHEMA_NAMES",
     "register_control",
     "register_demo",
+    "register_fleet",
     "register_health",
     "register_online_demo",
     "register_schema",
@@ -101,8 +102,25 @@ def register_control(subparsers: argparse._SubParsersAction) -> None:
         help="environment variable holding the plant's token (default ALUTWIN_PLANT_TOKEN)",
     )
     remote.add_argument(
-        "--cells", default="0", metavar="LIST", help="comma-separated cells of a remote plant to control (default 0)"
+        "--cells",
+        default="0",
+        metavar="LIST",
+        help="comma-separated cells of a remote plant to control (default 0); with --ray: N, the cells 0..N-1 of "
+        "a potline (or a list of a remote plant's cells)",
     )
+    fleet = p.add_argument_group(
+        "a potline on Ray (the 'fleet' extra): one NMPC per cell, on the twin's model of that cell (cell-000, ...)"
+    )
+    fleet.add_argument(
+        "--ray",
+        action="store_true",
+        help="run one sparse-surrogate NMPC per --cells cell on Ray actors; without --plant a potline plant of "
+        "those cells starts here, without --twin a twin serving the sparse model as every cell's model",
+    )
+    fleet.add_argument(
+        "--ray-address", metavar="ADDR", help="join this Ray cluster ('auto': this machine's) instead of a local one"
+    )
+    fleet.add_argument("--ray-workers", type=int, metavar="N", help="Ray actors hosting the cells (default: the CPUs)")
     p.set_defaults(func="apps.control:_run")
 
 
@@ -157,3 +175,48 @@ def register_health(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=3.0, help="seconds the check may take (default 3)")
     p.add_argument("--tls-ca", type=Path, metavar="PEM", help="PEM file of the roots to trust: check over TLS")
     p.set_defaults(func="alutwin.health:run")
+
+
+def register_fleet(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``alutwin fleet fit`` (the ``fleet`` extra: Ray)."""
+    parser = subparsers.add_parser(
+        "fleet", help="every cell of a potline at once, on Ray (pip install 'alutwin[fleet]')"
+    )
+    actions = parser.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
+    p = actions.add_parser(
+        "fit",
+        help="fit or re-fit each cell's ensemble as Ray tasks and register each as its own model (cell-000...)",
+        description="Fit or re-fit the ensemble of cells 0 .. N-1, each on its own data set (its seed derived from "
+        "--seed and the cell), as Ray tasks of --threads CPUs each: on a local Ray by default, on a running cluster "
+        "with --address. Each model is registered in the twin (--twin) as model cell-NNN with the champion alias "
+        "moved to it, or written to --out. A failed cell is reported and the others go on (exit code 1). The "
+        "weights equal those of the same cells fitted one after another (--sequential, no Ray).",
+    )
+    p.add_argument("--cells", type=int, required=True, metavar="N", help="how many cells: cell-000 .. cell-(N-1)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster to join ('auto', host:port; default: a local Ray)")
+    p.add_argument("--sequential", action="store_true", help="fit one cell after another in this process, no Ray")
+    p.add_argument("--kind", default="sparse-inputskip", help="model kind (default sparse-inputskip)")
+    p.add_argument("--members", type=int, default=10, help="ensemble size per cell (default 10)")
+    p.add_argument("--epochs", type=int, default=100, help="training epochs (default 100)")
+    p.add_argument("--retrain-epochs", type=int, help="epochs after each pruning round (default: the kind's own)")
+    p.add_argument("--train", type=int, default=40, help="training trajectories per cell (default 40)")
+    p.add_argument("--steps", type=int, default=5000, help="steps per trajectory (default 5000)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; each cell derives its own (default 0)")
+    p.add_argument("--threads", type=int, default=1, help="CPUs per cell: its Ray task's and its trainer's (default 1)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder of the model directories (default: a new ./fleet-output-<UTC time> without --twin)",
+    )
+    twin = p.add_argument_group("the twin the models are registered in (default: none, the models go to --out)")
+    twin.add_argument("--twin", metavar="ADDR", help="host:port of a running twin")
+    twin.add_argument(
+        "--twin-tls-ca", metavar="PEM", help="PEM file of the roots to trust: connect to the twin with TLS"
+    )
+    twin.add_argument(
+        "--twin-token-env",
+        metavar="NAME",
+        default="ALUTWIN_TWIN_TOKEN",
+        help="environment variable holding the twin's management token (default ALUTWIN_TWIN_TOKEN)",
+    )
+    p.set_defaults(func="apps.fleet.fit:_run")

@@ -2,6 +2,8 @@
 
 By default it starts the twin and the plant on loopback; with ``--twin`` and ``--plant`` it controls a twin and a
 plant that run elsewhere (:class:`apps.runner.Remote`: TLS roots and tokens), one controller per ``--cells`` cell.
+With ``--ray`` it runs a potline: one sparse-surrogate NMPC per cell on Ray actors (:mod:`apps.fleet.control`),
+reported per cell and for the line (:mod:`controller.potline_report`).
 
 Also importable: :func:`control` runs a :class:`~apps.runner.SystemConfig` and writes the report;
 :func:`main` is the command line (``python -m apps.control --hours 3 --out demo-output/control``).
@@ -23,12 +25,14 @@ from typing import Any
 
 from alutwin.cli import command_output_dir, show_progress
 from alutwin.cli import main as cli_main
+from apps.fleet.control import PotlineConfig, ray_module, run_potline
 from apps.runner import Remote, SystemConfig, run_system
-from controller.closed_loop import DEFAULT_MODELS, SURROGATE_DIRS, TWIN_MODELS, Scenario, Trace
-from controller.config import ControllerConfig
+from controller.closed_loop import CONTROLLERS, DEFAULT_MODELS, SURROGATE_DIRS, TWIN_MODELS, Scenario, Trace
+from controller.config import ControllerConfig, MPCConfig, SafetyConfig
+from controller.potline_report import write_potline_report
 from controller.report import write_report
 
-__all__ = ["build_config", "control", "main"]
+__all__ = ["build_config", "build_potline_config", "control", "main", "potline"]
 
 log = logging.getLogger(__name__)
 
@@ -107,23 +111,8 @@ def build_config(args: argparse.Namespace) -> SystemConfig:
     ValueError
         Naming a bad argument, or every bad setting of the file (:class:`alutwin.config.ConfigError`).
     """
-    base = ControllerConfig() if args.mpc_config is None else ControllerConfig.from_yaml(args.mpc_config)
     _positive("hours", args.hours)
-    interval_min = base.mpc.interval_steps * _STEP_S / 60.0 if args.interval_min is None else args.interval_min
-    horizon_h = (
-        base.mpc.horizon * base.mpc.interval_steps * _STEP_S / 3600.0 if args.horizon_h is None else args.horizon_h
-    )
-    _positive("interval-min", interval_min)
-    _positive("horizon-h", horizon_h)
-    steps = interval_min * 60.0 / _STEP_S
-    if abs(steps - round(steps)) > 1e-9:
-        raise ValueError(f"--interval-min must be a whole number of 10 s steps, got {interval_min!r}")
-    intervals = horizon_h * 60.0 / interval_min
-    if abs(intervals - round(intervals)) > 1e-9 or round(intervals) < 1:
-        origin = "" if args.horizon_h is not None or args.mpc_config is None else f", from {args.mpc_config}"
-        raise ValueError(
-            f"--horizon-h ({horizon_h!r}{origin}) must be a whole multiple of --interval-min ({interval_min!r} min)"
-        )
+    mpc, safety = _controller_settings(args)
     try:
         seeds = tuple(int(s) for s in str(args.seeds).split(",") if s.strip())
     except ValueError:
@@ -143,9 +132,6 @@ def build_config(args: argparse.Namespace) -> SystemConfig:
             )
     if twin is not None and not any(c in SURROGATE_DIRS for c in controllers):
         log.warning("--twin is not used: none of the controllers %s predicts with the twin", ",".join(controllers))
-    jit = base.mpc.jit and not args.no_jit
-    mpc = dataclasses.replace(base.mpc, interval_steps=round(steps), horizon=round(intervals), jit=jit)
-    safety = base.safety if args.watchdog_s is None else dataclasses.replace(base.safety, watchdog_s=args.watchdog_s)
     return SystemConfig(
         scenarios=tuple(Scenario(hours=args.hours, seed=s, noise=args.noise) for s in seeds),
         controllers=controllers,
@@ -158,6 +144,31 @@ def build_config(args: argparse.Namespace) -> SystemConfig:
         plant=plant,
         cells=cells,
     )
+
+
+def _controller_settings(args: argparse.Namespace) -> tuple[MPCConfig, SafetyConfig]:
+    """The MPC and safety settings: the ``--mpc-config`` file's (or the defaults), with the interval, horizon,
+    JIT and watchdog flags given in their place."""
+    base = ControllerConfig() if args.mpc_config is None else ControllerConfig.from_yaml(args.mpc_config)
+    interval_min = base.mpc.interval_steps * _STEP_S / 60.0 if args.interval_min is None else args.interval_min
+    horizon_h = (
+        base.mpc.horizon * base.mpc.interval_steps * _STEP_S / 3600.0 if args.horizon_h is None else args.horizon_h
+    )
+    _positive("interval-min", interval_min)
+    _positive("horizon-h", horizon_h)
+    steps = interval_min * 60.0 / _STEP_S
+    if abs(steps - round(steps)) > 1e-9:
+        raise ValueError(f"--interval-min must be a whole number of 10 s steps, got {interval_min!r}")
+    intervals = horizon_h * 60.0 / interval_min
+    if abs(intervals - round(intervals)) > 1e-9 or round(intervals) < 1:
+        origin = "" if args.horizon_h is not None or args.mpc_config is None else f", from {args.mpc_config}"
+        raise ValueError(
+            f"--horizon-h ({horizon_h!r}{origin}) must be a whole multiple of --interval-min ({interval_min!r} min)"
+        )
+    jit = base.mpc.jit and not args.no_jit
+    mpc = dataclasses.replace(base.mpc, interval_steps=round(steps), horizon=round(intervals), jit=jit)
+    safety = base.safety if args.watchdog_s is None else dataclasses.replace(base.safety, watchdog_s=args.watchdog_s)
+    return mpc, safety
 
 
 def _remote(args: argparse.Namespace, service: str) -> Remote | None:
@@ -202,6 +213,98 @@ def _cells(args: argparse.Namespace, controllers: tuple[str, ...], plant: Remote
     return cells
 
 
+def build_potline_config(args: argparse.Namespace) -> PotlineConfig:
+    """The :class:`~apps.fleet.control.PotlineConfig` of ``alutwin control --ray``: ``--cells N`` (the cells
+    0..N-1) or a list of cells, one sparse-surrogate NMPC per cell on the twin's model of that cell, the MPC and
+    safety settings as :func:`build_config` reads them.
+
+    Raises
+    ------
+    ValueError
+        Naming a bad argument or a flag that does not go with ``--ray``.
+    """
+    _positive("hours", args.hours)
+    mpc, safety = _controller_settings(args)
+    controllers = str(args.controllers).replace(" ", "")
+    if controllers not in (",".join(CONTROLLERS), "sparse"):
+        raise ValueError(
+            "--ray runs the sparse-surrogate NMPC on every cell (the twin's model of that cell): "
+            f"leave out --controllers (got {args.controllers!r})"
+        )
+    for flag, on in (("--in-process", args.in_process), ("--noise", args.noise)):
+        if on:
+            raise ValueError(f"{flag} does not go with --ray (the potline runs in its plant service)")
+    try:
+        seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be an integer with --ray, got {args.seeds!r}") from None
+    if len(seeds) != 1 or seeds[0] < 0:
+        raise ValueError(f"--ray runs one potline scenario: give one --seeds value >= 0, got {args.seeds!r}")
+    twin, plant = _remote(args, "twin"), _remote(args, "plant")
+    if plant is not None and seeds != [0]:
+        raise ValueError("--seeds is for a plant started here; with --plant the scenario is the plant's own")
+    text = str(args.cells).strip()
+    try:
+        if "," in text:
+            cells = tuple(int(c) for c in text.split(",") if c.strip())
+        else:
+            n = int(text)
+            if n < 1:
+                raise ValueError
+            cells = tuple(range(n))
+    except ValueError:
+        raise ValueError(
+            f"--ray needs --cells N, the number of cells (>= 1), or a comma-separated list of cells; got {text!r}"
+        ) from None
+    if not cells or min(cells) < 0 or len(set(cells)) != len(cells):
+        raise ValueError(f"--cells must name distinct cell indices >= 0, got {text!r}")
+    workers = args.ray_workers
+    if workers is not None and workers < 1:
+        raise ValueError(f"--ray-workers must be >= 1, got {workers}")
+    models = DEFAULT_MODELS if args.models is None else Path(args.models)
+    return PotlineConfig(
+        cells=cells,
+        hours=args.hours,
+        seed=seeds[0],
+        mpc=mpc,
+        safety=safety,
+        workers=workers,
+        ray_address=args.ray_address,
+        twin=twin,
+        plant=plant,
+        models_dir=models / SURROGATE_DIRS["sparse"] if twin is None else None,
+        progress=show_progress(args),
+    )
+
+
+def potline(config: PotlineConfig, out: str | Path) -> dict[str, Any]:
+    """Run :func:`apps.fleet.control.run_potline` and write its report into ``out``; returns the report's
+    document (``line``, ``cells``, ``settings``)."""
+    timings: list[dict[str, float]] = []
+    traces, run = run_potline(config, timings=timings)
+    settings = {
+        "cells": list(config.cells),
+        "hours": config.hours,
+        "seed": config.seed,
+        "mpc": {**dataclasses.asdict(config.mpc), "weights": dataclasses.asdict(config.mpc.weights)},
+        "safety": dataclasses.asdict(config.safety),
+        "models_dir": str(config.models_dir) if config.models_dir is not None else None,
+        **run,
+    }
+    return write_potline_report(traces, out, settings=settings, timings=timings, weights=config.mpc.weights)
+
+
+def _potline_summary(doc: dict[str, Any], out: Path) -> str:
+    line = doc["line"]
+    d = line["interval_decide_s"]
+    kwh = line["kwh_per_kg"]
+    return (
+        f"alutwin control --ray: report in {out}, {line['cells']} cells, "
+        f"{'–' if kwh is None else f'{kwh:.4f}'} kWh/kg, {line['cells_all_windows_100pct']} cells held every window, "
+        f"{line['fallback_intervals']} fallback intervals, NMPCs per interval p50 {d['p50']:.1f} s max {d['max']:.1f} s"
+    )
+
+
 def _summary(doc: dict[str, Any], out: Path) -> str:
     head = doc["headline"]
     parts = [f"report in {out}"]
@@ -214,15 +317,27 @@ def _summary(doc: dict[str, Any], out: Path) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = build_config(args)
+    ray = bool(getattr(args, "ray", False))
+    if not ray:
+        given = [f for f, v in (("--ray-address", args.ray_address), ("--ray-workers", args.ray_workers)) if v]
+        if given:
+            raise ValueError(f"{' and '.join(given)} need --ray")
+    config: SystemConfig | PotlineConfig = build_potline_config(args) if ray else build_config(args)
+    if ray:
+        ray_module()  # a clear error before any folder is made
     out = command_output_dir(args.out, "control-output")
     try:
-        doc = control(config, out)
+        if isinstance(config, PotlineConfig):
+            doc = potline(config, out)
+            line = _potline_summary(doc, out)
+        else:
+            doc = control(config, out)
+            line = _summary(doc, out)
     except BaseException:
         with contextlib.suppress(OSError):
             out.rmdir()  # only if still empty: a run that failed before its report leaves no folder behind
         raise
-    print(_summary(doc, out))
+    print(line)
     return 0
 
 

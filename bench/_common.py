@@ -13,7 +13,7 @@ import datetime as dt_
 import json
 import os
 import platform
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,17 +124,11 @@ def write_results(doc: dict[str, Any], path: Path, default: Callable[[Any], Any]
     print(f"wrote {path}")
 
 
-@contextlib.contextmanager
-def scoped_torch_threads(n: int) -> Iterator[None]:
+def scoped_torch_threads(n: int) -> contextlib.AbstractContextManager[None]:
     """Run the block with ``n`` torch threads; the process's setting is restored afterwards.
 
     torch is imported here, not at the top, so that the benchmarks without torch do not load it.
     """
-    import torch
+    from identification.training import torch_threads
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    return torch_threads(n)

@@ -12,11 +12,12 @@ reads as three calls per interval::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from controller.mpc import Plan
 from controller.plantlink import Observation, PlantLink
 from controller.problem import WINDOWS, controlled
-from controller.safety import SafeController, Watchdog
+from controller.safety import Decision, SafeController, Watchdog
 from identification.pretrained import default_models_dir
 from plant.config import PlantConfig
 from plant.excitation import sample_initial_states
@@ -37,6 +38,11 @@ from plant.simulator import MeasurementNoise
 __all__ = [
     "CONTROLLERS",
     "DEFAULT_MODELS",
+    "CellRecord",
+    "ControllerGroup",
+    "LocalControllers",
+    "Observed",
+    "Request",
     "INITIAL_STATES",
     "OPERATING_MARGINS",
     "SURROGATE_DIRS",
@@ -231,12 +237,94 @@ def run_loop(
     )[0]
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a cell's controller decides from at the start of an interval (:meth:`SafeController.decide`'s
+    arguments)."""
+
+    y: np.ndarray  # (8,) measured state
+    current: float  # A, measured line current
+    v_prev: np.ndarray  # (3,) manipulated inputs of the last interval (mean feeds, last ACD)
+    acd_prev: float  # m, the ACD applied now
+    step: int  # the plant's step
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One interval as applied, for the offset-free update (:meth:`NMPC.observe`'s arguments)."""
+
+    y_start: np.ndarray  # (8,) measured at the interval's start
+    v_mean: np.ndarray  # (3,) applied inputs, interval means
+    current: float  # A, interval mean
+    y_end: np.ndarray  # (8,) measured at its end
+
+
+@dataclass
+class CellRecord:
+    """What a cell's controller did over a run: every solve, the safety layer's summary, and its model."""
+
+    plans: list[Plan]
+    safety: dict[str, Any] | None
+    model: dict[str, Any] | None = None
+
+
+class ControllerGroup(abc.ABC):
+    """The controllers of :func:`run_cells`' cells, asked together each interval: in this process
+    (:class:`LocalControllers`) or hosted elsewhere (``apps.fleet.control``: Ray actors, each holding the NMPCs,
+    warm starts and safety layers of its cells)."""
+
+    @abc.abstractmethod
+    def active(self) -> list[bool]:
+        """Per cell: whether an NMPC controls it (False: the cell's own controllers, the baseline)."""
+
+    @abc.abstractmethod
+    def decide(self, requests: Mapping[int, Request]) -> dict[int, Decision]:
+        """Each requested cell's decision for the next interval (cell index -> decision)."""
+
+    @abc.abstractmethod
+    def observe(self, observed: Mapping[int, Observed]) -> None:
+        """Pass each cell's applied interval to its NMPC."""
+
+    @abc.abstractmethod
+    def records(self) -> list[CellRecord | None]:
+        """Per cell: its record (None for a baseline cell)."""
+
+
+class LocalControllers(ControllerGroup):
+    """One :class:`SafeController` (or None: the baseline) per cell, asked one after another in this process."""
+
+    def __init__(self, controllers: Sequence[SafeController | None]) -> None:
+        self.controllers = list(controllers)
+
+    def active(self) -> list[bool]:
+        return [c is not None for c in self.controllers]
+
+    def decide(self, requests: Mapping[int, Request]) -> dict[int, Decision]:
+        out = {}
+        for i, r in requests.items():
+            controller = self.controllers[i]
+            if controller is None:
+                raise ValueError(f"cell {i} has no controller (baseline): nothing to decide")
+            out[i] = controller.decide(r.y, r.current, r.v_prev, r.acd_prev, step=r.step)
+        return out
+
+    def observe(self, observed: Mapping[int, Observed]) -> None:
+        for i, o in observed.items():
+            controller = self.controllers[i]
+            if controller is not None:
+                controller.mpc.observe(o.y_start, o.v_mean, o.current, o.y_end)
+
+    def records(self) -> list[CellRecord | None]:
+        return [None if c is None else CellRecord(list(c.plans), c.summary()) for c in self.controllers]
+
+
 @dataclass
 class _Lane:
-    """One cell and its controller in :func:`run_cells`."""
+    """One cell of :func:`run_cells`."""
 
+    index: int
     plant: PlantLink
-    controller: SafeController | None
+    active: bool
     name: str
     obs: Observation
     start_step: int
@@ -247,21 +335,23 @@ class _Lane:
     fault: str = ""
     watchdog: Watchdog | None = None
 
-    def decide(self, k: int, interval_steps: int) -> Any:
-        """The controller's decision for the interval from step ``k``, sent to the cell (None: the baseline)."""
-        if self.controller is None:
-            self.modes.append("auto")
-            return None
+    def request(self, k: int, interval_steps: int) -> Request:
+        """What the cell's controller decides from at step ``k``."""
         obs = self.obs
         if self.us:
             seg = np.asarray(self.us[-interval_steps:])  # (n, 5)
             v_prev = np.array([seg[:, 0].mean(), seg[:, 2].mean(), seg[-1, 4]])
         else:
             v_prev = np.array([obs.u[0], obs.u[2], obs.u[4]])
-        decision = self.controller.decide(obs.y, float(obs.u[1]), v_prev, float(obs.u[4]), step=k)
+        return Request(obs.y, float(obs.u[1]), v_prev, float(obs.u[4]), k)
+
+    def apply(self, decision: Decision | None) -> None:
+        """Send the decision to the cell (None: the baseline, nothing to send)."""
+        if decision is None:
+            self.modes.append("auto")
+            return
         self.plant.command(decision.v)
         self.modes.append(decision.mode)
-        return decision
 
     def step(self) -> bool:
         """One step of the cell, recorded; False once the cell has faulted."""
@@ -277,7 +367,7 @@ class _Lane:
 
 def run_cells(
     plants: Sequence[PlantLink],
-    controllers: Sequence[SafeController | None],
+    controllers: Sequence[SafeController | None] | ControllerGroup,
     n_steps: int,
     *,
     interval_steps: int = 60,
@@ -285,23 +375,28 @@ def run_cells(
     scenario: Scenario | None = None,
     watchdog_s: float = 0.0,
     progress: bool = True,
+    timings: list[dict[str, float]] | None = None,
 ) -> list[Trace]:
     """Run one controller per cell, the cells of one plant in lockstep, for ``n_steps`` steps of its clock.
 
-    Every interval each controller decides for its cell, then every cell advances one step at a time (links of
-    one plant share its clock, so the plant steps once per step; :mod:`controller.plantlink`). A cell that
-    faults stops its own run; the others go on.
+    Every interval the controllers decide for their cells together (:meth:`ControllerGroup.decide`), then every
+    cell advances one step at a time (links of one plant share its clock, so the plant steps once per step;
+    :mod:`controller.plantlink`). A cell that faults stops its own run; the others go on.
 
     Parameters
     ----------
     plants : one link per cell.
-    controllers : for each cell the MPC behind its safety layer, or None for the cell's own controllers.
+    controllers : for each cell the MPC behind its safety layer, or None for the cell's own controllers; or a
+        :class:`ControllerGroup` of one controller per cell.
     n_steps : 10 s steps to run.
     interval_steps : steps per control interval.
     names : the runs' names (progress bar, log), one per cell.
     scenario : recorded in every trace.
-    watchdog_s : hand a cell back to its own controllers when no measurement arrives for this long (0: off).
+    watchdog_s : hand a cell back to its own controllers when no measurement arrives for this long (0: off); while
+        the controllers decide (no measurement is read then) up to one interval of plant time is allowed.
     progress : show a progress bar.
+    timings : when given, one entry per interval is appended: ``step``, ``decide_s`` (wall time of all the
+        cells' decisions) and ``advance_s`` (of the interval's steps and measurements).
 
     Returns
     -------
@@ -309,28 +404,39 @@ def run_cells(
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    group = controllers if isinstance(controllers, ControllerGroup) else LocalControllers(controllers)
+    active = group.active()
     names = [f"cell {i}" for i in range(len(plants))] if names is None else list(names)
-    if not plants or len(controllers) != len(plants) or len(names) != len(plants):
+    if not plants or len(active) != len(plants) or len(names) != len(plants):
         raise ValueError(
             f"run_cells needs one controller and one name per plant link, got {len(plants)} links, "
-            f"{len(controllers)} controllers and {len(names)} names"
+            f"{len(active)} controllers and {len(names)} names"
         )
     t0 = time.perf_counter()
     lanes: list[_Lane] = []
-    for plant, controller, name in zip(plants, controllers, names, strict=True):
+    for i, (plant, on, name) in enumerate(zip(plants, active, names, strict=True)):
         obs = plant.measure()
-        lanes.append(_Lane(plant, controller, name, obs, obs.step, [obs.x], [obs.y]))
+        lanes.append(_Lane(i, plant, on, name, obs, obs.step, [obs.x], [obs.y]))
     for lane in lanes:
-        if lane.controller is None:
+        if not lane.active:
             lane.plant.automatic()
         if watchdog_s > 0:
             lane.watchdog = Watchdog(watchdog_s, lane.plant.automatic)
-    bar = tqdm(total=n_steps, desc=" / ".join(names), unit="step", disable=not progress or None, leave=False)
+    bar = tqdm(total=n_steps, desc=_bar_name(names), unit="step", disable=not progress or None, leave=False)
     try:
         k = 0
         running = list(lanes)
         while k < n_steps and running:
-            decisions = [lane.decide(k, interval_steps) for lane in running]
+            t_decide = time.perf_counter()
+            requests = {lane.index: lane.request(k, interval_steps) for lane in running if lane.active}
+            with contextlib.ExitStack() as held:  # no measurement is read while the controllers decide
+                for lane in running:
+                    if lane.watchdog is not None:
+                        held.enter_context(lane.watchdog.hold(interval_steps * lane.plant.dt))
+                decisions = group.decide(requests) if requests else {}
+            for lane in running:
+                lane.apply(decisions.get(lane.index))
+            t_advance = time.perf_counter()
             starts = [lane.obs.y for lane in running]
             n = min(interval_steps, n_steps - k)
             done = [0] * len(running)
@@ -341,16 +447,25 @@ def run_cells(
                 for i in healthy:
                     done[i] = done[i] + 1 if running[i].step() else -1
             bar.update(n)
+            if timings is not None:
+                now = time.perf_counter()
+                timings.append({"step": k, "decide_s": t_advance - t_decide, "advance_s": now - t_advance})
             k += n
-            for lane, decision, y_start, steps in zip(running, decisions, starts, done, strict=True):
+            observed = {}
+            for lane, y_start, steps in zip(running, starts, done, strict=True):
                 obs = lane.obs
+                decision = decisions.get(lane.index)
                 if steps < 0:
                     lane.fault = f"step {obs.step}: {obs.fault_text}"
                     log.error("%s: the cell faulted at %s", lane.name, lane.fault)
-                elif lane.controller is not None and decision.mode != "fallback" and steps == interval_steps:
+                    if lane.watchdog is not None:  # a faulted cell takes no commands: nothing to hand back
+                        lane.watchdog.close()
+                elif decision is not None and decision.mode != "fallback" and steps == interval_steps:
                     seg = np.asarray(lane.us[-steps:])  # (n, 5)
                     v_mean = np.array([seg[:, 0].mean(), seg[:, 2].mean(), seg[:, 4].mean()])
-                    lane.controller.mpc.observe(y_start, v_mean, float(seg[:, 1].mean()), obs.y)
+                    observed[lane.index] = Observed(y_start, v_mean, float(seg[:, 1].mean()), obs.y)
+            if observed:
+                group.observe(observed)
             running = [lane for lane, steps in zip(running, done, strict=True) if steps >= 0]
     finally:
         bar.close()
@@ -358,7 +473,7 @@ def run_cells(
             if lane.watchdog is not None:
                 lane.watchdog.close()
         for lane in lanes:
-            if lane.controller is not None:
+            if lane.active:
                 with contextlib.suppress(Exception):  # leave the cell under its own control
                     lane.plant.automatic()
     wall_s = time.perf_counter() - t0
@@ -371,13 +486,18 @@ def run_cells(
             u=np.asarray(lane.us).reshape(-1, 5),
             dt=lane.plant.dt,
             modes=lane.modes,
-            plans=list(lane.controller.plans) if lane.controller is not None else [],
-            safety=lane.controller.summary() if lane.controller is not None else None,
+            plans=record.plans if record is not None else [],
+            safety=record.safety if record is not None else None,
             fault=lane.fault,
+            model=record.model if record is not None else None,
             wall_s=wall_s,
             watchdog_expired=lane.watchdog.expired if lane.watchdog is not None else 0,
             start_step=lane.start_step,
             missed_steps=lane.plant.missed,
         )
-        for lane in lanes
+        for lane, record in zip(lanes, group.records(), strict=True)
     ]
+
+
+def _bar_name(names: Sequence[str]) -> str:
+    return " / ".join(names) if len(names) <= 4 else f"{len(names)} cells"

@@ -56,6 +56,10 @@ class MPCConfig(Config):
         A solve stopped by ``max_iter`` or ``max_wall_s`` is used (status ``"...(feasible iterate)"``) when its
         last iterate satisfies every constraint (``feasibility_tol``) and its objective is not above the first
         iterate's (when that one was feasible); otherwise, and always when False, it counts as a failed solve.
+    continue_capped : bool
+        A capped solve whose iterate is not used (infeasible, or ``accept_capped`` off) still warm-starts the next
+        solve from that iterate, shifted, as a successful one does (IPOPT goes on from where the cap stopped it);
+        False: the next solve starts cold from the model's simulation.
     feasibility_tol : float
         Largest constraint violation (the NLP's scaled units) of an accepted capped iterate.
     warm_multipliers : bool
@@ -105,6 +109,7 @@ class MPCConfig(Config):
     max_iter: PositiveInt = 60
     max_wall_s: PositiveNumber = 1.5
     accept_capped: Flag = True
+    continue_capped: Flag = True
     feasibility_tol: PositiveNumber = 1e-6
     warm_multipliers: Flag = True
     backoff: Margins = (0.3, 0.2, 1.0, 400.0)
@@ -158,10 +163,17 @@ class SafetyConfig(Config):
     watchdog_s : float
         Wall-clock seconds without a measurement after which the watchdog hands the cell back to its own
         controllers (0 disables the watchdog).
+    alumina_guard_pct : float
+        %: the alumina feed of an interval is raised, where needed, so that the alumina (measured now, with the
+        cell's consumption ``k3 I``) ends the interval at this level at least (0 disables the guard). Below
+        about 2.2 % the model's bubble coverage nears 1 and the cell voltage, and with it the heat, runs away
+        within minutes (the ledge melts: a fault), and the MPC's surrogate need not know where. The default is
+        the alumina window's lower end plus the MPC's back-off (2.0 + 0.3).
     """
 
     shifted_intervals: NonNegativeInt = 3
     watchdog_s: NonNegativeNumber = 30.0
+    alumina_guard_pct: NonNegativeNumber = 2.3
 
 
 @config_dataclass

@@ -262,7 +262,8 @@ class TwinModel(ModelSource):
     member : int, optional
         Use one member instead of the ensemble mean.
     watch : bool
-        Follow the alias with a background thread (otherwise the version fetched at construction stays).
+        Follow the alias with a background thread (otherwise the version fetched at construction stays, unless
+        the caller passes the registry's events to :meth:`notice`).
     rtol : float
         Largest relative difference to the twin's ``Predict`` accepted by the check.
 
@@ -335,20 +336,28 @@ class TwinModel(ModelSource):
             for event in self._stream:
                 if self._stop.is_set():
                     return
-                version = self._target(event)
-                if version is None or version == self._built.version:
-                    continue
-                try:
-                    exported = self.client.export(self.model, version=version)
-                except Exception as exc:  # the twin may be restarting; the next event tries again
-                    log.warning("fetching %s version %d failed: %s", self.model, version, exc)
-                    continue
-                with self._lock:
-                    self._pending = (version, exported)
-                log.info("twin: %s@%s now points at version %d; swap pending", self.model, self.alias, version)
+                self.notice(event)
         except Exception as exc:
             if not self._stop.is_set():
                 log.warning("the twin's watch stream ended: %s", exc)
+
+    def notice(self, event: Any) -> bool:
+        """Take one event of the twin's registry watch (``TwinClient.watch``): when it moves the followed alias
+        to another version, fetch that version for the next :meth:`refresh`. Called by this model's own watch
+        thread, or, with ``watch=False``, by whoever watches the registry for many models (one stream for a
+        potline host's cells). Returns True when a swap is now pending."""
+        version = self._target(event)
+        if version is None or version == self._built.version:
+            return False
+        try:
+            exported = self.client.export(self.model, version=version)
+        except Exception as exc:  # the twin may be restarting; the next event tries again
+            log.warning("fetching %s version %d failed: %s", self.model, version, exc)
+            return False
+        with self._lock:
+            self._pending = (version, exported)
+        log.info("twin: %s@%s now points at version %d; swap pending", self.model, self.alias, version)
+        return True
 
     def _target(self, event: Any) -> int | None:
         """The version the followed alias points at after ``event``, or None if the event does not say."""

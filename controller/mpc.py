@@ -18,12 +18,20 @@ warm-started from the previous solution shifted by one interval (primal, and wit
 ``MPCConfig.warm_multipliers`` the multipliers too). A solve stopped by the iteration or wall-time cap is used
 only when its last iterate is feasible and no worse than its first (``MPCConfig.accept_capped``); its status
 then reads ``"<IPOPT status> (feasible iterate)"``.
+
+Problems are shared within a process: NMPCs whose models have the same dynamics (the same CasADi function,
+compared by its serialisation), input bounds and ``dt``, under the same :class:`~controller.config.MPCConfig`,
+use one built problem (solver, bounds, compiled library), the first one built. A potline host running many cells
+on copies of one model builds once (:data:`SHARED_PROBLEMS` most recent problems are kept).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import hashlib
 import logging
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,7 +47,7 @@ from controller.models import ModelSource
 from controller.problem import MANIPULATED, WINDOWS, CostWeights, controlled, full_input, mpc_power
 from plant.signals import N_STATES, STATES
 
-__all__ = ["CAPPED_STATUSES", "FEASIBLE_ITERATE", "NMPC", "Plan", "SUCCESS_STATUSES"]
+__all__ = ["CAPPED_STATUSES", "FEASIBLE_ITERATE", "NMPC", "SHARED_PROBLEMS", "Plan", "SUCCESS_STATUSES"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,28 @@ _MIN_LEDGE = 600.0  # kg, a lower bound on the predicted ledge (the plant faults
 _RATE_SCALE = 0.0005  # m, scale of the ACD-move constraints
 _X_CENTRE = np.array([(s.low + s.high) / 2 for s in STATES])  # (8,)
 _X_HALF = np.array([(s.high - s.low) / 2 for s in STATES])  # (8,)
+
+SHARED_PROBLEMS = 8
+"""Built problems kept for other NMPCs of this process (least recently used dropped first)."""
+
+_shared: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def _shared_problem(key: str) -> dict[str, Any] | None:
+    with _shared_lock:
+        problem = _shared.get(key)
+        if problem is not None:
+            _shared.move_to_end(key)
+        return problem
+
+
+def _share_problem(key: str, problem: dict[str, Any]) -> None:
+    with _shared_lock:
+        _shared[key] = problem
+        _shared.move_to_end(key)
+        while len(_shared) > SHARED_PROBLEMS:
+            _shared.popitem(last=False)
 
 
 def _shift(flat: np.ndarray, rows: int, n: int) -> np.ndarray:
@@ -150,7 +180,7 @@ class NMPC:
         self._revision = -1
         self._guess: np.ndarray | None = None
         self._lam: tuple[np.ndarray, np.ndarray] | None = None
-        self._pending: tuple[dict[str, Any], float, concurrent.futures.Future[Any]] | None = None
+        self._pending: tuple[dict[str, Any], float, concurrent.futures.Future[Any], str] | None = None
         self._rebuilds: concurrent.futures.ThreadPoolExecutor | None = None
         self._build()
 
@@ -188,12 +218,32 @@ class NMPC:
             return problem
         return {**problem, "_solver": ca.nlpsol("nmpc", "ipopt", str(lib), problem["_opts"])}
 
+    def _problem_key(self) -> str:
+        """What the problem on the model's current revision is built from: the model's dynamics (its
+        serialisation), ``dt`` and input bounds, and the configuration (a hex digest)."""
+        model = self.model
+        digest = hashlib.sha256(model.dynamics().serialize().encode())
+        digest.update(repr((model.dt, sorted(model.input_bounds().items()), self.config)).encode())
+        return digest.hexdigest()
+
+    def _from_shared(self, key: str, t0: float) -> bool:
+        """Use the problem another NMPC of this process built on the same key, if there is one."""
+        problem = _shared_problem(key)
+        if problem is None:
+            return False
+        self._install({**problem, "_revision": self.model.revision}, time.perf_counter() - t0)
+        return True
+
     def _build(self) -> None:
         """Build the problem on the model's current revision and use it (compiling it here if needed)."""
         t0 = time.perf_counter()
+        key = self._problem_key()
+        if self._from_shared(key, t0):
+            return
         problem, source = self._construct()
         if source is not None:
             problem = self._load(problem, self._library(source))
+        _share_problem(key, problem)
         self._install(problem, time.perf_counter() - t0)
 
     def _install(self, problem: dict[str, Any], build_s: float) -> None:
@@ -203,7 +253,7 @@ class NMPC:
         self._guess = None
         self._lam = None  # shifted multipliers (bounds, constraints)
         self.builds.append(build_s)
-        log.info("NMPC on %s revision %d in use (built in %.1f s)", self.model.name, self._revision, build_s)
+        log.info("NMPC on %s revision %d in use (built in %.2f s)", self.model.name, self._revision, build_s)
 
     def _construct(self) -> tuple[dict[str, Any], str | None]:
         """The problem on the model's current revision: the attributes :meth:`solve` uses (the solver in
@@ -341,21 +391,29 @@ class NMPC:
         pending = self._pending
         if pending is not None and pending[2].done():
             self._pending = None
-            problem, t0, future = pending
-            self._install(self._load(problem, future.result()), time.perf_counter() - t0)
+            problem, t0, future, key = pending
+            problem = self._load(problem, future.result())
+            _share_problem(key, problem)
+            self._install(problem, time.perf_counter() - t0)
         target = self.model.revision
         if target == self._revision or self._pending is not None:
             return  # current, or a build is under way (a newer revision is taken up after it)
         t0 = time.perf_counter()
+        key = self._problem_key()
+        if self._from_shared(key, t0):
+            return
         problem, source = self._construct()
         if source is None:
+            _share_problem(key, problem)
             self._install(problem, time.perf_counter() - t0)
         elif not self.config.compile_in_background:
-            self._install(self._load(problem, self._library(source)), time.perf_counter() - t0)
+            problem = self._load(problem, self._library(source))
+            _share_problem(key, problem)
+            self._install(problem, time.perf_counter() - t0)
         else:
             if self._rebuilds is None:
                 self._rebuilds = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nmpc-rebuild")
-            self._pending = (problem, t0, self._rebuilds.submit(self._library, source))
+            self._pending = (problem, t0, self._rebuilds.submit(self._library, source), key)
             log.info("compiling the NMPC for %s revision %d in the background", self.model.name, target)
 
     def describe_problem(self) -> dict[str, Any]:
@@ -507,7 +565,8 @@ class NMPC:
             capped = self._usable_iterate(sol, np.asarray(res["g"]).ravel(), stats)
             if capped:
                 ok, status = True, status + FEASIBLE_ITERATE
-        if ok:
+        if ok or (finite and status in CAPPED_STATUSES and cfg.continue_capped):
+            # a capped iterate not used here is still IPOPT's progress: the next solve continues from it
             self._guess = self._shifted(sol)
             lam_x, lam_g = np.asarray(res["lam_x"]).ravel(), np.asarray(res["lam_g"]).ravel()
             self._lam = (self._shifted(lam_x), self._shifted_lam_g(lam_g))

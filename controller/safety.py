@@ -7,10 +7,11 @@ means "automatic" (the cell's own controller decides that input).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 from controller.config import SafetyConfig
 from controller.mpc import NMPC, Plan
 from controller.problem import MANIPULATED
+from plant.params import DEFAULT_PARAMS
 
 __all__ = ["MODES", "Decision", "SafeController", "Watchdog", "clip_inputs"]
 
@@ -75,6 +77,7 @@ class _Counters:
     shifted: int = 0
     fallback: int = 0
     clipped: int = 0
+    guarded: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -171,11 +174,31 @@ class SafeController:
                 events.append(self._log(step, "fallback", "feeds to the cell's own controllers, ACD to the default"))
                 low = np.minimum(low, _LOW)
                 high = np.maximum(high, _HIGH)
+        v = self._alumina_guard(v, y, current, step, events)
         v, moved = clip_inputs(v, acd_prev, low, high, self.mpc.config.acd_rate)
         if moved:
             self.counters.clipped += 1
             events.append(self._log(step, "clipped", f"inputs clipped to the bounds or the ACD rate: {v.tolist()}"))
         return Decision(v, mode, plan, tuple(events))
+
+    def _alumina_guard(self, v: np.ndarray, y: np.ndarray, current: float, step: int, events: list[str]) -> np.ndarray:
+        """``v`` with its alumina feed raised where the alumina would otherwise end the interval below
+        ``SafetyConfig.alumina_guard_pct`` (the measured alumina, the feed held against the consumption ``k3 I``);
+        an automatic feed is left to the cell's own controllers."""
+        guard = self.config.alumina_guard_pct
+        y = np.asarray(y, dtype=np.float64)
+        if guard <= 0 or not np.isfinite(v[0]) or y.shape != (8,) or not np.all(np.isfinite(y)) or current <= 0:
+            return v
+        bath = y[1] + y[2] + y[3]  # kg: alumina + AlF3 + cryolite
+        need = DEFAULT_PARAMS.k3 * float(current) + (guard / 100.0 * bath - y[1]) / self.mpc.interval_s  # kg/s
+        if v[0] >= need:
+            return v
+        self.counters.guarded += 1
+        text = f"alumina {100.0 * y[1] / bath:.2f} % would end below {guard:g} %: feed {v[0]:.4f} -> {need:.4f} kg/s"
+        events.append(self._log(step, "alumina guard", text))
+        out = np.array(v, dtype=np.float64)
+        out[0] = need  # clipped to the feed's bounds with the rest
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Counts of solves, failures, shifted and fallback intervals, clips, and the event log."""
@@ -186,6 +209,7 @@ class SafeController:
             "shifted_intervals": c.shifted,
             "fallback_intervals": c.fallback,
             "clipped": c.clipped,
+            "alumina_guarded": c.guarded,
             "events": list(c.events),
         }
 
@@ -216,6 +240,7 @@ class Watchdog:
         self.expired = 0  # how many times it fired
         self._last = clock()
         self._armed = True
+        self._held = 0.0  # while held: the longer silence allowed (hold)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mpc-watchdog", daemon=True)
@@ -227,16 +252,31 @@ class Watchdog:
             self._last = self.clock()
             self._armed = True
 
+    @contextlib.contextmanager
+    def hold(self, limit_s: float) -> Iterator[None]:
+        """While the block runs (the controllers deciding: no measurement is read then), allow up to ``limit_s``
+        of silence instead of ``timeout_s``; afterwards the silence counts from the block's end. A decision that
+        takes longer than ``limit_s`` (e.g. one control interval) still hands the cell back."""
+        with self._lock:
+            self._held = max(float(limit_s), self.timeout_s)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held = 0.0
+                self._last = self.clock()
+
     def _run(self) -> None:
         period = min(self.timeout_s / 4.0, 0.5)
         while not self._stop.wait(period):
             with self._lock:
-                fire = self._armed and self.clock() - self._last > self.timeout_s
+                allowed = self._held or self.timeout_s
+                fire = self._armed and self.clock() - self._last > allowed
                 if fire:
                     self._armed = False
             if fire:
                 self.expired += 1
-                log.error("no measurement for %.1f s: inputs handed back to the cell's own controllers", self.timeout_s)
+                log.error("no measurement for %.1f s: inputs handed back to the cell's own controllers", allowed)
                 try:
                     self.on_expire()
                 except Exception as exc:  # the action itself failed (plant unreachable): say so, keep watching

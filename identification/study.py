@@ -31,7 +31,7 @@ from identification.metrics import (
     score_rollouts,
     structure_scores,
 )
-from identification.modelfile import dataset_checksum, save_model
+from identification.modelfile import save_model, training_provenance
 from identification.report import write_report
 from identification.surrogate import PRIORS, Surrogate
 from plant.datasets import generate
@@ -238,14 +238,7 @@ def run_study(cfg: StudyConfig) -> dict:
 
 def save_trained(est: SurrogateEstimator, train: Trajectories, scores: dict, path: Path, seed: int) -> Path:
     """Save a fitted estimator's surrogate as a model file, with its training data and scores as provenance."""
-    provenance = {
-        "dataset": "aprbs, train split",
-        "seed": seed,
-        "n_traj": int(train.n_traj),
-        "n_steps": int(train.n_steps),
-        "dataset_sha256": dataset_checksum(train),
-        "training": {"epochs": est.config.epochs, "members": est.n_members, "kind": est.kind},
-    }
+    provenance = training_provenance(train, seed, epochs=est.config.epochs, members=est.n_members, kind=est.kind)
     keys = ("100dT_median", "2500dT_median", "5000dT_median", "diverged", "rollouts", "nonzero_exact")
     metrics = {k: scores[k] for k in keys if k in scores}
     metrics["structure_f1_jacobian"] = scores.get("structure_jacobian", {}).get("f1")

@@ -283,7 +283,7 @@ def test_health_checks_and_clients_name_the_servers_ports(parsed, tmp_path):
     bridge = next(_settings(c, tmp_path) for c in parsed if c["source"] == "compose bridge")
     for address, server in ((bridge.plant, "plant"), (bridge.twin, "twin")):
         assert _port(address) == (server, servers["compose"][server].port)
-    assert seen >= 7  # 3 health checks, 4 client addresses in compose (and the RayJob's --twin once it parses)
+    assert seen >= 8  # 3 health checks, 4 client addresses in compose, the RayJob's --twin
 
 
 def test_dockerfile_pins_torch_like_the_makefile_and_runs_unprivileged(tmp_path):
@@ -402,6 +402,8 @@ def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     templates = [spec.get("template")]
     if doc["kind"] == "RayCluster":
         templates = [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+    if doc["kind"] == "RayJob":
+        templates = [spec.get("submitterPodTemplate")]
     return [c for t in templates if t for c in t["spec"]["containers"]]
 
 
@@ -441,6 +443,32 @@ def test_kuberay_resources_by_structure_and_their_pod_templates_by_schema(monkey
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         assert t["spec"]["securityContext"]["runAsNonRoot"] is True
         assert all(c["resources"]["requests"] and c["resources"]["limits"] for c in t["spec"]["containers"])
+
+
+def test_rayjob_runs_fleet_fit_on_the_ray_cluster_with_the_twins_token(parsed, monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    (job,) = _by_kind("RayJob").values()
+    (cluster,) = _by_kind("RayCluster").values()
+    assert job["apiVersion"] == "ray.io/v1" and "rayClusterSpec" not in job["spec"]
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert job["spec"]["submitterConfig"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] > 0
+    template = job["spec"]["submitterPodTemplate"]
+    doc = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "submitter"}, "template": template}
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+    (cmd,) = [c for c in parsed if c["source"] == f"k8s RayJob {job['metadata']['name']}"]
+    args = cmd["args"]
+    assert args is not None and _command_path(args) == ("fleet", "fit"), cmd["error"]
+    assert args.address == "auto" and not args.sequential and args.cells == 300
+    assert _port(args.twin)[0] == "alutwin-twin"  # its port: test_health_checks_and_clients_name_the_servers_ports
+    # the driver runs on the head: the token variable the command reads is set there, from the tokens secret
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in head["env"]}
+    assert env[args.twin_token_env]["valueFrom"]["secretKeyRef"] == {"name": "alutwin-tokens", "key": "twin-token"}
+    # each cell's task fits on a worker pod
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        (worker,) = group["template"]["spec"]["containers"]
+        assert args.threads <= float(worker["resources"]["limits"]["cpu"]), group["groupName"]
 
 
 def test_kuberay_version_is_the_ray_the_fleet_extra_installs():

@@ -29,6 +29,7 @@ from identification.modelfile.files import (
     read_manifest,
     read_model_files,
     save_model,
+    training_provenance,
 )
 from identification.modelfile.format import (
     FORMAT_NAME,
@@ -64,5 +65,6 @@ __all__ = [
     "read_manifest",
     "read_model_files",
     "save_model",
+    "training_provenance",
     "tensor_names",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "read_manifest",
     "read_model_files",
     "save_model",
+    "training_provenance",
 ]
 
 _MAX_JSON_DEPTH = 32
@@ -64,6 +65,19 @@ def dataset_checksum(data: TrajectoryLike) -> str:
         h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
         h.update(arr.tobytes())
     return h.hexdigest()
+
+
+def training_provenance(train: TrajectoryLike, seed: int, *, epochs: int, members: int, kind: str) -> dict[str, Any]:
+    """The provenance a trained model file carries: its data set (APRBS train split, seed, shape, checksum)
+    and its training settings."""
+    return {
+        "dataset": "aprbs, train split",
+        "seed": seed,
+        "n_traj": int(np.asarray(train.x).shape[0]),
+        "n_steps": int(np.asarray(train.u).shape[1]),
+        "dataset_sha256": dataset_checksum(train),
+        "training": {"epochs": epochs, "members": members, "kind": kind},
+    }
 
 
 def _jsonable(value: Any, where: str, depth: int = 0) -> Any:

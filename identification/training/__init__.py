@@ -2,7 +2,14 @@
 kernel that follows the same batches and Adam updates."""
 
 from identification.training.fused import MAX_LAYERS, fast_training_available, train_ensemble_fast
-from identification.training.reference import TrainConfig, TrainResult, init_weights, member_seeds, train_ensemble
+from identification.training.reference import (
+    TrainConfig,
+    TrainResult,
+    init_weights,
+    member_seeds,
+    torch_threads,
+    train_ensemble,
+)
 
 __all__ = [
     "MAX_LAYERS",
@@ -11,6 +18,7 @@ __all__ = [
     "fast_training_available",
     "init_weights",
     "member_seeds",
+    "torch_threads",
     "train_ensemble",
     "train_ensemble_fast",
 ]

@@ -7,8 +7,9 @@ trained alone with the same seed (a test checks this).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,19 @@ from tqdm.auto import tqdm
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import NoPenalty, Regularizer
 
-__all__ = ["TrainConfig", "TrainResult", "init_weights", "member_seeds", "train_ensemble"]
+__all__ = ["TrainConfig", "TrainResult", "init_weights", "member_seeds", "torch_threads", "train_ensemble"]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads; the process's setting is restored afterwards (for entry
+    points that run several fits, such as a Ray task or a benchmark)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @dataclass(frozen=True)

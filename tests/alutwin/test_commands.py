@@ -17,6 +17,8 @@ import pytest
 
 import alutwin.cli
 from apps import commands as apps_commands
+from apps.fleet.fit import CONFIG_FLAGS as FLEET_FLAGS
+from apps.fleet.fit import FleetFitConfig
 from controller.closed_loop import CONTROLLERS
 from identification.online import REFIT_MODES
 from identification.study import StudyConfig
@@ -65,6 +67,12 @@ def test_literal_defaults_equal_the_real_ones():
     assert twin_commands.BRIDGE_DEFAULTS == {k: bridge[k] for k in twin_commands.BRIDGE_DEFAULTS}
     assert twin_commands.REFIT_MODES == REFIT_MODES
     assert apps_commands.CONTROLLERS == CONTROLLERS
+    fleet_fit = _actions(dict(_leaves(alutwin.cli.build_parser()))[("fleet", "fit")])
+    assert set(FLEET_FLAGS) == {f.name for f in dataclasses.fields(FleetFitConfig)}
+    for field in dataclasses.fields(FleetFitConfig):
+        default = None if field.default is dataclasses.MISSING else field.default  # cells: required by both
+        assert fleet_fit[FLEET_FLAGS[field.name]].default == default, field.name
+    assert fleet_fit["cells"].required
 
 
 def test_the_defaults_the_help_quotes_are_the_real_ones(leaves):
@@ -84,7 +92,7 @@ def test_the_defaults_the_help_quotes_are_the_real_ones(leaves):
 
 
 def test_every_command_runs_a_function_that_exists(leaves):
-    assert len(leaves) == 14
+    assert len(leaves) == 15
     for path, parser in leaves.items():
         func = parser.get_default("func")
         module, _, name = func.partition(":")
@@ -158,6 +166,7 @@ def test_help_lists_every_entry_point_and_imports_nothing_heavy():
         "online-demo",
         "schema",
         "health",
+        "fleet",
     }
     listed = set(re.findall(r"^    (\S+)", text, flags=re.MULTILINE))
     assert names <= listed and "unavailable" not in text

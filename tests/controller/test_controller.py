@@ -25,7 +25,7 @@ from controller import mpc as mpc_module
 from controller.closed_loop import DEFAULT_MODELS, OPERATING_MARGINS, Scenario, operating_initial_state, run_loop
 from controller.config import MPCConfig, SafetyConfig
 from controller.models import ModelMismatch, OracleModel, SurrogateModel, TwinModel, check_against_prediction
-from controller.mpc import FEASIBLE_ITERATE, NMPC
+from controller.mpc import FEASIBLE_ITERATE, NMPC, Plan
 from controller.plantlink import LocalPlant
 from controller.problem import MANIPULATED, WINDOWS, CostWeights, controlled, mpc_power, violation
 from controller.safety import SafeController, Watchdog, clip_inputs
@@ -160,6 +160,42 @@ def test_a_capped_solve_is_used_only_when_its_iterate_is_feasible():
     assert not mpc._usable_iterate(sol, g_bad, feasible)
 
 
+def test_a_capped_unused_iterate_warm_starts_the_next_solve():
+    """With ``continue_capped`` the next solve goes on from a capped solve's iterate (shifted), and so needs fewer
+    iterations than a cold start; without it, it starts cold."""
+    x0, v_prev = _state(2.6), np.array([0.024, 0.0005, 0.05])
+    base = dataclasses.replace(SMALL, max_iter=3, accept_capped=False)
+    on, off = NMPC(OracleModel(), base), NMPC(OracleModel(), dataclasses.replace(base, continue_capped=False))
+    first = on.solve(x0, 140_000.0, v_prev)
+    assert not first.success and first.status == "Maximum_Iterations_Exceeded"
+    assert on._guess is not None and on._lam is not None
+    off.solve(x0, 140_000.0, v_prev)
+    assert off._guess is None and off._lam is None
+    free = dataclasses.replace(SMALL, max_iter=100)
+    cold = NMPC(OracleModel(), free).solve(x0, 140_000.0, v_prev)
+    warm_mpc = NMPC(OracleModel(), free)  # the capped one's iterate, in a problem without the 3-iteration cap
+    warm_mpc._guess, warm_mpc._lam = on._guess, on._lam
+    warm = warm_mpc.solve(x0, 140_000.0, v_prev)
+    assert cold.success and warm.success and warm.iterations < cold.iterations, (warm.iterations, cold.iterations)
+
+
+def test_nmpcs_on_the_same_dynamics_share_one_built_problem():
+    """Two loads of one model under one configuration build once; another configuration or model builds its own;
+    the shared problem solves the same as a fresh build (same code: bit-equal)."""
+    first = NMPC(SurrogateModel.from_dir(SPARSE), SMALL)
+    second = NMPC(SurrogateModel.from_dir(SPARSE), SMALL)  # another object, another load of the same files
+    assert second._solver is first._solver and second._interval is first._interval
+    assert second.builds[0] < first.builds[0] / 10  # no construction (a hash of the model's function)
+    other_config = NMPC(SurrogateModel.from_dir(SPARSE), dataclasses.replace(SMALL, horizon=4))
+    other_model = NMPC(SurrogateModel.from_dir(DEFAULT_MODELS / "inputskip"), SMALL)
+    assert len({id(m._solver) for m in (first, other_config, other_model)}) == 3
+    x0, v_prev = _state(2.6), np.array([0.024, 0.0005, 0.05])
+    a, b = first.solve(x0, 140_000.0, v_prev), second.solve(x0, 140_000.0, v_prev)
+    assert a.success and b.success and np.array_equal(a.v, b.v) and np.array_equal(a.x, b.x)
+    second.bias[:] = 1e-4  # state stays per NMPC: the bias, the warm start
+    assert not first.bias.any() and first._guess is not second._guess
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Safety
 
@@ -199,6 +235,31 @@ def test_injected_failure_applies_the_shifted_plan_then_the_fallback():
     _check_inputs(trace, mpc.config.acd_rate)
 
 
+def test_the_alumina_guard_raises_a_feed_that_would_end_the_interval_too_low(monkeypatch):
+    """A plan that starves a cell at 2.29 % alumina gets the feed that ends the interval at the guard's 2.3 %
+    (measured alumina, consumption k3 I), logged; at 3 %, or with the guard off, the plan's feed stands."""
+    mpc = NMPC(OracleModel(), SMALL)
+    n = SMALL.horizon
+    starving = Plan(np.tile([0.005, 0.0005, 0.05], (n, 1)), np.zeros((n + 1, 8)), True, "Solve_Succeeded", 5, 0.1, 1.0)
+    monkeypatch.setattr(mpc, "solve", lambda *a, **k: starving)
+    current, v_prev = 140_000.0, np.array([0.005, 0.0005, 0.05])
+    low = _state(2.29)
+    bath = low[1] + low[2] + low[3]
+    need = 1.7e-7 * current + (0.023 * bath - low[1]) / mpc.interval_s  # kg/s; k3 of plant.params
+    guarded = SafeController(mpc, SafetyConfig()).decide(low, current, v_prev, 0.05)
+    assert guarded.mode == "mpc" and guarded.v[0] == pytest.approx(need, rel=1e-12) and 0.005 < need < 0.06
+    assert any(e.startswith("alumina guard") for e in guarded.events)
+    end_pct = (
+        100
+        * (low[1] + (need - 1.7e-7 * current) * mpc.interval_s)
+        / (bath + (need - 1.7e-7 * current) * mpc.interval_s)
+    )
+    assert end_pct == pytest.approx(2.3, abs=0.01)  # the bath grows with the alumina: just below 2.3 %
+    plain = SafeController(mpc, SafetyConfig()).decide(_state(3.0), current, v_prev, 0.05)
+    off = SafeController(mpc, SafetyConfig(alumina_guard_pct=0.0)).decide(low, current, v_prev, 0.05)
+    assert plain.v[0] == off.v[0] == 0.005 and not plain.events and not off.events
+
+
 def test_failure_of_the_first_solve_falls_back_at_once_and_inputs_stay_finite():
     mpc = NMPC(OracleModel(), MPCConfig(interval_steps=6, horizon=3, jit=False))
     controller = SafeController(mpc, SafetyConfig(shifted_intervals=3), inject_failure=lambda k: True)
@@ -227,6 +288,36 @@ def test_watchdog_hands_the_cell_back_when_measurements_stop():
     assert np.all(np.isnan(plant.potline.manual))  # every input back to the cell's own control
     with pytest.raises(ValueError, match="timeout_s"):
         Watchdog(0.0, plant.automatic)
+
+
+def test_a_held_watchdog_allows_its_limit_then_counts_from_the_release():
+    """While the controllers decide (``hold``) the watchdog allows the longer limit, not its timeout; past the
+    limit it still fires; after the block the silence counts from the release. A settable clock: no timing."""
+    now = [0.0]
+    poll = 0.1  # real seconds for the watchdog's thread (it checks every timeout / 4 = 0.05 s) to look again
+
+    def at(t: float) -> None:
+        now[0] = t
+        time.sleep(poll)
+
+    def fired(n: int) -> bool:  # the thread may be late on a loaded machine: wait for it
+        deadline = time.monotonic() + 5.0
+        while dog.expired < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return dog.expired == n
+
+    with Watchdog(0.2, lambda: None, clock=lambda: now[0]) as dog:  # timeout 0.2 "s" of the settable clock
+        with dog.hold(10.0):
+            at(5.0)  # > timeout, < limit: quiet
+            assert dog.expired == 0
+        at(5.1)  # 0.1 after the release
+        assert dog.expired == 0
+        at(5.3)  # 0.3 after the release
+        assert fired(1)
+        dog.feed()
+        with dog.hold(10.0):
+            at(16.0)  # 10.7 after the feed, past the limit: a decision that long still hands the cell back
+            assert fired(2)
 
 
 # ---------------------------------------------------------------------------------------------------------------

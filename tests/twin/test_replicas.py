@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from identification.rollout import make_rollout_engine
@@ -182,3 +183,40 @@ def test_a_second_historian_writer_is_refused(tmp_path):
     first.close()
     second.claim_writer()  # the writer's lock goes with it
     second.close()
+
+
+def _predicts(server, scrape_metrics) -> float:
+    key = ("grpc_server_handled_total", frozenset(
+        {"grpc_service": "alutwin.v1.PredictionService", "grpc_method": "Predict", "grpc_code": "OK"}.items()
+    ))  # fmt: skip
+    return scrape_metrics(server.metrics_port).get(key, 0.0)
+
+
+def test_one_client_spreads_its_calls_over_the_replicas(
+    tmp_path, twin_models, model_files, scenarios, start_twin, scrape_metrics
+):
+    """A target naming both replicas (``ipv4:a,b``, what ``dns:///`` of a headless Service resolves to) is load
+    balanced by the client (round robin): both serve Predicts; once one stops, the other serves every call."""
+    v1 = model_files(twin_models["v1"][0])
+    x0, u = scenarios(b=1, h=5)
+    settings = {"engine": "numpy", "store_poll_s": 0.05, "historian": {"enabled": False}, "metrics_port": 0}
+    with start_twin(tmp_path, **settings) as (a, a_client), start_twin(tmp_path, **settings) as (b, _):
+        a_client.register("cell", v1, set_alias="champion")
+        target = f"ipv4:{a.address},{b.address}"
+        with TwinClient(target, timeout=WAIT) as client:
+            deadline = time.monotonic() + WAIT
+            while True:  # until B has read the registration from the store
+                try:
+                    [client.predict("cell", x0, u) for _ in range(4)]
+                    break
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline, "replica B never served the model"
+                    time.sleep(0.05)
+            before = [_predicts(s, scrape_metrics) for s in (a, b)]
+            for _ in range(20):
+                assert client.predict("cell", x0, u).model.version == 1
+            served = [_predicts(s, scrape_metrics) - n for s, n in zip((a, b), before, strict=True)]
+            assert sum(served) == 20 and min(served) >= 5, served  # round robin: about 10 each
+            b.stop(0)
+            for _ in range(10):  # the stopped replica is skipped
+                assert client.predict("cell", x0, u).model.version == 1
