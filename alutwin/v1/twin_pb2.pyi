@@ -1,4 +1,5 @@
 from alutwin.v1 import common_pb2 as _common_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -15,6 +16,12 @@ class ArrayEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ARRAY_ENCODING_RAW: _ClassVar[ArrayEncoding]
     ARRAY_ENCODING_RAW_F32: _ClassVar[ArrayEncoding]
 
+class ComputePrecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMPUTE_PRECISION_UNSPECIFIED: _ClassVar[ComputePrecision]
+    COMPUTE_PRECISION_FLOAT64: _ClassVar[ComputePrecision]
+    COMPUTE_PRECISION_FLOAT32: _ClassVar[ComputePrecision]
+
 class RegistryEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REGISTRY_EVENT_TYPE_UNSPECIFIED: _ClassVar[RegistryEventType]
@@ -26,6 +33,9 @@ ARRAY_ENCODING_UNSPECIFIED: ArrayEncoding
 ARRAY_ENCODING_PACKED: ArrayEncoding
 ARRAY_ENCODING_RAW: ArrayEncoding
 ARRAY_ENCODING_RAW_F32: ArrayEncoding
+COMPUTE_PRECISION_UNSPECIFIED: ComputePrecision
+COMPUTE_PRECISION_FLOAT64: ComputePrecision
+COMPUTE_PRECISION_FLOAT32: ComputePrecision
 REGISTRY_EVENT_TYPE_UNSPECIFIED: RegistryEventType
 REGISTRY_EVENT_TYPE_SNAPSHOT: RegistryEventType
 REGISTRY_EVENT_TYPE_VERSION_REGISTERED: RegistryEventType
@@ -69,7 +79,7 @@ class GetServingInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServingInfo(_message.Message):
-    __slots__ = ("max_batch", "max_horizon", "max_work", "max_message_bytes", "max_concurrent_predictions", "max_upload_bytes", "default_alias", "states", "inputs", "outputs", "default_outputs")
+    __slots__ = ("max_batch", "max_horizon", "max_work", "max_message_bytes", "max_concurrent_predictions", "max_upload_bytes", "default_alias", "states", "inputs", "outputs", "default_outputs", "served_versions", "response_overhead_bytes", "max_envelope_excess")
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_HORIZON_FIELD_NUMBER: _ClassVar[int]
     MAX_WORK_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +91,9 @@ class ServingInfo(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_OVERHEAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENVELOPE_EXCESS_FIELD_NUMBER: _ClassVar[int]
     max_batch: int
     max_horizon: int
     max_work: int
@@ -92,26 +105,51 @@ class ServingInfo(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Signal]
     outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Signal]
     default_outputs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, max_batch: _Optional[int] = ..., max_horizon: _Optional[int] = ..., max_work: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_concurrent_predictions: _Optional[int] = ..., max_upload_bytes: _Optional[int] = ..., default_alias: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., default_outputs: _Optional[_Iterable[str]] = ...) -> None: ...
+    served_versions: _containers.RepeatedCompositeFieldContainer[ServedVersion]
+    response_overhead_bytes: int
+    max_envelope_excess: float
+    def __init__(self, max_batch: _Optional[int] = ..., max_horizon: _Optional[int] = ..., max_work: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_concurrent_predictions: _Optional[int] = ..., max_upload_bytes: _Optional[int] = ..., default_alias: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.Signal, _Mapping]]] = ..., default_outputs: _Optional[_Iterable[str]] = ..., served_versions: _Optional[_Iterable[_Union[ServedVersion, _Mapping]]] = ..., response_overhead_bytes: _Optional[int] = ..., max_envelope_excess: _Optional[float] = ...) -> None: ...
+
+class ServedVersion(_message.Message):
+    __slots__ = ("name", "version", "aliases", "n_members", "kind", "has_envelope")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    N_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    HAS_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    n_members: int
+    kind: str
+    has_envelope: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ..., n_members: _Optional[int] = ..., kind: _Optional[str] = ..., has_envelope: _Optional[bool] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "x0", "u", "outputs", "include_members", "encoding")
+    __slots__ = ("model", "x0", "u", "outputs", "include_members", "encoding", "field_mask", "stride", "precision")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     X0_FIELD_NUMBER: _ClassVar[int]
     U_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    FIELD_MASK_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     x0: DoubleArray
     u: DoubleArray
     outputs: _containers.RepeatedScalarFieldContainer[str]
     include_members: bool
     encoding: ArrayEncoding
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., x0: _Optional[_Union[DoubleArray, _Mapping]] = ..., u: _Optional[_Union[DoubleArray, _Mapping]] = ..., outputs: _Optional[_Iterable[str]] = ..., include_members: _Optional[bool] = ..., encoding: _Optional[_Union[ArrayEncoding, str]] = ...) -> None: ...
+    field_mask: _field_mask_pb2.FieldMask
+    stride: int
+    precision: ComputePrecision
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., x0: _Optional[_Union[DoubleArray, _Mapping]] = ..., u: _Optional[_Union[DoubleArray, _Mapping]] = ..., outputs: _Optional[_Iterable[str]] = ..., include_members: _Optional[bool] = ..., encoding: _Optional[_Union[ArrayEncoding, str]] = ..., field_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., stride: _Optional[int] = ..., precision: _Optional[_Union[ComputePrecision, str]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "mean", "spread", "output_names", "outputs", "members", "n_members", "dt_s")
+    __slots__ = ("model", "mean", "spread", "output_names", "outputs", "members", "n_members", "dt_s", "stride", "validity", "input_warnings", "envelope_known")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     SPREAD_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +158,10 @@ class PredictResponse(_message.Message):
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     N_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     DT_S_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    VALIDITY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_KNOWN_FIELD_NUMBER: _ClassVar[int]
     model: ResolvedModel
     mean: DoubleArray
     spread: DoubleArray
@@ -128,7 +170,49 @@ class PredictResponse(_message.Message):
     members: DoubleArray
     n_members: int
     dt_s: float
-    def __init__(self, model: _Optional[_Union[ResolvedModel, _Mapping]] = ..., mean: _Optional[_Union[DoubleArray, _Mapping]] = ..., spread: _Optional[_Union[DoubleArray, _Mapping]] = ..., output_names: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Union[DoubleArray, _Mapping]] = ..., members: _Optional[_Union[DoubleArray, _Mapping]] = ..., n_members: _Optional[int] = ..., dt_s: _Optional[float] = ...) -> None: ...
+    stride: int
+    validity: _containers.RepeatedCompositeFieldContainer[ScenarioValidity]
+    input_warnings: _containers.RepeatedCompositeFieldContainer[EnvelopeWarning]
+    envelope_known: bool
+    def __init__(self, model: _Optional[_Union[ResolvedModel, _Mapping]] = ..., mean: _Optional[_Union[DoubleArray, _Mapping]] = ..., spread: _Optional[_Union[DoubleArray, _Mapping]] = ..., output_names: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Union[DoubleArray, _Mapping]] = ..., members: _Optional[_Union[DoubleArray, _Mapping]] = ..., n_members: _Optional[int] = ..., dt_s: _Optional[float] = ..., stride: _Optional[int] = ..., validity: _Optional[_Iterable[_Union[ScenarioValidity, _Mapping]]] = ..., input_warnings: _Optional[_Iterable[_Union[EnvelopeWarning, _Mapping]]] = ..., envelope_known: _Optional[bool] = ...) -> None: ...
+
+class ScenarioValidity(_message.Message):
+    __slots__ = ("domain_exit_step", "domain_reason", "envelope_exit_step", "envelope_signals", "diverged_members", "first_divergence_step")
+    DOMAIN_EXIT_STEP_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_REASON_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_EXIT_STEP_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    DIVERGED_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_DIVERGENCE_STEP_FIELD_NUMBER: _ClassVar[int]
+    domain_exit_step: int
+    domain_reason: str
+    envelope_exit_step: int
+    envelope_signals: _containers.RepeatedScalarFieldContainer[str]
+    diverged_members: _containers.RepeatedScalarFieldContainer[int]
+    first_divergence_step: int
+    def __init__(self, domain_exit_step: _Optional[int] = ..., domain_reason: _Optional[str] = ..., envelope_exit_step: _Optional[int] = ..., envelope_signals: _Optional[_Iterable[str]] = ..., diverged_members: _Optional[_Iterable[int]] = ..., first_divergence_step: _Optional[int] = ...) -> None: ...
+
+class EnvelopeWarning(_message.Message):
+    __slots__ = ("array", "signal", "count", "worst_value", "low", "high", "excess", "scenario", "step")
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    WORST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    EXCESS_FIELD_NUMBER: _ClassVar[int]
+    SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    array: str
+    signal: str
+    count: int
+    worst_value: float
+    low: float
+    high: float
+    excess: float
+    scenario: int
+    step: int
+    def __init__(self, array: _Optional[str] = ..., signal: _Optional[str] = ..., count: _Optional[int] = ..., worst_value: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., excess: _Optional[float] = ..., scenario: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
