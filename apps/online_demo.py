@@ -196,7 +196,7 @@ def _score(
         pred = client.predict(_MODEL, x0[s : s + 256], u[s : s + 256], version=version)
         if pred.model.version != version:
             raise RuntimeError(f"asked for version {version}, the twin answered with {pred.model.version}")
-        e = an_rfmse_curve(pred.mean, x_true[s : s + 256], sigma)[:, 1:]  # (b, H)
+        e = an_rfmse_curve(pred.require_mean(), x_true[s : s + 256], sigma)[:, 1:]  # (b, H)
         bad = ~np.all(np.isfinite(e), axis=1) | (e.max(axis=1) > DIVERGENCE_LIMIT)
         with np.errstate(all="ignore"):
             out[s : s + 256] = np.where(bad, np.inf, e.mean(axis=1))

@@ -221,6 +221,8 @@ def check_against_prediction(
     u = np.repeat(full_input(v, current)[:, None, :], h, axis=1)  # (B, H, 5)
     pred = predict(x0, u)
     if member is None:
+        if pred.mean is None:
+            raise ModelMismatch("the twin's prediction has no mean to compare with")
         ref = np.asarray(pred.mean)[:, 1:]  # (B, 1, 8)
     else:
         if pred.members is None:

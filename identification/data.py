@@ -19,6 +19,8 @@ __all__ = [
     "Normalization",
     "Samples",
     "TrajectoryLike",
+    "Envelope",
+    "fit_envelope",
     "fit_normalization",
     "make_samples",
     "valid_lengths",
@@ -101,6 +103,55 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class Envelope:
+    """The training envelope: the range ``[low, high]`` of each state (8) and input (5) over a model's training
+    samples. A prediction outside it is an extrapolation, however well the model fits inside."""
+
+    x_low: np.ndarray  # (8,)
+    x_high: np.ndarray  # (8,)
+    u_low: np.ndarray  # (5,)
+    u_high: np.ndarray  # (5,)
+
+    def __post_init__(self) -> None:
+        for name, n in (("x_low", N_STATES), ("x_high", N_STATES), ("u_low", N_INPUTS), ("u_high", N_INPUTS)):
+            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+                raise ValueError(f"Envelope.{name} must be {n} finite values, got shape {arr.shape}")
+            object.__setattr__(self, name, arr)
+        for side in ("x", "u"):
+            lo, hi = getattr(self, f"{side}_low"), getattr(self, f"{side}_high")
+            if np.any(lo > hi):
+                raise ValueError(f"Envelope.{side}_low must not exceed {side}_high, got {lo} > {hi}")
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return {k: getattr(self, k).tolist() for k in ("x_low", "x_high", "u_low", "u_high")}
+
+    @classmethod
+    def of(cls, x: np.ndarray, u: np.ndarray) -> Envelope:
+        """The ranges of states ``x`` ``(S, 8)`` and inputs ``u`` ``(S, 5)``."""
+        if len(x) == 0 or len(u) == 0:
+            raise ValueError("no samples to take an envelope of")
+        return cls(x.min(0), x.max(0), u.min(0), u.max(0))
+
+    def union(self, other: Envelope) -> Envelope:
+        """The smallest envelope holding both."""
+        return Envelope(
+            np.minimum(self.x_low, other.x_low),
+            np.maximum(self.x_high, other.x_high),
+            np.minimum(self.u_low, other.u_low),
+            np.maximum(self.u_high, other.u_high),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Envelope:
+        keys = {"x_low", "x_high", "u_low", "u_high"}
+        if not isinstance(d, dict) or set(d) != keys:
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"envelope must have exactly the keys {sorted(keys)}, got {got}")
+        return cls(**{k: np.asarray(d[k], dtype=np.float64) for k in keys})
+
+
+@dataclass(frozen=True)
 class Samples:
     """Raw one-step samples of a set of trajectories (physical units)."""
 
@@ -152,6 +203,11 @@ def make_samples(data: TrajectoryLike, measured: bool = False) -> Samples:
     traj = np.concatenate([np.full(n, b) for b, n in enumerate(lengths) if n > 0])
     xs, us, dxdt = (np.concatenate(p) for p in zip(*parts, strict=True))
     return Samples(xs, us, dxdt, trajectory=traj)
+
+
+def fit_envelope(samples: Samples) -> Envelope:
+    """The range of each state and input over ``samples`` (the states the derivatives were fitted at)."""
+    return Envelope.of(samples.x, samples.u)
 
 
 def fit_normalization(samples: Samples, dt: float, target_offset: np.ndarray | None = None) -> Normalization:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from identification.data import TrajectoryLike, fit_normalization, make_samples
+from identification.data import TrajectoryLike, fit_envelope, fit_normalization, make_samples
 from identification.kinds import KINDS, ModelSpec
 from identification.network import Architecture, EnsembleWeights
 from identification.regularizers import Regularizer, make_regularizer
@@ -167,7 +167,7 @@ class SurrogateEstimator:
             phases.append(res)
             weights = res.weights
         self.normalization_ = norm
-        self.surrogate_ = Surrogate(weights, norm, self.spec.prior)
+        self.surrogate_ = Surrogate(weights, norm, self.spec.prior, envelope=fit_envelope(samples))
         self.history_ = phases
         self.train_seconds_ = float(sum(p.seconds for p in phases))
         self.n_samples_ = len(samples)

@@ -204,7 +204,7 @@ def _densified(surrogate: Surrogate) -> Surrogate:
     w = surrogate.weights
     placeholder = np.pi * 1e-3  # no value CasADi simplifies (0 or +-1)
     dense = EnsembleWeights(w.architecture, tuple(np.where(a == 0, placeholder, a) for a in w.weights), w.biases, None)
-    return Surrogate(dense, surrogate.normalization, surrogate.prior)
+    return Surrogate(dense, surrogate.normalization, surrogate.prior, envelope=surrogate.envelope)
 
 
 def compare_sparse_dense(

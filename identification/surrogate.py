@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from identification.data import Normalization
+from identification.data import Envelope, Normalization
 from identification.network import EnsembleWeights, forward
 from plant.params import CellParams
 from plant.physics import rhs
@@ -57,6 +57,7 @@ class Surrogate:
     weights: EnsembleWeights
     normalization: Normalization
     prior: str = "none"
+    envelope: Envelope | None = None  # the training data's ranges (None: not known)
 
     def __post_init__(self) -> None:
         arch = self.weights.architecture

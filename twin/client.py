@@ -107,6 +107,37 @@ def _wire_bytes(request: bytes | twin_pb2.PredictRequest) -> bytes:
     return request if isinstance(request, bytes) else request.SerializeToString()
 
 
+_COMPUTE = {"float64": twin_pb2.COMPUTE_PRECISION_FLOAT64, "float32": twin_pb2.COMPUTE_PRECISION_FLOAT32}
+
+
+def _predict_header(
+    model: str,
+    version: int | None,
+    alias: str | None,
+    outputs: Sequence[str],
+    include_members: bool,
+    precision: str,
+    fields: Sequence[str],
+    stride: int,
+    compute: str,
+) -> twin_pb2.PredictRequest:
+    """A PredictRequest without its arrays."""
+    if compute not in _COMPUTE:
+        raise ValueError(f"compute must be one of {sorted(_COMPUTE)}, got {compute!r}")
+    if not (isinstance(stride, int) and stride >= 1):
+        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+    header = twin_pb2.PredictRequest(
+        model=_ref(model, version, alias),
+        outputs=list(outputs),
+        include_members=include_members,
+        encoding=_encoding(precision),
+        stride=stride,
+        precision=_COMPUTE[compute],
+    )
+    header.field_mask.paths.extend(fields)
+    return header
+
+
 def _ref(name: str, version: int | None, alias: str | None) -> twin_pb2.ModelRef:
     if version is not None and alias is not None:
         raise ValueError("give a version or an alias, not both")
@@ -185,17 +216,15 @@ class TwinClient:
         outputs: Sequence[str] = (),
         include_members: bool = False,
         precision: str = "float64",
+        fields: Sequence[str] = (),
+        stride: int = 1,
+        compute: str = "float64",
     ) -> twin_pb2.PredictRequest:
         """The PredictRequest :meth:`predict` sends, as a message."""
-        encoding = _encoding(precision)
-        return twin_pb2.PredictRequest(
-            model=_ref(model, version, alias),
-            x0=encode_array(x0, encoding),
-            u=encode_array(u, encoding),
-            outputs=list(outputs),
-            include_members=include_members,
-            encoding=encoding,
-        )
+        header = _predict_header(model, version, alias, outputs, include_members, precision, fields, stride, compute)
+        header.x0.CopyFrom(encode_array(x0, header.encoding))
+        header.u.CopyFrom(encode_array(u, header.encoding))
+        return header
 
     def predict(
         self,
@@ -208,6 +237,9 @@ class TwinClient:
         outputs: Sequence[str] = (),
         include_members: bool = False,
         precision: str = "float64",
+        fields: Sequence[str] = (),
+        stride: int = 1,
+        compute: str = "float64",
         timeout: float | None = None,
     ) -> Prediction:
         """Roll ``model`` out from ``x0`` ``(B, 8)`` under ``u`` ``(B, H, 5)``.
@@ -217,12 +249,14 @@ class TwinClient:
         default set); ``include_members`` also returns every member's trajectory. ``precision`` is how the
         arrays travel: ``"float64"`` (exact) or ``"float32"`` (half the bytes both ways, for large batches:
         the server predicts from the inputs rounded to float32, and the results are rounded to float32).
+        ``fields`` selects the arrays returned (any of "mean", "spread", "outputs", "members"; empty: mean,
+        spread and outputs), ``stride`` returns every stride-th step only (``arr[:, ::stride]``; the rollout
+        still runs every step), ``compute`` is the rollout's arithmetic (``"float64"`` or ``"float32"``: the
+        network layers in float32). ``Prediction.validity`` says per scenario where the prediction leaves
+        the valid domain or the training envelope and which members diverged.
         """
-        encoding = _encoding(precision)
-        header = twin_pb2.PredictRequest(
-            model=_ref(model, version, alias), outputs=list(outputs), include_members=include_members, encoding=encoding
-        )
-        data = serialize_predict_request(header, x0, u, encoding)
+        header = _predict_header(model, version, alias, outputs, include_members, precision, fields, stride, compute)
+        data = serialize_predict_request(header, x0, u, header.encoding)
         return self._predict_call(data, timeout=self._t(timeout))
 
     def pin(self, model: str, alias: str | None = None) -> PinnedModel:

@@ -142,6 +142,14 @@ class TwinConfig(Config, ServerSecurity):
     engine : str
         Rollout engine (:data:`identification.rollout.ENGINES`): ``"auto"`` (compiled C where a compiler
         is found, else numpy), ``"compiled"`` or ``"numpy"`` (the reference ``Surrogate.simulate``).
+    envelope_margin : float
+        A state or input counts as outside a model's training envelope (the ranges of its training data) only
+        beyond this share of the envelope's width past either end (at most 1): the ranges of a finite training
+        set are a little narrower than the distribution it was drawn from.
+    max_envelope_excess : float
+        Predict inputs (x0, u) farther outside the served model's training envelope than this many envelope
+        widths are refused with INVALID_ARGUMENT; 0 (the default) refuses none: they are answered with
+        ``input_warnings`` in the response.
     smoke_horizon : int
         Steps of the rollout from a nominal state that a version must survive with finite values before it
         is stored or served.
@@ -188,6 +196,8 @@ class TwinConfig(Config, ServerSecurity):
     keep_previous: NonNegativeInt = 3
     cache_size: NonNegativeInt = 4
     engine: Annotated[str, OneOf(ENGINES)] = "auto"
+    envelope_margin: Annotated[NonNegativeNumber, Field(le=1)] = 0.1
+    max_envelope_excess: NonNegativeNumber = 0.0
     smoke_horizon: Annotated[PositiveInt, Field(le=100_000)] = 60
     max_watchers: NonNegativeInt = 8
     watch_queue_size: PositiveInt = 256

@@ -33,6 +33,7 @@ __all__ = [
     "DEPENDENCY_ROWS",
     "MAX_DESCRIPTION",
     "Dependency",
+    "EnvelopeExcess",
     "EventType",
     "ExportedModel",
     "LayerSparsity",
@@ -41,6 +42,8 @@ __all__ = [
     "ModelSummary",
     "Prediction",
     "RegistryEvent",
+    "ScenarioValidity",
+    "ServedVersion",
     "ServingInfo",
     "VersionInfo",
 ]
@@ -70,54 +73,153 @@ class ModelId:
 
 
 @dataclass(frozen=True)
+class ScenarioValidity:
+    """Where one scenario's prediction stops being trustworthy (``alutwin.v1.ScenarioValidity``); steps are
+    rollout steps, -1: never."""
+
+    domain_exit_step: int = -1
+    domain_reason: str = ""
+    envelope_exit_step: int = -1
+    envelope_signals: tuple[str, ...] = ()
+    diverged_members: tuple[int, ...] = ()
+    first_divergence_step: int = -1
+
+    @property
+    def ok(self) -> bool:
+        """The mean stays in the valid domain and the training envelope, and no member diverges."""
+        return self.domain_exit_step < 0 and self.envelope_exit_step < 0 and not self.diverged_members
+
+    @classmethod
+    def from_pb(cls, m: twin_pb2.ScenarioValidity) -> ScenarioValidity:
+        return cls(
+            m.domain_exit_step,
+            m.domain_reason,
+            m.envelope_exit_step,
+            tuple(m.envelope_signals),
+            tuple(m.diverged_members),
+            m.first_divergence_step,
+        )
+
+    def to_pb(self) -> twin_pb2.ScenarioValidity:
+        return twin_pb2.ScenarioValidity(
+            domain_exit_step=self.domain_exit_step,
+            domain_reason=self.domain_reason,
+            envelope_exit_step=self.envelope_exit_step,
+            envelope_signals=self.envelope_signals,
+            diverged_members=self.diverged_members,
+            first_divergence_step=self.first_divergence_step,
+        )
+
+
+@dataclass(frozen=True)
+class EnvelopeExcess:
+    """Values of one input signal outside the model's training envelope (``alutwin.v1.EnvelopeWarning``)."""
+
+    array: str  # "x0" or "u"
+    signal: str
+    count: int  # values outside
+    worst_value: float
+    low: float
+    high: float
+    excess: float  # envelope widths outside
+    scenario: int
+    step: int
+
+    @classmethod
+    def from_pb(cls, m: twin_pb2.EnvelopeWarning) -> EnvelopeExcess:
+        return cls(m.array, m.signal, m.count, m.worst_value, m.low, m.high, m.excess, m.scenario, m.step)
+
+    def to_pb(self) -> twin_pb2.EnvelopeWarning:
+        return twin_pb2.EnvelopeWarning(
+            array=self.array,
+            signal=self.signal,
+            count=self.count,
+            worst_value=self.worst_value,
+            low=self.low,
+            high=self.high,
+            excess=self.excess,
+            scenario=self.scenario,
+            step=self.step,
+        )
+
+
+@dataclass(frozen=True)
 class Prediction:
     """A Predict result.
 
     Attributes
     ----------
     model : the version that served it.
-    mean : (B, H + 1, 8) ensemble mean of the states; ``mean[:, 0]`` is ``x0``.
-    spread : (B, H + 1, 8) standard deviation over the members.
-    outputs : algebraic output name -> (B, H + 1), evaluated on the ensemble mean.
-    members : (M, B, H + 1, 8) every member's trajectory, or None unless asked for.
+    mean : (B, S, 8) ensemble mean of the states; ``mean[:, 0]`` is ``x0``. S = H + 1 steps, or
+        ceil((H + 1) / stride) with a stride. None when the field mask left it out.
+    spread : (B, S, 8) standard deviation over the members, or None.
+    outputs : algebraic output name -> (B, S), evaluated on the ensemble mean (empty when left out).
+    members : (M, B, S, 8) every member's trajectory, or None unless asked for.
     n_members : M.
-    dt : time of one step, s.
+    dt : time of one rollout step, s (returned steps are ``stride * dt`` apart).
+    stride : the stride applied (1: every step).
+    validity : one :class:`ScenarioValidity` per scenario (checked at every rollout step).
+    input_warnings : the inputs outside the model's training envelope.
+    envelope_known : False when the model has no training envelope (no envelope checks were made).
 
     The arrays of a prediction received over gRPC are read-only views of the response (copy to modify).
     """
 
     model: ModelId
-    mean: np.ndarray
-    spread: np.ndarray
+    mean: np.ndarray | None
+    spread: np.ndarray | None
     outputs: dict[str, np.ndarray]
     members: np.ndarray | None
     n_members: int
     dt: float
+    stride: int = 1
+    validity: tuple[ScenarioValidity, ...] = ()
+    input_warnings: tuple[EnvelopeExcess, ...] = ()
+    envelope_known: bool = False
+
+    def require_mean(self) -> np.ndarray:
+        """The ensemble mean; ValueError when the request's field mask left it out."""
+        if self.mean is None:
+            raise ValueError("this prediction holds no mean: the request's field mask left it out")
+        return self.mean
 
     @classmethod
     def build(cls, header: twin_pb2.PredictResponse, arrays: dict[str, np.ndarray]) -> Prediction:
-        """From a response's other fields and its arrays by field name (``members`` may be absent)."""
-        missing = {"mean", "spread", "outputs"} - set(arrays)
-        if missing:
-            raise ValueError(f"the response lacks {sorted(missing)}")
+        """From a response's other fields and its arrays by field name (each may be absent)."""
         names = list(header.output_names)
-        out = arrays["outputs"]
-        if out.shape[-1] != len(names):
+        out = arrays.get("outputs")
+        if out is not None and out.shape[-1] != len(names):
             raise ValueError(f"outputs has {out.shape[-1]} columns for {len(names)} output names")
         return cls(
             model=ModelId.from_pb(header.model),
-            mean=arrays["mean"],
-            spread=arrays["spread"],
-            outputs={n: out[..., i] for i, n in enumerate(names)},
+            mean=arrays.get("mean"),
+            spread=arrays.get("spread"),
+            outputs={} if out is None else {n: out[..., i] for i, n in enumerate(names)},
             members=arrays.get("members"),
             n_members=header.n_members,
             dt=header.dt_s,
+            stride=max(header.stride, 1),
+            validity=tuple(ScenarioValidity.from_pb(v) for v in header.validity),
+            input_warnings=tuple(EnvelopeExcess.from_pb(w) for w in header.input_warnings),
+            envelope_known=header.envelope_known,
         )
 
     @classmethod
     def from_wire(cls, data: bytes) -> Prediction:
         """From the wire bytes of a PredictResponse; float64 arrays are read-only views of ``data`` (no copy)."""
         return cls.build(*split_predict_response(data))
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """A version that serves through at least one alias, with its ensemble size (``alutwin.v1.ServedVersion``)."""
+
+    name: str
+    version: int
+    aliases: tuple[str, ...]
+    n_members: int
+    kind: str
+    has_envelope: bool
 
 
 @dataclass(frozen=True)
@@ -135,6 +237,17 @@ class ServingInfo:
     inputs: tuple[tuple[str, str], ...]
     outputs: tuple[tuple[str, str], ...]
     default_outputs: tuple[str, ...]
+    served_versions: tuple[ServedVersion, ...] = ()
+    response_overhead_bytes: int = 0
+    max_envelope_excess: float = 0.0
+
+    def response_bytes(
+        self, b: int, h: int, m: int, n_outputs: int, fields: frozenset[str], stride: int = 1, item: int = 8
+    ) -> int:
+        """About how many bytes a PredictResponse takes (the formula of ``ServingInfo.response_overhead_bytes``)."""
+        widths = {"mean": 8, "spread": 8, "outputs": n_outputs, "members": 8 * m}
+        steps = -(-(h + 1) // max(stride, 1))
+        return self.response_overhead_bytes + item * b * steps * sum(widths[f] for f in fields) + 40 * b
 
     @classmethod
     def from_pb(cls, r: twin_pb2.ServingInfo) -> ServingInfo:
@@ -150,6 +263,12 @@ class ServingInfo:
             inputs=tuple((s.name, s.unit) for s in r.inputs),
             outputs=tuple((s.name, s.unit) for s in r.outputs),
             default_outputs=tuple(r.default_outputs),
+            served_versions=tuple(
+                ServedVersion(v.name, v.version, tuple(v.aliases), v.n_members, v.kind, v.has_envelope)
+                for v in r.served_versions
+            ),
+            response_overhead_bytes=r.response_overhead_bytes,
+            max_envelope_excess=r.max_envelope_excess,
         )
 
 

@@ -173,6 +173,7 @@ def model_to_bytes(
         "prior": surrogate.prior,
         "architecture": arch.as_dict(),
         "normalization": surrogate.normalization.as_dict(),
+        "envelope": None if surrogate.envelope is None else surrogate.envelope.as_dict(),
         "n_members": weights.n_members,
         "masks": masks,
         "nonzero_weights": nonzero_summary(weights),

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from identification.data import Normalization
+from identification.data import Envelope, Normalization
 from identification.kinds import KINDS
 from identification.network import Architecture, EnsembleWeights
 from identification.surrogate import PRIORS, Surrogate
@@ -45,8 +46,8 @@ __all__ = [
 ]
 
 FORMAT_NAME = "alutwin-surrogate"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # 2 adds the training envelope (null where not known)
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
 
@@ -74,6 +75,7 @@ _MANIFEST_KEYS = frozenset(
         "created",
     }
 )
+_KEYS_OF_VERSION = {1: _MANIFEST_KEYS, 2: _MANIFEST_KEYS | {"envelope"}}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -176,8 +178,8 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_manifest(doc: dict[str, Any], file: Path) -> tuple[Architecture, Normalization]:
-    """Validate the manifest's fields; the architecture and normalisation it describes."""
+def _check_manifest(doc: dict[str, Any], file: Path) -> tuple[Architecture, Normalization, Envelope | None]:
+    """Validate the manifest's fields; the architecture, normalisation and training envelope it describes."""
 
     def bad(problem: str) -> ModelFileError:
         return ModelFileError(file, problem)
@@ -187,9 +189,9 @@ def _check_manifest(doc: dict[str, Any], file: Path) -> tuple[Architecture, Norm
     version = doc.get("format_version")
     if not _is_int(version) or version not in SUPPORTED_VERSIONS:
         raise bad(f"unknown format_version {_show(version)}; this reader supports {list(SUPPORTED_VERSIONS)}")
-    keys = set(doc)
-    if keys != _MANIFEST_KEYS:
-        missing, extra = sorted(_MANIFEST_KEYS - keys), sorted(keys - _MANIFEST_KEYS)
+    keys, expected_keys = set(doc), _KEYS_OF_VERSION[version]
+    if keys != expected_keys:
+        missing, extra = sorted(expected_keys - keys), sorted(keys - expected_keys)
         raise bad(f"manifest keys differ from format version {version}: missing {missing}, unexpected {extra[:20]}")
     if not isinstance(doc["kind"], str) or doc["kind"] not in KINDS:
         raise bad(f"unknown kind {_show(doc['kind'])}; must be one of {sorted(KINDS)}")
@@ -253,7 +255,24 @@ def _check_manifest(doc: dict[str, Any], file: Path) -> tuple[Architecture, Norm
     expected = list(tensor_names(len(arch.layer_shapes), doc["masks"]))
     if w["tensors"] != expected:
         raise bad(f"weights.tensors must list {expected} for this architecture")
-    return arch, norm
+    return arch, norm, _check_envelope(doc.get("envelope"), bad)
+
+
+def _check_envelope(e: Any, bad: Callable[[str], ModelFileError]) -> Envelope | None:
+    """The training envelope of a manifest (None: absent or null)."""
+    if e is None:
+        return None
+    sizes = {"x_low": 8, "x_high": 8, "u_low": 5, "u_high": 5}
+    if not isinstance(e, dict) or set(e) != set(sizes):
+        raise bad(f"envelope must be null or an object with exactly the keys {sorted(sizes)}")
+    for name, size in sizes.items():
+        v = e[name]
+        if not isinstance(v, list) or len(v) != size or not all(_is_number(x) for x in v):
+            raise bad(f"envelope.{name} must be a list of {size} numbers")
+    try:
+        return Envelope.from_dict(e)
+    except (ValueError, OverflowError) as exc:
+        raise bad(f"invalid envelope: {exc}") from None
 
 
 def _sniff_safetensors(data: bytes, file: Path) -> None:
@@ -356,13 +375,13 @@ def check_files(
     raw_manifest = _as_bytes(manifest, "manifest", manifest_file, MAX_MANIFEST_BYTES)
     raw_weights = _as_bytes(weights, "weights", weights_file, MAX_WEIGHTS_BYTES)
     doc = _parse_manifest(raw_manifest, manifest_file)
-    arch, norm = _check_manifest(doc, manifest_file)
+    arch, norm, envelope = _check_manifest(doc, manifest_file)
     tensors = _read_tensors(raw_weights, weights_file, doc)
     ensemble = _check_tensors(tensors, arch, doc["n_members"], doc["masks"], weights_file)
     if doc["nonzero_weights"] != nonzero_summary(ensemble):
         raise ModelFileError(manifest_file, "nonzero_weights do not match the weights file")
     try:
-        surrogate = Surrogate(ensemble, norm, doc["prior"])
+        surrogate = Surrogate(ensemble, norm, doc["prior"], envelope=envelope)
     except ValueError as exc:
         raise ModelFileError(manifest_file, str(exc)) from None
     return doc, surrogate

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from identification.data import Normalization
+from identification.data import Envelope, Normalization
 from identification.estimator import prune
 from identification.kinds import KINDS
 from identification.modelfile import LoadedModel
@@ -253,8 +253,11 @@ def refit(
         "steps": {str(c): ranges[c] for c in cells},
         "segments": sum(1 for s in segments if s.n_steps),
     }
+    envelope = Envelope.of(x, u)  # warm: the champion's envelope widened by the new data
+    if config.mode == "warm" and model.envelope is not None:
+        envelope = model.envelope.union(envelope)
     return RefitResult(
-        Surrogate(weights, norm, model.prior),
+        Surrogate(weights, norm, model.prior, envelope=envelope),
         kind,
         config.mode,
         seconds,

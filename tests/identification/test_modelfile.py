@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -360,12 +361,49 @@ def test_manifest_nan_constant(copy: Path):
 
 def test_unknown_format_version(copy: Path):
     doc = _manifest(copy)
-    doc["format_version"] = 2
+    doc["format_version"] = 3
     _write_manifest(copy, doc)
-    _refused(copy, "unknown format_version 2", "supports [1]")
-    doc["format_version"], doc["format"] = 1, "pytorch"
+    _refused(copy, "unknown format_version 3", "supports [1, 2]")
+    doc["format_version"], doc["format"] = 2, "pytorch"
     _write_manifest(copy, doc)
     _refused(copy, "format must be")
+
+
+def test_the_training_envelope_round_trips_and_version_1_files_still_load(copy: Path, model):
+    from identification.data import Envelope
+
+    env = Envelope(np.arange(8.0), np.arange(8.0) + 10, np.zeros(5), np.ones(5))
+    sur = dataclasses.replace(model("sparse"), envelope=env)
+    out = copy.parent / "with_envelope"
+    save_model(out, sur, kind="sparse", provenance=PROVENANCE)
+    doc = _manifest(out)
+    assert doc["format_version"] == 2 and doc["envelope"] == env.as_dict()
+    back = load_model(out).surrogate.envelope
+    assert back is not None and np.array_equal(back.x_high, env.x_high) and np.array_equal(back.u_low, env.u_low)
+    old = _manifest(copy)  # a version-1 file: no envelope key at all
+    old["format_version"] = 1
+    del old["envelope"]
+    _write_manifest(copy, old)
+    assert load_model(copy).surrogate.envelope is None
+    old["envelope"] = None  # version 1 has no such key
+    _write_manifest(copy, old)
+    _refused(copy, "unexpected ['envelope']")
+
+
+@pytest.mark.parametrize(
+    ("envelope", "problem"),
+    [
+        ({"x_low": [0] * 8, "x_high": [1] * 8, "u_low": [0] * 5}, "envelope must be null or an object"),
+        ({"x_low": [0] * 7, "x_high": [1] * 8, "u_low": [0] * 5, "u_high": [1] * 5}, "envelope.x_low must be"),
+        ({"x_low": [2] * 8, "x_high": [1] * 8, "u_low": [0] * 5, "u_high": [1] * 5}, "must not exceed"),
+        ({"x_low": ["a"] * 8, "x_high": [1] * 8, "u_low": [0] * 5, "u_high": [1] * 5}, "envelope.x_low must be"),
+    ],
+)
+def test_a_malformed_envelope_is_refused(copy: Path, envelope: dict, problem: str):
+    doc = _manifest(copy)
+    doc["envelope"] = envelope
+    _write_manifest(copy, doc)
+    _refused(copy, problem)
 
 
 def test_oversized_files(copy: Path):

@@ -1,0 +1,222 @@
+"""Where a prediction stops being trustworthy: the cell's valid domain, the model's training envelope, and
+the members that diverge (what Predict reports per scenario, instead of silence).
+
+Three checks, each cheap for a nominal batch and exact for a flagged one:
+
+- **Domain** (:func:`plant.domain.check_domain`, the plant's own guard: side ledge melted, alumina or AlF3
+  outside their windows, a non-finite state) on the ensemble mean, at every step.
+- **Training envelope** (:class:`identification.data.Envelope`, per-state ranges of the model's training data)
+  on the ensemble mean, at every step; and on the inputs ``x0`` and ``u`` (:func:`input_warnings`).
+- **Diverged members**: a member diverges when its own trajectory leaves the valid domain or becomes
+  non-finite. The mean and the population spread bound every member: ``|x_m - mean| <= sqrt(M) * spread``
+  (one member's squared deviation is at most the sum of all, ``M * spread**2``). The domain test is monotone
+  in each state (alumina and AlF3 percentages rise with their own mass and fall with the others), so a
+  scenario whose bounding box stays inside the domain has no diverged member; the others are rolled out
+  again member by member (the same engine: the same numbers) and each member is checked.
+
+Each check first works on per-scenario extremes over the horizon (a reduction, no temporaries), and looks at
+single steps only for the scenarios those extremes flag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from identification.data import Envelope
+from plant.domain import Fault, check_domain
+from plant.params import DEFAULT_LIMITS, DomainLimits
+from plant.signals import INPUTS, STATES, X
+from twin.results import EnvelopeExcess, ScenarioValidity
+
+__all__ = ["EnvelopeExcess", "ScenarioValidity", "input_warnings", "scenario_validity"]
+
+_STATE_NAMES = tuple(s.name for s in STATES)
+_INPUT_NAMES = tuple(s.name for s in INPUTS)
+_DOMAIN_STATES = (X.M_LEDGE, X.M_AL2O3, X.M_ALF3, X.M_CRYOLITE)
+
+
+def _pct_bounds(
+    a: tuple[np.ndarray, np.ndarray], f: tuple[np.ndarray, np.ndarray], c: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest ``100 a / (a + f + c)`` over the boxes ``a = (lo, hi)``, ``f``, ``c`` (NaN where a
+    denominator can reach zero: the percentage is then unbounded)."""
+    with np.errstate(all="ignore"):
+        d_lo, d_hi = a[0] + f[1] + c[1], a[1] + f[0] + c[0]
+        low = np.where(d_lo > 0, 100.0 * a[0] / d_lo, np.nan)
+        high = np.where(d_hi > 0, 100.0 * a[1] / d_hi, np.nan)
+    return low, high
+
+
+def _may_leave(lo: np.ndarray, hi: np.ndarray, limits: DomainLimits) -> np.ndarray:
+    """Whether a state somewhere in the box ``[lo, hi]`` (arrays ``(..., 8)``) may lie outside the domain."""
+    box = {i: (lo[..., i], hi[..., i]) for i in _DOMAIN_STATES}
+    a, f, c = box[X.M_AL2O3], box[X.M_ALF3], box[X.M_CRYOLITE]
+    pa_lo, pa_hi = _pct_bounds(a, f, c)
+    pf_lo, pf_hi = _pct_bounds(f, a, c)
+    with np.errstate(invalid="ignore"):
+        inside = (
+            np.isfinite(lo).all(-1)
+            & np.isfinite(hi).all(-1)
+            & (box[X.M_LEDGE][0] >= limits.min_ledge_mass)
+            & (pa_lo >= limits.alumina_pct[0])
+            & (pa_hi <= limits.alumina_pct[1])
+            & (pf_lo >= limits.alf3_pct[0])
+            & (pf_hi <= limits.alf3_pct[1])
+        )
+    return ~inside
+
+
+def _over_steps(a: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """``op.reduce(a, axis=1)`` of ``a`` ``(B, T, n)`` as a tree of elementwise ``op`` on halves: the same
+    values (min and max are exact, NaN propagates), several times faster than numpy's reduction over a middle
+    axis with a short last one."""
+    while a.shape[1] > 1:
+        n = a.shape[1]
+        half = n // 2
+        b = op(a[:, :half], a[:, half : 2 * half])
+        if n % 2:
+            b[:, 0] = op(b[:, 0], a[:, -1])
+        a = b
+    return a[:, 0]
+
+
+def _widened(envelope: Envelope, margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The envelope widened by ``margin`` of its width on each side: x low/high, u low/high."""
+    wx = _width(envelope.x_low, envelope.x_high)
+    wu = _width(envelope.u_low, envelope.u_high)
+    return (
+        envelope.x_low - margin * wx,
+        envelope.x_high + margin * wx,
+        envelope.u_low - margin * wu,
+        envelope.u_high + margin * wu,
+    )
+
+
+def _first(flags: np.ndarray) -> int:
+    """Index of the first true entry of a 1-d boolean array, -1 when none."""
+    return int(np.argmax(flags)) if flags.any() else -1
+
+
+def scenario_validity(
+    mean: np.ndarray,
+    spread: np.ndarray,
+    n_members: int,
+    envelope: Envelope | None,
+    rollout: Callable[[np.ndarray], np.ndarray],
+    members: np.ndarray | None = None,
+    limits: DomainLimits = DEFAULT_LIMITS,
+    margin: float = 0.0,
+) -> list[ScenarioValidity]:
+    """The validity of each scenario of a prediction.
+
+    Parameters
+    ----------
+    mean, spread : ``(B, H + 1, 8)``, the ensemble mean and population spread at every step.
+    n_members : M.
+    envelope : the model's training envelope (None: not checked).
+    rollout : every member's trajectory of the scenarios at given indices, ``(M, b, H + 1, 8)`` (called only
+        for scenarios whose bounds flag a possible divergence, and only when ``members`` is None).
+    members : every member's trajectory ``(M, B, H + 1, 8)``, when already computed.
+    limits : the valid domain.
+    margin : a state counts as outside the envelope beyond ``margin`` envelope widths past either end.
+    """
+    b = mean.shape[0]
+    with np.errstate(invalid="ignore"):
+        lo_t, hi_t = _over_steps(mean, np.minimum), _over_steps(mean, np.maximum)  # (B, 8); NaN propagates
+        reach = np.zeros_like(lo_t)
+        reach[:, : len(_DOMAIN_STATES)] = math.sqrt(n_members) * _over_steps(
+            spread[..., : len(_DOMAIN_STATES)], np.maximum
+        )
+    # a scenario whose extremes stay inside cannot leave at any single step (monotone test, see module doc)
+    mean_flag = _may_leave(lo_t, hi_t, limits)
+    member_flag = mean_flag | _may_leave(lo_t - reach, hi_t + reach, limits)
+    env_flag: np.ndarray = np.zeros(b, dtype=bool)
+    if envelope is not None:
+        x_low, x_high = _widened(envelope, margin)[:2]
+        with np.errstate(invalid="ignore"):
+            env_flag = np.asarray(~((lo_t >= x_low) & (hi_t <= x_high)).all(-1))
+    out = [ScenarioValidity()] * b
+    if not (member_flag.any() or env_flag.any()):
+        return out
+    suspects = np.flatnonzero(member_flag)
+    traj: np.ndarray | None = None  # (M, suspects, H + 1, 8)
+    if members is not None:
+        traj = members[:, suspects]
+    elif suspects.size:
+        traj = rollout(suspects)
+    for i in np.flatnonzero(member_flag | env_flag):
+        fields: dict[str, object] = {}
+        if mean_flag[i]:
+            codes = check_domain(mean[i])
+            step = _first(codes != 0)
+            if step >= 0:
+                fields.update(domain_exit_step=step, domain_reason=Fault(int(codes[step])).describe(limits))
+        if env_flag[i]:
+            with np.errstate(invalid="ignore"):
+                outside = ~((mean[i] >= x_low) & (mean[i] <= x_high))  # (H + 1, 8)
+            step = _first(outside.any(-1))
+            fields.update(
+                envelope_exit_step=step, envelope_signals=tuple(_STATE_NAMES[k] for k in np.flatnonzero(outside[step]))
+            )
+        if member_flag[i] and traj is not None:
+            k = int(np.searchsorted(suspects, i))
+            bad = check_domain(traj[:, k]) != 0  # (M, H + 1)
+            steps = [_first(row) for row in bad]
+            diverged = tuple(m for m, s in enumerate(steps) if s >= 0)
+            if diverged:
+                fields.update(diverged_members=diverged, first_divergence_step=min(steps[m] for m in diverged))
+        if fields:
+            out[i] = ScenarioValidity(**fields)  # type: ignore[arg-type]
+    return out
+
+
+def _width(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Envelope widths, never zero (a signal constant in training counts any change as far outside)."""
+    return np.maximum(high - low, 1e-9 * np.maximum(1.0, np.abs(high)))
+
+
+def _excesses(
+    values: np.ndarray, low: np.ndarray, high: np.ndarray, margin: float, array: str, names: tuple[str, ...]
+) -> list[EnvelopeExcess]:
+    """The warnings of ``values`` ``(..., n)`` against ``[low, high]`` (n,) widened by ``margin`` widths, one per
+    signal outside; the excess is counted from the envelope itself."""
+    flat = values.reshape(1, -1, values.shape[-1])
+    width = _width(low, high)
+    lo_w, hi_w = low - margin * width, high + margin * width
+    if not ((_over_steps(flat, np.minimum)[0] < lo_w) | (_over_steps(flat, np.maximum)[0] > hi_w)).any():
+        return []
+    flat = flat[0]
+    dist = np.maximum(low - flat, flat - high) / width  # (S, n): > 0 outside the envelope itself
+    out = []
+    for k in np.flatnonzero((dist > margin).any(0)):
+        worst = int(np.argmax(dist[:, k]))
+        where = np.unravel_index(worst, values.shape[:-1])
+        out.append(
+            EnvelopeExcess(
+                array,
+                names[k],
+                int(np.count_nonzero(dist[:, k] > margin)),
+                float(flat[worst, k]),
+                float(low[k]),
+                float(high[k]),
+                float(dist[worst, k]),
+                int(where[0]),
+                int(where[1]) if len(where) > 1 else 0,
+            )
+        )
+    return out
+
+
+def input_warnings(
+    x0: np.ndarray, u: np.ndarray, envelope: Envelope | None, margin: float = 0.0
+) -> list[EnvelopeExcess]:
+    """The inputs of a prediction (``x0`` ``(B, 8)``, ``u`` ``(B, H, 5)``) farther than ``margin`` envelope
+    widths outside the training envelope."""
+    if envelope is None:
+        return []
+    return _excesses(x0, envelope.x_low, envelope.x_high, margin, "x0", _STATE_NAMES) + _excesses(
+        u, envelope.u_low, envelope.u_high, margin, "u", _INPUT_NAMES
+    )
