@@ -17,7 +17,10 @@ sparse one made from it by pruning (about 300 non-zero weights per member):
       running in another process, raw float64 arrays both ways (exact);
     - ``grpc-f32``: the same with ``precision="float32"`` (arrays rounded to float32 both ways: half the bytes);
     - ``grpc-echo``: a bare gRPC server in another process answering a request of the float64 Predict's size
-      with as many bytes as its response: the loopback transport's own cost, the floor under ``grpc``.
+      with as many bytes as its response: the loopback transport's own cost, the floor under ``grpc``;
+    - ``predict-lean``, ``grpc-lean``, ``grpc-lean-echo``: the request a potline client makes: mean and
+      outputs only (field mask), every 6th step (stride 6: one value a minute), float32 arrays; in process,
+      over gRPC, and the bare echo of its bytes.
 (b) **a potline**: 300 cells x horizon 360 x ensemble 10, the same ways: time per call (median) and
     throughput (cell-steps per second, each with all 10 members); the gRPC overhead is reported relative to
     the in-process ``predict``.
@@ -73,6 +76,10 @@ M = 10
 H = 360
 POTLINE = 300
 TARGET_NNZ = 300
+LEAN_FIELDS = frozenset({"mean", "outputs"})
+LEAN_STRIDE = 6
+WAYS = ("torch-bmm", "numpy", "engine", "summary", "predict", "grpc", "grpc-f32", "grpc-echo")
+LEAN_WAYS = ("predict-lean", "grpc-lean", "grpc-lean-echo")
 
 
 def make_models(seed: int = 0) -> dict[str, Surrogate]:
@@ -150,6 +157,10 @@ def _ways(
         "predict": lambda: predict(served, x0, u),
         "grpc": lambda: client.predict(served.name, x0, u),
         "grpc-f32": lambda: client.predict(served.name, x0, u, precision="float32"),
+        "predict-lean": lambda: predict(served, x0, u, fields=LEAN_FIELDS, stride=LEAN_STRIDE),
+        "grpc-lean": lambda: client.predict(
+            served.name, x0, u, fields=tuple(sorted(LEAN_FIELDS)), stride=LEAN_STRIDE, precision="float32"
+        ),
     }
 
 
@@ -172,10 +183,11 @@ server.wait_for_termination()
 """
 
 
-def _response_bytes(result: Any) -> int:
-    """Size of the float64 PredictResponse carrying ``result`` (its header of a few dozen bytes left out)."""
-    arrays = {"mean": result.mean, "spread": result.spread, "outputs": result.outputs}
-    return len(serialize_predict_response(twin_pb2.PredictResponse(), arrays))
+def _response_bytes(result: Any, encoding: int = twin_pb2.ARRAY_ENCODING_RAW) -> int:
+    """Size of the PredictResponse carrying ``result``'s arrays and validity (its other header fields, a few
+    dozen bytes, left out)."""
+    header = twin_pb2.PredictResponse(validity=[v.to_pb() for v in result.validity])
+    return len(serialize_predict_response(header, result.arrays(), encoding))
 
 
 class _Echo:
@@ -273,6 +285,29 @@ def _run(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
                         response = _response_bytes(predict(served, x0, u))
                         row["grpc-echo"] = _stats(_times(echo.caller(request, response), repeats), cell_steps)
                         row["message_bytes"] = {"request": request, "response": response}
+                        lean_fields = tuple(sorted(LEAN_FIELDS))
+                        lean_request = client.predict_request(
+                            name, x0, u, precision="float32", fields=lean_fields, stride=LEAN_STRIDE
+                        ).ByteSize()
+                        lean = predict(served, x0, u, fields=LEAN_FIELDS, stride=LEAN_STRIDE)
+                        lean_response = _response_bytes(lean, twin_pb2.ARRAY_ENCODING_RAW_F32)
+                        row["grpc-lean-echo"] = _stats(
+                            _times(echo.caller(lean_request, lean_response), repeats), cell_steps
+                        )
+                        row["message_bytes_lean"] = {"request": lean_request, "response": lean_response}
+                        remote_lean = client.predict(
+                            name, x0, u, fields=lean_fields, stride=LEAN_STRIDE, precision="float32"
+                        )
+                        row["grpc_lean_equals_full_sliced"] = bool(
+                            np.array_equal(remote_lean.require_mean(), compact.require_mean()[:, ::LEAN_STRIDE])
+                        )
+                        row["grpc_lean_overhead_vs_predict_lean"] = (
+                            row["grpc-lean"]["p50_ms"] / row["predict-lean"]["p50_ms"] - 1.0
+                        )
+                        row["grpc_full_minus_predict_minus_echo_ms"] = (
+                            row["grpc"]["p50_ms"] - row["predict"]["p50_ms"] - row["grpc-echo"]["p50_ms"]
+                        )
+                        row["predict_vs_engine"] = row["predict"]["p50_ms"] / row["engine"]["p50_ms"]
                         row["grpc_echo_vs_predict"] = row["grpc-echo"]["p50_ms"] / row["predict"]["p50_ms"]
                         row["grpc_overhead_vs_predict"] = row["grpc"]["p50_ms"] / row["predict"]["p50_ms"] - 1.0
                         row["grpc_f32_overhead_vs_predict"] = row["grpc-f32"]["p50_ms"] / row["predict"]["p50_ms"] - 1.0
@@ -281,6 +316,7 @@ def _run(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
         finally:
             echo.stop()
             server.stop()
+    results["goals"] = _goals(results["workloads"])
     results["setup"] = {
         "members": M,
         "horizon": H,
@@ -300,13 +336,27 @@ def _run(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
     return results
 
 
+def _goals(workloads: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's goals on the sparse model (the one the potline serves)."""
+    a, b = workloads["a"]["sparse"], workloads["b"]["sparse"]
+    figures = {
+        "b_lean_grpc_overhead_le_10pct": (b["grpc_lean_overhead_vs_predict_lean"], 0.10),
+        "b_full_grpc_minus_predict_minus_echo_le_5ms": (b["grpc_full_minus_predict_minus_echo_ms"], 5.0),
+        "b_engine_le_20ms": (b["engine"]["p50_ms"], 20.0),
+        "b_predict_le_1.2x_engine": (b["predict_vs_engine"], 1.2),
+        "a_predict_le_1ms": (a["predict"]["p50_ms"], 1.0),
+        "a_grpc_le_2.5ms": (a["grpc"]["p50_ms"], 2.5),
+    }
+    return {k: {"value": float(v), "limit": lim, "met": bool(v <= lim)} for k, (v, lim) in figures.items()}
+
+
 def _print(result: dict[str, Any]) -> None:
     titles = {"a": f"(a) 1 cell x H {H} x M {M}", "b": f"(b) {POTLINE} cells x H {H} x M {M}"}
     for wl, per_model in result["workloads"].items():
         print(f"\n{titles[wl]}")
         print(f"{'model':8} {'way':10} {'p50 ms':>9} {'p99 ms':>9} {'Mcell-steps/s':>14}")
         for name, row in per_model.items():
-            for way in ("torch-bmm", "numpy", "engine", "summary", "predict", "grpc", "grpc-f32", "grpc-echo"):
+            for way in (*WAYS, *LEAN_WAYS):
                 s = row[way]
                 print(f"{name:8} {way:10} {s['p50_ms']:9.2f} {s['p99_ms']:9.2f} {s['cell_steps_per_s'] / 1e6:14.3f}")
             print(
@@ -317,6 +367,15 @@ def _print(result: dict[str, Any]) -> None:
                 f"{row['message_bytes']['response'] / 1e6:.1f} MB down) takes {100 * row['grpc_echo_vs_predict']:.1f} % "
                 "of the in-process predict"
             )
+            print(
+                f"{name:8} lean request (mean + outputs, stride {LEAN_STRIDE}, float32): gRPC adds "
+                f"{100 * row['grpc_lean_overhead_vs_predict_lean']:+.1f} % to the in-process predict "
+                f"({row['message_bytes_lean']['response'] / 1e6:.2f} MB down); full float64: gRPC - predict - "
+                f"echo = {row['grpc_full_minus_predict_minus_echo_ms']:+.1f} ms; predict / engine = "
+                f"{row['predict_vs_engine']:.2f}"
+            )
+    for goal, g in result["goals"].items():
+        print(f"goal {goal}: {g['value']:.3f} -> {'met' if g['met'] else 'MISSED'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

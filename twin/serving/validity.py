@@ -20,11 +20,15 @@ single steps only for the scenarios those extremes flag.
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from alutwin.cbuild import BuildError, LibraryCache, build_shared_library, package_source
 from identification.data import Envelope
 from plant.domain import Fault, check_domain
 from plant.params import DEFAULT_LIMITS, DomainLimits
@@ -36,6 +40,73 @@ __all__ = ["EnvelopeExcess", "ScenarioValidity", "input_warnings", "scenario_val
 _STATE_NAMES = tuple(s.name for s in STATES)
 _INPUT_NAMES = tuple(s.name for s in INPUTS)
 _DOMAIN_STATES = (X.M_LEDGE, X.M_AL2O3, X.M_ALF3, X.M_CRYOLITE)
+_P = ctypes.c_void_p
+
+
+@dataclass(frozen=True)
+class _Scans:
+    """The compiled scans of ``validity.c`` (one pass each instead of several numpy passes)."""
+
+    path: Path
+    handle: ctypes.CDLL
+
+    def extremes(self, mean: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mean, spread = np.ascontiguousarray(mean, np.float64), np.ascontiguousarray(spread, np.float64)
+        b, t = mean.shape[:2]
+        lo, hi, smax = np.empty((b, 8)), np.empty((b, 8)), np.empty((b, 8))
+        self.handle.alutwin_extremes(b, t, *(a.ctypes.data for a in (mean, spread, lo, hi, smax)))
+        return lo, hi, smax
+
+    def first_outside(self, x: np.ndarray, limits: DomainLimits) -> np.ndarray:
+        x = np.ascontiguousarray(x, np.float64)
+        t = x.shape[-2]
+        out = np.empty(x.shape[:-2], dtype=np.int64)
+        a, f = limits.alumina_pct, limits.alf3_pct
+        self.handle.alutwin_first_outside(
+            out.size, t, x.ctypes.data, limits.min_ledge_mass, a[0], a[1], f[0], f[1], out.ctypes.data
+        )
+        return out
+
+
+def _load_scans() -> _Scans:
+    path, _ = build_shared_library(package_source(__package__, "validity.c"), "alutwin_validity", ("-O2",))
+    handle = ctypes.CDLL(str(path))
+    ll, d = ctypes.c_longlong, ctypes.c_double
+    handle.alutwin_extremes.argtypes = [ll, ll, _P, _P, _P, _P, _P]
+    handle.alutwin_extremes.restype = None
+    handle.alutwin_first_outside.argtypes = [ll, ll, _P, d, d, d, d, d, _P]
+    handle.alutwin_first_outside.restype = None
+    return _Scans(path, handle)
+
+
+_SCANS: LibraryCache[_Scans, BuildError] = LibraryCache(_load_scans, BuildError, maxsize=1, per_compiler=False)
+
+
+def _scans(use_c: bool) -> _Scans | None:
+    """The compiled scans where wanted and a compiler is found, else None (numpy)."""
+    lib = _SCANS.get_or_error() if use_c else None
+    return None if lib is None or isinstance(lib, Exception) else lib
+
+
+def extremes(mean: np.ndarray, spread: np.ndarray, use_c: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per scenario and state, over the steps: the lowest and highest mean and the largest spread,
+    ``(B, 8)`` each (NaN where a state is ever non-finite)."""
+    lib = _scans(use_c)
+    if lib is not None:
+        return lib.extremes(mean, spread)
+    with np.errstate(invalid="ignore"):
+        lo, hi, smax = _over_steps(mean, np.minimum), _over_steps(mean, np.maximum), _over_steps(spread, np.maximum)
+        bad = ~np.isfinite(lo + hi + smax)
+    return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi), np.where(bad, np.nan, smax)
+
+
+def first_outside(x: np.ndarray, limits: DomainLimits = DEFAULT_LIMITS, use_c: bool = True) -> np.ndarray:
+    """The first step at which each trajectory of ``x`` ``(..., T, 8)`` leaves the valid domain (the decision of
+    :func:`plant.domain.check_domain`), -1 where it stays inside: ``x.shape[:-2]``."""
+    lib = _scans(use_c)
+    if lib is not None:
+        return lib.first_outside(x, limits)
+    return _first_steps(check_domain(x, limits) != 0)
 
 
 def _pct_bounds(
@@ -95,11 +166,6 @@ def _widened(envelope: Envelope, margin: float) -> tuple[np.ndarray, np.ndarray,
     )
 
 
-def _first(flags: np.ndarray) -> int:
-    """Index of the first true entry of a 1-d boolean array, -1 when none."""
-    return int(np.argmax(flags)) if flags.any() else -1
-
-
 def scenario_validity(
     mean: np.ndarray,
     spread: np.ndarray,
@@ -109,6 +175,7 @@ def scenario_validity(
     members: np.ndarray | None = None,
     limits: DomainLimits = DEFAULT_LIMITS,
     margin: float = 0.0,
+    use_c: bool = True,
 ) -> list[ScenarioValidity]:
     """The validity of each scenario of a prediction.
 
@@ -122,14 +189,13 @@ def scenario_validity(
     members : every member's trajectory ``(M, B, H + 1, 8)``, when already computed.
     limits : the valid domain.
     margin : a state counts as outside the envelope beyond ``margin`` envelope widths past either end.
+    use_c : scan with the compiled helpers where a C compiler is found (else, or when False, numpy: the same
+        decisions).
     """
     b = mean.shape[0]
     with np.errstate(invalid="ignore"):
-        lo_t, hi_t = _over_steps(mean, np.minimum), _over_steps(mean, np.maximum)  # (B, 8); NaN propagates
-        reach = np.zeros_like(lo_t)
-        reach[:, : len(_DOMAIN_STATES)] = math.sqrt(n_members) * _over_steps(
-            spread[..., : len(_DOMAIN_STATES)], np.maximum
-        )
+        lo_t, hi_t, smax = extremes(mean, spread, use_c)  # (B, 8); NaN where non-finite
+        reach = math.sqrt(n_members) * smax
     # a scenario whose extremes stay inside cannot leave at any single step (monotone test, see module doc)
     mean_flag = _may_leave(lo_t, hi_t, limits)
     member_flag = mean_flag | _may_leave(lo_t - reach, hi_t + reach, limits)
@@ -142,35 +208,47 @@ def scenario_validity(
     if not (member_flag.any() or env_flag.any()):
         return out
     suspects = np.flatnonzero(member_flag)
+    if suspects.size and members is None:  # the box at each step, not over the horizon: fewer re-runs
+        k = math.sqrt(n_members) * spread[suspects]
+        m = mean[suspects]
+        with np.errstate(invalid="ignore"):
+            suspects = suspects[_may_leave(m - k, m + k, limits).any(-1)]
     traj: np.ndarray | None = None  # (M, suspects, H + 1, 8)
     if members is not None:
         traj = members[:, suspects]
     elif suspects.size:
         traj = rollout(suspects)
-    for i in np.flatnonzero(member_flag | env_flag):
-        fields: dict[str, object] = {}
-        if mean_flag[i]:
-            codes = check_domain(mean[i])
-            step = _first(codes != 0)
+    fields: dict[int, dict[str, object]] = {}
+    mean_idx = np.flatnonzero(mean_flag)
+    if mean_idx.size:  # the plant's guard on the flagged scenarios' means, at every step
+        for i, step in zip(mean_idx, first_outside(mean[mean_idx], limits, use_c), strict=True):
             if step >= 0:
-                fields.update(domain_exit_step=step, domain_reason=Fault(int(codes[step])).describe(limits))
-        if env_flag[i]:
-            with np.errstate(invalid="ignore"):
-                outside = ~((mean[i] >= x_low) & (mean[i] <= x_high))  # (H + 1, 8)
-            step = _first(outside.any(-1))
-            fields.update(
-                envelope_exit_step=step, envelope_signals=tuple(_STATE_NAMES[k] for k in np.flatnonzero(outside[step]))
-            )
-        if member_flag[i] and traj is not None:
-            k = int(np.searchsorted(suspects, i))
-            bad = check_domain(traj[:, k]) != 0  # (M, H + 1)
-            steps = [_first(row) for row in bad]
-            diverged = tuple(m for m, s in enumerate(steps) if s >= 0)
+                reason = Fault(int(check_domain(mean[i, step], limits))).describe(limits)
+                fields.setdefault(int(i), {}).update(domain_exit_step=int(step), domain_reason=reason)
+    env_idx = np.flatnonzero(env_flag)
+    if env_idx.size:
+        with np.errstate(invalid="ignore"):
+            outside = ~((mean[env_idx] >= x_low) & (mean[env_idx] <= x_high))  # (s, H + 1, 8)
+        for j, (i, step) in enumerate(zip(env_idx, _first_steps(np.asarray(outside.any(-1))), strict=True)):
+            if step >= 0:
+                names = tuple(_STATE_NAMES[k] for k in np.flatnonzero(outside[j, step]))
+                fields.setdefault(int(i), {}).update(envelope_exit_step=int(step), envelope_signals=names)
+    if traj is not None and suspects.size:
+        first = first_outside(traj, limits, use_c)  # (M, s): each member's first step outside
+        for j, i in enumerate(suspects):
+            diverged = tuple(int(m) for m in np.flatnonzero(first[:, j] >= 0))
             if diverged:
-                fields.update(diverged_members=diverged, first_divergence_step=min(steps[m] for m in diverged))
-        if fields:
-            out[i] = ScenarioValidity(**fields)  # type: ignore[arg-type]
+                fields.setdefault(int(i), {}).update(
+                    diverged_members=diverged, first_divergence_step=int(first[list(diverged), j].min())
+                )
+    for scenario, found in fields.items():
+        out[scenario] = ScenarioValidity(**found)  # type: ignore[arg-type]
     return out
+
+
+def _first_steps(flags: np.ndarray) -> np.ndarray:
+    """Index of the first true entry along the last axis of ``flags``, -1 where none."""
+    return np.where(flags.any(-1), np.argmax(flags, axis=-1), -1)
 
 
 def _width(low: np.ndarray, high: np.ndarray) -> np.ndarray:
