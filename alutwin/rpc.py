@@ -31,7 +31,8 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+
+from alutwin import reflection
 
 __all__ = [
     "BALANCED_SCHEMES",
@@ -374,12 +375,12 @@ def new_server(
 def serve_health_and_reflection(
     server: grpc.Server, services: Sequence[str], health_servicer: health.HealthServicer
 ) -> None:
-    """Add ``health_servicer`` (``""`` and every name of ``services`` set SERVING) and reflection of ``services``,
-    the health service and reflection itself to ``server``."""
+    """Add ``health_servicer`` (``""`` and every name of ``services`` set SERVING) and reflection (v1 and v1alpha,
+    :mod:`alutwin.reflection`) of ``services``, the health service and reflection itself to ``server``."""
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *services):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME), server)
 
 
 def bind(server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:

@@ -175,9 +175,8 @@ def test_sigterm_drains_in_flight_calls(tmp_path, twin_models, scenarios, model_
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     try:
         line = proc.stdout.readline()
-        assert "serving alutwin.v1.PredictionService, alutwin.v1.ModelRegistry on 127.0.0.1:" in line, (
-            line + proc.stderr.read()
-        )
+        services = "alutwin.v1.PredictionService, alutwin.v1.ModelRegistry, inference.GRPCInferenceService"
+        assert f"serving {services}, alutwin.v1.IngestService on 127.0.0.1:" in line, line + proc.stderr.read()
         address = line.split(" on ")[1].split()[0]
         x0, u = scenarios(b=4, h=20_000)  # one to two seconds of rollout with the numpy engine
         result: list = []

@@ -8,6 +8,7 @@ import grpc
 from alutwin.rpc import CallInterceptor
 from twin.historian import INGEST_SERVICE
 from twin.serving.gate import Gate
+from twin.serving.kserve import KSERVE_SERVICE
 from twin.serving.prediction import PREDICTION_SERVICE
 from twin.serving.registry_servicer import REGISTRY_SERVICE
 from twin.serving.telemetry import TwinMetrics
@@ -20,7 +21,8 @@ MANAGEMENT_METHODS = frozenset(
 """Full names of the RPCs that need the bearer token (Ingest writes the data the online re-fit learns from)."""
 
 _DRAINING = (grpc.StatusCode.UNAVAILABLE, "the twin is draining (shutting down); retry on another server")
-_GATED = (f"/{PREDICTION_SERVICE}/", f"/{REGISTRY_SERVICE}/", f"/{INGEST_SERVICE}/")  # health, reflection stay open
+# health, reflection and KServe's ServerLive, ServerReady and ServerMetadata stay open
+_GATED = (f"/{PREDICTION_SERVICE}/", f"/{REGISTRY_SERVICE}/", f"/{INGEST_SERVICE}/", f"/{KSERVE_SERVICE}/Model")
 _MANAGEMENT_OFF = (
     grpc.StatusCode.FAILED_PRECONDITION,
     "management RPCs are disabled on this server: it has no token configured (token_env in its config)",

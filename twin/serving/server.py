@@ -37,6 +37,7 @@ from twin.historian import INGEST_SERVICE, IngestServicer, open_historian
 from twin.registry import ModelRegistry, ModelStore
 from twin.serving.gate import Gate
 from twin.serving.interceptor import Interceptor
+from twin.serving.kserve import KSERVE_SERVICE, KServeServicer, add_kserve_service
 from twin.serving.prediction import PREDICTION_SERVICE, PredictionServicer, add_prediction_service
 from twin.serving.registry_servicer import REGISTRY_SERVICE, RegistryServicer
 from twin.serving.runtime import TwinRuntime
@@ -139,7 +140,8 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
     def on_change() -> None:
         ok = not opened or opened[0].servable()
         status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-        health_servicer.set(PREDICTION_SERVICE, status)
+        for name in (PREDICTION_SERVICE, KSERVE_SERVICE):  # KServe's ModelInfer is a Predict
+            health_servicer.set(name, status)
 
     store = ModelStore(config.store)
     try:
@@ -184,7 +186,8 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
         )
         add_prediction_service(PredictionServicer(runtime), server)
         twin_pb2_grpc.add_ModelRegistryServicer_to_server(RegistryServicer(runtime), server)
-        services = [PREDICTION_SERVICE, REGISTRY_SERVICE]
+        add_kserve_service(KServeServicer(runtime, ready=lambda: _serving(health_servicer, PREDICTION_SERVICE)), server)
+        services = [PREDICTION_SERVICE, REGISTRY_SERVICE, KSERVE_SERVICE]
         if ingest is not None:
             ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
             services.append(INGEST_SERVICE)
@@ -200,6 +203,12 @@ def create_server(config: TwinConfig) -> tuple[TwinServer, int]:
         raise
     twin_server = TwinServer(server, runtime, health_servicer, gate, metrics_server, config.host, port, ingest)
     return twin_server, port
+
+
+def _serving(health_servicer: health.HealthServicer, service: str) -> bool:
+    """Whether ``health_servicer`` reports ``service`` (one it knows) SERVING."""
+    reply = health_servicer.Check(health_pb2.HealthCheckRequest(service=service), None)
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def _describe(server: TwinServer, config: TwinConfig, token: bool) -> str:
@@ -228,7 +237,10 @@ def serve(config: TwinConfig, *, out: TextIO | None = None) -> None:
     server, _ = create_server(config)
 
     def serving() -> None:
-        services = f"{PREDICTION_SERVICE}, {REGISTRY_SERVICE}"
+        names = [PREDICTION_SERVICE, REGISTRY_SERVICE, KSERVE_SERVICE]
+        if config.historian_target is not None:
+            names.append(INGEST_SERVICE)
+        services = ", ".join(names)
         description = _describe(server, config, config.resolve_token() is not None)
         print(f"alutwin twin: serving {services} on {server.address} ({description})", file=out, flush=True)
 
