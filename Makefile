@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# buf lint: the .proto files against buf.yaml (STANDARD + COMMENTS; the excluded rules are listed there, with why)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
 
 # mypy over the six packages ([tool.mypy] in pyproject.toml); incremental through .mypy_cache
 typecheck: $(STAMP)

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from alutwin.v1 import common_pb2, twin_pb2
 
 __all__ = [
     "decode_array",
+    "iso_of_timestamp",
+    "timestamp_of_iso",
+    "timestamp_of_ms",
+    "timestamp_of_unix_s",
     "encode_array",
     "parse_predict_request",
     "serialize_predict_request",
@@ -30,6 +36,41 @@ __all__ = [
 ]
 
 _MAX_AXIS = 1 << 40
+
+
+def timestamp_of_iso(text: str) -> Timestamp | None:
+    """The Timestamp of an ISO 8601 time (``2026-01-31T12:00:00+00:00``; no offset means UTC); ``None`` for
+    "" or text that is not such a time (old files may hold anything: an absent Timestamp says "unknown")."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    ts = Timestamp()
+    ts.FromDatetime(when.astimezone(timezone.utc))
+    return ts
+
+
+def iso_of_timestamp(ts: Timestamp) -> str:
+    """ISO 8601 UTC text of a Timestamp, to the second as the registry records times (``...+00:00``)."""
+    return ts.ToDatetime(tzinfo=timezone.utc).isoformat(timespec="seconds")
+
+
+def timestamp_of_ms(ms: int) -> Timestamp:
+    """The Timestamp of a time in ms since the Unix epoch."""
+    ts = Timestamp()
+    ts.FromMilliseconds(int(ms))
+    return ts
+
+
+def timestamp_of_unix_s(seconds: float) -> Timestamp:
+    """The Timestamp of a time in s since the Unix epoch (to the nanosecond a float64 holds)."""
+    ts = Timestamp()
+    ts.FromNanoseconds(round(seconds * 1e9))
+    return ts
 
 
 def signal_to_pb(signal: Any) -> common_pb2.Signal:

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import hmac
 import logging
+import re
 import signal
 import threading
 import time
@@ -30,7 +31,10 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from alutwin import reflection
 
@@ -40,13 +44,16 @@ __all__ = [
     "CallInterceptor",
     "GrpcServer",
     "StatusOf",
+    "abort",
     "bearer_metadata",
     "bind",
+    "error_field",
     "format_address",
     "SERVER_KEEPALIVE",
     "new_server",
     "open_channel",
     "open_or_abort",
+    "request_type",
     "serve_health_and_reflection",
     "serve_until_signalled",
     "server_credentials",
@@ -61,12 +68,52 @@ _T = TypeVar("_T")
 
 
 class Abort(Exception):
-    """A request a servicer refuses: a status code and a client-facing message."""
+    """A request a servicer refuses: a status code and a client-facing message; ``field`` is the request field at
+    fault (its path, e.g. ``"commands[2].cell"``) for the BadRequest detail of an INVALID_ARGUMENT."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.field = field
+
+
+_FIELD_PATH = re.compile(r"([A-Za-z_]\w*)(?:\[[^\]]{1,80}\]|\.[A-Za-z_]\w*)*")
+
+
+def error_field(exc: BaseException | None, message: str, request: Any = None) -> str:
+    """The request field an INVALID_ARGUMENT is about: the exception's ``field`` attribute when it has one, else
+    the field path the message starts with (``"x0[3, 1] is not a finite number"``: ``"x0[3, 1]"``;
+    ``"commands[2]: cell 7 appears twice"``: ``"commands[2]"``) when it starts with a field of ``request`` (a
+    protobuf message), else "" (the message is about the request as a whole)."""
+    field = getattr(exc, "field", None)
+    if isinstance(field, str):
+        return field
+    match = _FIELD_PATH.match(message)
+    fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
+    return match.group(0) if match and match.group(1) in fields else ""
+
+
+def abort(
+    context: grpc.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    exc: BaseException | None = None,
+    request: Any = None,
+) -> None:
+    """End the call with ``code`` and ``message`` (raises). An INVALID_ARGUMENT also carries a ``google.rpc.Status``
+    in the ``grpc-status-details-bin`` trailer with one ``google.rpc.BadRequest`` field violation: the field
+    (:func:`error_field` of ``exc``, ``message`` and ``request``, a message or a message class) and the
+    message, for clients that read structured details (``grpc_status.rpc_status.from_call`` in Python)."""
+    if code != grpc.StatusCode.INVALID_ARGUMENT:
+        context.abort(code, message)
+    violation = error_details_pb2.BadRequest.FieldViolation(
+        field=error_field(exc, message, request), description=message
+    )
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    context.abort_with_status(rpc_status.to_status(status))
 
 
 StatusOf = Callable[[BaseException], tuple[grpc.StatusCode, str]]
@@ -111,9 +158,13 @@ def unary_errors(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A decorator for unary handlers ``method(self, request, context)``: an exception becomes the status code
     and message ``status_of`` gives it (one bad request never takes the server down). ``before(self)`` runs
-    first and may raise too (e.g. while the service shuts down)."""
+    first and may raise too (e.g. while the service shuts down). A handler that takes its request as bytes
+    names the message type with :func:`request_type` (below this decorator), so that an INVALID_ARGUMENT
+    still names the field."""
 
     def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        declared = getattr(method, "request_type", None)
+
         @functools.wraps(method)
         def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
             try:
@@ -122,11 +173,23 @@ def unary_errors(
                 return method(self, request, context)
             except Exception as exc:
                 code, message = status_of(exc)
-            context.abort(code, message)
+                error: BaseException = exc
+            abort(context, code, message, error, request if declared is None else declared)
 
         return handler
 
     return decorate
+
+
+def request_type(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a unary handler that receives its request as bytes with the protobuf message class it decodes them
+    as (for :func:`unary_errors`' field violations)."""
+
+    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
+        method.request_type = cls  # type: ignore[attr-defined]
+        return method
+
+    return mark
 
 
 def open_or_abort(status_of: StatusOf, context: grpc.ServicerContext, open_: Callable[[], _T]) -> _T:
@@ -137,7 +200,9 @@ def open_or_abort(status_of: StatusOf, context: grpc.ServicerContext, open_: Cal
         return open_()
     except Exception as exc:
         code, message = status_of(exc)
-    context.abort(code, message)  # raises: the call ends here
+        error: BaseException = exc
+    abort(context, code, message, error)  # raises: the call ends here
+    raise AssertionError("unreachable: abort raises")
 
 
 BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")

@@ -267,10 +267,18 @@ class TwinClient:
 
     # -- registry: reading -------------------------------------------------------------------------------------
 
-    def list_models(self) -> tuple[list[ModelSummary], int]:
-        """Every model, and the registry revision the list reflects."""
-        r = self._registry.ListModels(twin_pb2.ListModelsRequest(), timeout=self.timeout)
-        return [ModelSummary.from_pb(m) for m in r.models], r.revision
+    def list_models(self, *, page_size: int = 100) -> tuple[list[ModelSummary], int]:
+        """Every model (fetched ``page_size`` at a time; 0: in one call), in order of name, and the registry
+        revision of the last page."""
+        models: list[ModelSummary] = []
+        token = ""
+        while True:
+            req = twin_pb2.ListModelsRequest(page_size=page_size, page_token=token)
+            r = self._registry.ListModels(req, timeout=self.timeout)
+            models.extend(ModelSummary.from_pb(m) for m in r.models)
+            token = r.next_page_token
+            if not token:
+                return models, r.revision
 
     def get_model(self, model: str, *, version: int | None = None, alias: str | None = None) -> VersionInfo:
         """Metadata of one version (default: the champion's)."""

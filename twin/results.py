@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from alutwin.codec import split_predict_response
+from alutwin.codec import iso_of_timestamp, split_predict_response, timestamp_of_iso, timestamp_of_ms
 from alutwin.v1 import twin_pb2
 from identification.modelfile import LoadedModel, load_model_bytes
 from plant.signals import INPUT_NAMES, STATE_NAMES
@@ -272,6 +272,14 @@ class ServingInfo:
         )
 
 
+def _iso(message: Any, field: str, legacy: str) -> str:
+    """A time as ISO 8601 text: the deprecated text field's ``legacy`` value as the server recorded it (servers
+    still fill it, and it is exact), else ``message.<field>`` (a Timestamp) in UTC, else ""."""
+    if legacy or not message.HasField(field):
+        return str(legacy)
+    return iso_of_timestamp(getattr(message, field))
+
+
 @dataclass(frozen=True)
 class ModelSummary:
     """One model: ``versions`` maps each version to ``(kind, registered, description)``; ``aliases`` to versions."""
@@ -284,7 +292,7 @@ class ModelSummary:
     def from_pb(cls, m: twin_pb2.ModelSummary) -> ModelSummary:
         return cls(
             m.name,
-            {v.version: (v.kind, v.registered, v.description) for v in m.versions},
+            {v.version: (v.kind, _iso(v, "registered_at", v.registered), v.description) for v in m.versions},
             dict(m.aliases),
         )
 
@@ -292,7 +300,13 @@ class ModelSummary:
         return twin_pb2.ModelSummary(
             name=self.name,
             versions=[
-                twin_pb2.VersionSummary(version=v, kind=kind, registered=registered, description=description)
+                twin_pb2.VersionSummary(
+                    version=v,
+                    kind=kind,
+                    registered=registered,
+                    description=description,
+                    registered_at=timestamp_of_iso(registered),
+                )
                 for v, (kind, registered, description) in self.versions.items()
             ],
             aliases=self.aliases,
@@ -340,8 +354,8 @@ class VersionInfo:
             exactly_sparse=r.exactly_sparse,
             nonzero_weights=r.nonzero_weights,
             total_weights=r.total_weights,
-            created=r.created,
-            registered=r.registered,
+            created=_iso(r, "created_at", r.created),
+            registered=_iso(r, "registered_at", r.registered),
             description=r.description,
             weights_sha256=r.weights_sha256,
             loaded=r.loaded,
@@ -368,6 +382,8 @@ class VersionInfo:
             description=self.description,
             weights_sha256=self.weights_sha256,
             loaded=self.loaded,
+            created_at=timestamp_of_iso(self.created),
+            registered_at=timestamp_of_iso(self.registered),
         )
 
 
@@ -557,7 +573,7 @@ class RegistryEvent:
             e.version,
             e.alias,
             e.previous_version,
-            e.time_unix_ms,
+            e.time.ToMilliseconds() if e.HasField("time") else e.time_unix_ms,
             tuple(ModelSummary.from_pb(m) for m in e.models),
         )
 
@@ -570,5 +586,6 @@ class RegistryEvent:
             alias=self.alias,
             previous_version=self.previous_version,
             time_unix_ms=self.time_ms,
+            time=timestamp_of_ms(self.time_ms) if self.time_ms else None,
             models=[m.to_pb() for m in self.models],
         )

@@ -22,39 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61lutwin/v1/ingest.proto\x12\nalutwin.v1\"J\n\x06Sample\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0e\n\x06time_s\x18\x03 \x01(\x01\x12\t\n\x01x\x18\x04 \x03(\x01\x12\t\n\x01u\x18\x05 \x03(\x01\"F\n\rIngestRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12#\n\x07samples\x18\x02 \x03(\x0b\x32\x12.alutwin.v1.Sample\"\xda\x01\n\x11QuarantinedSample\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\x04\x63\x65ll\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\x04step\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x0e\n\x06time_s\x18\x04 \x01(\x01\x12\t\n\x01x\x18\x05 \x03(\x01\x12\t\n\x01u\x18\x06 \x03(\x01\x12,\n\x06reason\x18\x07 \x01(\x0e\x32\x1c.alutwin.v1.QuarantineReason\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x1a\n\x12received_at_unix_s\x18\t \x01(\x01\x42\x07\n\x05_cellB\x07\n\x05_step\"/\n\x0c\x43\x65llProgress\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\x11\n\tlast_step\x18\x02 \x01(\x04\"\x8f\x01\n\tIngestAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x32\n\x0bquarantined\x18\x03 \x03(\x0b\x32\x1d.alutwin.v1.QuarantinedSample\x12*\n\x08progress\x18\x04 \x03(\x0b\x32\x18.alutwin.v1.CellProgress\"(\n\x17GetHistorianInfoRequest\x12\r\n\x05\x63\x65lls\x18\x01 \x03(\r\"f\n\x0b\x43\x65llHistory\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\nfirst_step\x18\x03 \x01(\x04\x12\x11\n\tlast_step\x18\x04 \x01(\x04\x12\x13\n\x0blast_time_s\x18\x05 \x01(\x01\"N\n\x0fQuarantineCount\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.alutwin.v1.QuarantineReason\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xc8\x01\n\rHistorianInfo\x12&\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x17.alutwin.v1.CellHistory\x12\x15\n\rtotal_samples\x18\x02 \x01(\x04\x12/\n\nquarantine\x18\x03 \x03(\x0b\x32\x1b.alutwin.v1.QuarantineCount\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x19\n\x11max_batch_samples\x18\x05 \x01(\r\x12\x1b\n\x13max_quarantine_list\x18\x06 \x01(\r\"B\n\x15ListQuarantineRequest\x12\x11\n\x04\x63\x65ll\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05limit\x18\x02 \x01(\rB\x07\n\x05_cell\"H\n\x16ListQuarantineResponse\x12.\n\x07samples\x18\x01 \x03(\x0b\x32\x1d.alutwin.v1.QuarantinedSample*\x83\x02\n\x10QuarantineReason\x12!\n\x1dQUARANTINE_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cQUARANTINE_REASON_NON_FINITE\x10\x01\x12#\n\x1fQUARANTINE_REASON_OUT_OF_BOUNDS\x10\x02\x12\"\n\x1eQUARANTINE_REASON_OUT_OF_ORDER\x10\x03\x12\x1f\n\x1bQUARANTINE_REASON_DUPLICATE\x10\x04\x12\x1f\n\x1bQUARANTINE_REASON_BAD_SHAPE\x10\x05\x12\x1f\n\x1bQUARANTINE_REASON_BAD_INDEX\x10\x06\x32\xfc\x01\n\rIngestService\x12>\n\x06Ingest\x12\x19.alutwin.v1.IngestRequest\x1a\x15.alutwin.v1.IngestAck(\x01\x30\x01\x12R\n\x10GetHistorianInfo\x12#.alutwin.v1.GetHistorianInfoRequest\x1a\x19.alutwin.v1.HistorianInfo\x12W\n\x0eListQuarantine\x12!.alutwin.v1.ListQuarantineRequest\x1a\".alutwin.v1.ListQuarantineResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61lutwin/v1/ingest.proto\x12\nalutwin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\x06Sample\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0e\n\x06time_s\x18\x03 \x01(\x01\x12\t\n\x01x\x18\x04 \x03(\x01\x12\t\n\x01u\x18\x05 \x03(\x01\"F\n\rIngestRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12#\n\x07samples\x18\x02 \x03(\x0b\x32\x12.alutwin.v1.Sample\"\x8f\x02\n\x11QuarantinedSample\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\x04\x63\x65ll\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\x04step\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x0e\n\x06time_s\x18\x04 \x01(\x01\x12\t\n\x01x\x18\x05 \x03(\x01\x12\t\n\x01u\x18\x06 \x03(\x01\x12,\n\x06reason\x18\x07 \x01(\x0e\x32\x1c.alutwin.v1.QuarantineReason\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x1e\n\x12received_at_unix_s\x18\t \x01(\x01\x42\x02\x18\x01\x12/\n\x0breceived_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_cellB\x07\n\x05_step\"/\n\x0c\x43\x65llProgress\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\x11\n\tlast_step\x18\x02 \x01(\x04\"\x8f\x01\n\tIngestAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x32\n\x0bquarantined\x18\x03 \x03(\x0b\x32\x1d.alutwin.v1.QuarantinedSample\x12*\n\x08progress\x18\x04 \x03(\x0b\x32\x18.alutwin.v1.CellProgress\"(\n\x17GetHistorianInfoRequest\x12\r\n\x05\x63\x65lls\x18\x01 \x03(\r\"f\n\x0b\x43\x65llHistory\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\nfirst_step\x18\x03 \x01(\x04\x12\x11\n\tlast_step\x18\x04 \x01(\x04\x12\x13\n\x0blast_time_s\x18\x05 \x01(\x01\"N\n\x0fQuarantineCount\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.alutwin.v1.QuarantineReason\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xc8\x01\n\rHistorianInfo\x12&\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x17.alutwin.v1.CellHistory\x12\x15\n\rtotal_samples\x18\x02 \x01(\x04\x12/\n\nquarantine\x18\x03 \x03(\x0b\x32\x1b.alutwin.v1.QuarantineCount\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x19\n\x11max_batch_samples\x18\x05 \x01(\r\x12\x1b\n\x13max_quarantine_list\x18\x06 \x01(\r\"B\n\x15ListQuarantineRequest\x12\x11\n\x04\x63\x65ll\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05limit\x18\x02 \x01(\rB\x07\n\x05_cell\"H\n\x16ListQuarantineResponse\x12.\n\x07samples\x18\x01 \x03(\x0b\x32\x1d.alutwin.v1.QuarantinedSample*\x83\x02\n\x10QuarantineReason\x12!\n\x1dQUARANTINE_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cQUARANTINE_REASON_NON_FINITE\x10\x01\x12#\n\x1fQUARANTINE_REASON_OUT_OF_BOUNDS\x10\x02\x12\"\n\x1eQUARANTINE_REASON_OUT_OF_ORDER\x10\x03\x12\x1f\n\x1bQUARANTINE_REASON_DUPLICATE\x10\x04\x12\x1f\n\x1bQUARANTINE_REASON_BAD_SHAPE\x10\x05\x12\x1f\n\x1bQUARANTINE_REASON_BAD_INDEX\x10\x06\x32\xfc\x01\n\rIngestService\x12>\n\x06Ingest\x12\x19.alutwin.v1.IngestRequest\x1a\x15.alutwin.v1.IngestAck(\x01\x30\x01\x12R\n\x10GetHistorianInfo\x12#.alutwin.v1.GetHistorianInfoRequest\x1a\x19.alutwin.v1.HistorianInfo\x12W\n\x0eListQuarantine\x12!.alutwin.v1.ListQuarantineRequest\x1a\".alutwin.v1.ListQuarantineResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'alutwin.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUARANTINEREASON']._serialized_start=1175
-  _globals['_QUARANTINEREASON']._serialized_end=1434
-  _globals['_SAMPLE']._serialized_start=39
-  _globals['_SAMPLE']._serialized_end=113
-  _globals['_INGESTREQUEST']._serialized_start=115
-  _globals['_INGESTREQUEST']._serialized_end=185
-  _globals['_QUARANTINEDSAMPLE']._serialized_start=188
-  _globals['_QUARANTINEDSAMPLE']._serialized_end=406
-  _globals['_CELLPROGRESS']._serialized_start=408
-  _globals['_CELLPROGRESS']._serialized_end=455
-  _globals['_INGESTACK']._serialized_start=458
-  _globals['_INGESTACK']._serialized_end=601
-  _globals['_GETHISTORIANINFOREQUEST']._serialized_start=603
-  _globals['_GETHISTORIANINFOREQUEST']._serialized_end=643
-  _globals['_CELLHISTORY']._serialized_start=645
-  _globals['_CELLHISTORY']._serialized_end=747
-  _globals['_QUARANTINECOUNT']._serialized_start=749
-  _globals['_QUARANTINECOUNT']._serialized_end=827
-  _globals['_HISTORIANINFO']._serialized_start=830
-  _globals['_HISTORIANINFO']._serialized_end=1030
-  _globals['_LISTQUARANTINEREQUEST']._serialized_start=1032
-  _globals['_LISTQUARANTINEREQUEST']._serialized_end=1098
-  _globals['_LISTQUARANTINERESPONSE']._serialized_start=1100
-  _globals['_LISTQUARANTINERESPONSE']._serialized_end=1172
-  _globals['_INGESTSERVICE']._serialized_start=1437
-  _globals['_INGESTSERVICE']._serialized_end=1689
+  _globals['_QUARANTINEDSAMPLE'].fields_by_name['received_at_unix_s']._loaded_options = None
+  _globals['_QUARANTINEDSAMPLE'].fields_by_name['received_at_unix_s']._serialized_options = b'\030\001'
+  _globals['_QUARANTINEREASON']._serialized_start=1261
+  _globals['_QUARANTINEREASON']._serialized_end=1520
+  _globals['_SAMPLE']._serialized_start=72
+  _globals['_SAMPLE']._serialized_end=146
+  _globals['_INGESTREQUEST']._serialized_start=148
+  _globals['_INGESTREQUEST']._serialized_end=218
+  _globals['_QUARANTINEDSAMPLE']._serialized_start=221
+  _globals['_QUARANTINEDSAMPLE']._serialized_end=492
+  _globals['_CELLPROGRESS']._serialized_start=494
+  _globals['_CELLPROGRESS']._serialized_end=541
+  _globals['_INGESTACK']._serialized_start=544
+  _globals['_INGESTACK']._serialized_end=687
+  _globals['_GETHISTORIANINFOREQUEST']._serialized_start=689
+  _globals['_GETHISTORIANINFOREQUEST']._serialized_end=729
+  _globals['_CELLHISTORY']._serialized_start=731
+  _globals['_CELLHISTORY']._serialized_end=833
+  _globals['_QUARANTINECOUNT']._serialized_start=835
+  _globals['_QUARANTINECOUNT']._serialized_end=913
+  _globals['_HISTORIANINFO']._serialized_start=916
+  _globals['_HISTORIANINFO']._serialized_end=1116
+  _globals['_LISTQUARANTINEREQUEST']._serialized_start=1118
+  _globals['_LISTQUARANTINEREQUEST']._serialized_end=1184
+  _globals['_LISTQUARANTINERESPONSE']._serialized_start=1186
+  _globals['_LISTQUARANTINERESPONSE']._serialized_end=1258
+  _globals['_INGESTSERVICE']._serialized_start=1523
+  _globals['_INGESTSERVICE']._serialized_end=1775
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -47,7 +50,7 @@ class IngestRequest(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
 
 class QuarantinedSample(_message.Message):
-    __slots__ = ("index", "cell", "step", "time_s", "x", "u", "reason", "detail", "received_at_unix_s")
+    __slots__ = ("index", "cell", "step", "time_s", "x", "u", "reason", "detail", "received_at_unix_s", "received_at")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +60,7 @@ class QuarantinedSample(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     index: int
     cell: int
     step: int
@@ -66,7 +70,8 @@ class QuarantinedSample(_message.Message):
     reason: QuarantineReason
     detail: str
     received_at_unix_s: float
-    def __init__(self, index: _Optional[int] = ..., cell: _Optional[int] = ..., step: _Optional[int] = ..., time_s: _Optional[float] = ..., x: _Optional[_Iterable[float]] = ..., u: _Optional[_Iterable[float]] = ..., reason: _Optional[_Union[QuarantineReason, str]] = ..., detail: _Optional[str] = ..., received_at_unix_s: _Optional[float] = ...) -> None: ...
+    received_at: _timestamp_pb2.Timestamp
+    def __init__(self, index: _Optional[int] = ..., cell: _Optional[int] = ..., step: _Optional[int] = ..., time_s: _Optional[float] = ..., x: _Optional[_Iterable[float]] = ..., u: _Optional[_Iterable[float]] = ..., reason: _Optional[_Union[QuarantineReason, str]] = ..., detail: _Optional[str] = ..., received_at_unix_s: _Optional[float] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CellProgress(_message.Message):
     __slots__ = ("cell", "last_step")

@@ -1,5 +1,8 @@
+import datetime
+
 from alutwin.v1 import common_pb2 as _common_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -215,16 +218,22 @@ class EnvelopeWarning(_message.Message):
     def __init__(self, array: _Optional[str] = ..., signal: _Optional[str] = ..., count: _Optional[int] = ..., worst_value: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., excess: _Optional[float] = ..., scenario: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "revision")
+    __slots__ = ("models", "revision", "next_page_token")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelSummary]
     revision: int
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ModelSummary(_message.Message):
     __slots__ = ("name", "versions", "aliases")
@@ -244,16 +253,18 @@ class ModelSummary(_message.Message):
     def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionSummary, _Mapping]]] = ..., aliases: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class VersionSummary(_message.Message):
-    __slots__ = ("version", "kind", "registered", "description")
+    __slots__ = ("version", "kind", "registered", "description", "registered_at")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     version: int
     kind: str
     registered: str
     description: str
-    def __init__(self, version: _Optional[int] = ..., kind: _Optional[str] = ..., registered: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    registered_at: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., kind: _Optional[str] = ..., registered: _Optional[str] = ..., description: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("model",)
@@ -276,7 +287,7 @@ class Architecture(_message.Message):
     def __init__(self, n_in: _Optional[int] = ..., hidden: _Optional[_Iterable[int]] = ..., n_out: _Optional[int] = ..., skip: _Optional[bool] = ..., blocks: _Optional[int] = ...) -> None: ...
 
 class ModelVersionInfo(_message.Message):
-    __slots__ = ("model", "aliases", "kind", "prior", "n_members", "architecture", "dt_s", "exactly_sparse", "nonzero_weights", "total_weights", "created", "registered", "description", "weights_sha256", "loaded")
+    __slots__ = ("model", "aliases", "kind", "prior", "n_members", "architecture", "dt_s", "exactly_sparse", "nonzero_weights", "total_weights", "created", "registered", "description", "weights_sha256", "loaded", "created_at", "registered_at")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +303,8 @@ class ModelVersionInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     model: ResolvedModel
     aliases: _containers.RepeatedScalarFieldContainer[str]
     kind: str
@@ -307,7 +320,9 @@ class ModelVersionInfo(_message.Message):
     description: str
     weights_sha256: str
     loaded: bool
-    def __init__(self, model: _Optional[_Union[ResolvedModel, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ..., prior: _Optional[str] = ..., n_members: _Optional[int] = ..., architecture: _Optional[_Union[Architecture, _Mapping]] = ..., dt_s: _Optional[float] = ..., exactly_sparse: _Optional[bool] = ..., nonzero_weights: _Optional[int] = ..., total_weights: _Optional[int] = ..., created: _Optional[str] = ..., registered: _Optional[str] = ..., description: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., loaded: _Optional[bool] = ...) -> None: ...
+    created_at: _timestamp_pb2.Timestamp
+    registered_at: _timestamp_pb2.Timestamp
+    def __init__(self, model: _Optional[_Union[ResolvedModel, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ..., prior: _Optional[str] = ..., n_members: _Optional[int] = ..., architecture: _Optional[_Union[Architecture, _Mapping]] = ..., dt_s: _Optional[float] = ..., exactly_sparse: _Optional[bool] = ..., nonzero_weights: _Optional[int] = ..., total_weights: _Optional[int] = ..., created: _Optional[str] = ..., registered: _Optional[str] = ..., description: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., loaded: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ExplainModelRequest(_message.Message):
     __slots__ = ("model",)
@@ -466,7 +481,7 @@ class WatchRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class RegistryEvent(_message.Message):
-    __slots__ = ("revision", "type", "name", "version", "alias", "previous_version", "models", "time_unix_ms")
+    __slots__ = ("revision", "type", "name", "version", "alias", "previous_version", "models", "time_unix_ms", "time")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -475,6 +490,7 @@ class RegistryEvent(_message.Message):
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
     revision: int
     type: RegistryEventType
     name: str
@@ -483,4 +499,5 @@ class RegistryEvent(_message.Message):
     previous_version: int
     models: _containers.RepeatedCompositeFieldContainer[ModelSummary]
     time_unix_ms: int
-    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[RegistryEventType, str]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ..., previous_version: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., time_unix_ms: _Optional[int] = ...) -> None: ...
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[RegistryEventType, str]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ..., previous_version: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., time_unix_ms: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -8,15 +8,19 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from alutwin.rpc import (
     Abort,
     GrpcServer,
     bind,
+    error_field,
     format_address,
     new_server,
     open_or_abort,
@@ -25,6 +29,7 @@ from alutwin.rpc import (
     status_mapping,
     stop_on_signals,
 )
+from alutwin.v1 import twin_pb2
 
 SERVICE = "test.Service"
 WAIT = 10.0
@@ -130,14 +135,41 @@ def test_open_or_abort_returns_what_opens_and_aborts_with_the_status_of_what_fai
         def abort(self, code: grpc.StatusCode, details: str) -> None:
             raise RuntimeError(f"aborted {code.name}: {details}")  # grpc's abort raises too
 
-    status_of = status_mapping({ValueError: grpc.StatusCode.INVALID_ARGUMENT}, "the test service")
+        def abort_with_status(self, status: Any) -> None:
+            [(key, value)] = status.trailing_metadata
+            detail = status_pb2.Status.FromString(value)
+            bad = error_details_pb2.BadRequest()
+            assert key == "grpc-status-details-bin" and detail.details[0].Unpack(bad)
+            [v] = bad.field_violations
+            raise RuntimeError(f"aborted {status.code.name}: {status.details} (field {v.field!r})")
+
+    status_of = status_mapping(
+        {ValueError: grpc.StatusCode.INVALID_ARGUMENT, KeyError: grpc.StatusCode.NOT_FOUND}, "the test service"
+    )
     assert open_or_abort(status_of, Context(), lambda: "stream") == "stream"
 
-    def fail() -> str:
-        raise ValueError("cells = [9] is not a cell")
+    def fail(exc: Exception) -> Callable[[], str]:
+        def opening() -> str:
+            raise exc
 
-    with pytest.raises(RuntimeError, match=r"^aborted INVALID_ARGUMENT: cells = \[9\] is not a cell$"):
-        open_or_abort(status_of, Context(), fail)
+        return opening
+
+    with pytest.raises(RuntimeError, match=r"^aborted INVALID_ARGUMENT: cells = \[9\] is not a cell \(field ''\)$"):
+        open_or_abort(status_of, Context(), fail(ValueError("cells = [9] is not a cell")))
+    with pytest.raises(RuntimeError, match=r"^aborted NOT_FOUND: 'cell 9'$"):
+        open_or_abort(status_of, Context(), fail(KeyError("cell 9")))
+
+
+def test_an_invalid_argument_names_the_field_of_the_exception_or_of_the_message_head():
+    request = twin_pb2.PredictRequest()
+    assert error_field(None, "x0[3, 1] is not a finite number", request) == "x0[3, 1]"
+    assert error_field(None, "x0[3, 1] is not a finite number", twin_pb2.PredictRequest) == "x0[3, 1]"
+    assert error_field(None, "model.name is empty", request) == "model.name"
+    assert error_field(None, "cells = [9] is not a cell", request) == ""  # not a field of PredictRequest
+    assert error_field(None, "x0 is bad", b"raw bytes") == ""  # no message type known
+    err = ValueError("bad")
+    err.field = "page_token"  # type: ignore[attr-defined]
+    assert error_field(err, "anything", request) == "page_token"
 
 
 def test_serve_until_a_signal_then_stop_and_restore_the_handlers():

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from alutwin.codec import timestamp_of_unix_s
 from alutwin.v1 import ingest_pb2
 from twin.historian.historian import Quarantined, QuarantineReason, Sample
 
@@ -72,6 +73,7 @@ def quarantined_to_pb(q: Quarantined) -> ingest_pb2.QuarantinedSample:
         reason=REASON_TO_PB[q.reason],
         detail=q.detail,
         received_at_unix_s=q.received_at,
+        received_at=timestamp_of_unix_s(q.received_at),
     )
     if q.cell is not None:
         msg.cell = q.cell
@@ -90,6 +92,6 @@ def quarantined_from_pb(msg: ingest_pb2.QuarantinedSample, with_index: bool = Tr
         u=np.array(msg.u, dtype=np.float64),
         reason=REASON_FROM_PB.get(msg.reason, QuarantineReason.BAD_SHAPE),
         detail=msg.detail,
-        received_at=msg.received_at_unix_s,
+        received_at=msg.received_at_unix_s or msg.received_at.ToNanoseconds() / 1e9,  # the float64 one is exact
         index=msg.index if with_index else None,
     )

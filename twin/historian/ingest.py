@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from alutwin.rpc import Abort, open_or_abort, status_mapping, unary_errors
+from alutwin.rpc import Abort, abort, open_or_abort, status_mapping, unary_errors
 from alutwin.v1 import ingest_pb2, ingest_pb2_grpc
 from twin.config import HistorianConfig
 from twin.historian.codec import INGEST_SERVICE, REASON_TO_PB, quarantined_to_pb, sample_from_pb
@@ -197,7 +197,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             with self._streams_lock:
                 self._streams -= 1
         if status is not None:
-            context.abort(*status)
+            abort(context, *status)
 
     @_unary
     def GetHistorianInfo(

@@ -21,7 +21,13 @@ class RegistryError(Exception):
 
 
 class InvalidRequest(RegistryError):
-    """Malformed names or arguments, or a refused upload (INVALID_ARGUMENT)."""
+    """Malformed names or arguments, or a refused upload (INVALID_ARGUMENT); ``field`` is the request field at
+    fault when the message does not start with it (see :func:`alutwin.rpc.error_field`)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        if field is not None:
+            self.field = field
 
 
 class NotFound(RegistryError, LookupError):

@@ -16,6 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from alutwin.codec import parse_predict_request, serialize_predict_response, signal_to_pb
+from alutwin.rpc import request_type
 from alutwin.v1 import twin_pb2, twin_pb2_grpc
 from identification.rollout import OUTPUT_ORDER
 from plant.physics import OUTPUT_FUNCTIONS
@@ -297,6 +298,7 @@ class PredictionServicer(twin_pb2_grpc.PredictionServiceServicer):
         ]
 
     @unary
+    @request_type(twin_pb2.PredictRequest)
     def Predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         rt = self.runtime
         try:

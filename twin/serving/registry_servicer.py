@@ -3,8 +3,11 @@ the :mod:`twin.results` types' ``to_pb``."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 
 import grpc
 
@@ -19,13 +22,44 @@ from twin.registry import (
     WatchClosed,
     model_summaries,
 )
-from twin.results import ExportedModel, ModelId, VersionInfo
+from twin.results import ExportedModel, ModelId, ModelSummary, VersionInfo
 from twin.serving.runtime import TwinRuntime, status_of, unary
 
 __all__ = ["REGISTRY_SERVICE", "RegistryServicer", "version_info"]
 
 REGISTRY_SERVICE = twin_pb2.DESCRIPTOR.services_by_name["ModelRegistry"].full_name
 """``"alutwin.v1.ModelRegistry"``."""
+
+_PAGE_TOKEN_KIND = "alutwin.v1.ListModels"
+
+
+def list_page(models: Sequence[ModelSummary], page_size: int, page_token: str) -> tuple[list[ModelSummary], str]:
+    """One page of ``models`` (sorted by name): at most ``page_size`` (0: all) after the name ``page_token``
+    names, and the token of the next page ("" after the last). A token names the last model listed, so pages
+    stay right when models are added or removed in between (each model is listed once)."""
+    after = _token_name(page_token) if page_token else None
+    rest = [m for m in models if after is None or m.name > after]
+    if page_size == 0 or len(rest) <= page_size:
+        return list(rest), ""
+    page = list(rest[:page_size])
+    return page, _page_token(page[-1].name)
+
+
+def _page_token(name: str) -> str:
+    text = json.dumps({"kind": _PAGE_TOKEN_KIND, "after": name}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _token_name(token: str) -> str:
+    bad = InvalidRequest(f"page_token {token[:64]!r} is not a next_page_token of ListModels", field="page_token")
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(doc, dict) or doc.get("kind") != _PAGE_TOKEN_KIND or not isinstance(doc.get("after"), str):
+        raise bad
+    return str(doc["after"])
+
 
 _POLL_S = 0.25  # how often a waiting Watch stream checks that its client is still there
 
@@ -75,7 +109,11 @@ class RegistryServicer(twin_pb2_grpc.ModelRegistryServicer):
         self, request: twin_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> twin_pb2.ListModelsResponse:
         state = self.registry.state
-        return twin_pb2.ListModelsResponse(models=[m.to_pb() for m in model_summaries(state)], revision=state.revision)
+        models = sorted(model_summaries(state), key=lambda m: m.name)
+        page, next_token = list_page(models, request.page_size, request.page_token)
+        return twin_pb2.ListModelsResponse(
+            models=[m.to_pb() for m in page], revision=state.revision, next_page_token=next_token
+        )
 
     @unary
     def GetModel(self, request: twin_pb2.GetModelRequest, context: grpc.ServicerContext) -> twin_pb2.ModelVersionInfo:
