@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,26 @@ def test_no_top_level_proto_package():
     assert include is not None
     packages = re.findall(r'"([^"]+)"', include.group(1))
     assert "alutwin*" in packages and not any(p.startswith("proto") for p in packages)
+
+
+def _buf() -> str:
+    """The Buf CLI of the dev extras (buf-bin), beside this interpreter in the venv, else on PATH."""
+    here = Path(sys.executable).parent / "buf"
+    found = str(here) if here.is_file() else shutil.which("buf")
+    assert found, "the Buf CLI is missing: install the dev extras (pip install -e '.[dev]', buf-bin)"
+    return found
+
+
+def test_buf_lint_is_clean_and_would_catch_an_undocumented_field(tmp_path):
+    clean = subprocess.run([_buf(), "lint"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    # the same configuration on a copy with one undocumented field: COMMENTS reports it
+    shutil.copy(REPO / "buf.yaml", tmp_path / "buf.yaml")
+    shutil.copytree(REPO / "proto", tmp_path / "proto", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    twin = tmp_path / "proto" / "alutwin" / "v1" / "twin.proto"
+    text = twin.read_text()
+    anchor = "message ListModelsRequest {\n"
+    assert anchor in text
+    twin.write_text(text.replace(anchor, anchor + "  uint32 undocumented_field = 99;\n"))
+    broken = subprocess.run([_buf(), "lint"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert broken.returncode != 0 and "undocumented_field" in broken.stdout + broken.stderr
