@@ -8,9 +8,10 @@ sparse one made from it by pruning (about 300 non-zero weights per member):
       torch thread: with more, the tiny products only wait on each other), the reference point of the issue;
     - ``numpy``: the reference :meth:`Surrogate.simulate`;
     - ``engine``: the rollout engine the twin serves with (``identification.rollout``, "auto"): every
-      member's trajectory;
+      member's trajectory; ``engine-f32``: the same with ``precision="float32"`` (the network layers in
+      float32, the states in float64: what Predict computes for ``COMPUTE_PRECISION_FLOAT32``);
     - ``summary``: the same engine computing the ensemble mean, spread and algebraic outputs itself
-      (``simulate_summary``; for one or two cells it is ``engine`` plus numpy);
+      (``simulate_summary``; for one or two cells it is ``engine`` plus numpy); ``summary-f32`` in float32;
     - ``predict``: what one Predict computes, in process (:func:`twin.serving.predict`: ``summary`` plus the
       choice of outputs);
     - ``grpc``: the same Predict through :class:`twin.client.TwinClient` over loopback to ``alutwin twin serve``
@@ -25,6 +26,11 @@ sparse one made from it by pruning (about 300 non-zero weights per member):
     throughput (cell-steps per second, each with all 10 members); the gRPC overhead is reported relative to
     the in-process ``predict``.
 
+(c) **float32 compute on the committed champion** (the packaged ``sparse-inputskip`` model) for the potline
+    request of (b): the error of float32 against float64 in the ensemble-mean states at the last step (max
+    and median relative, the largest absolute in each state's unit, and relative to how far the state moved
+    over the horizon), and ``engine``/``summary`` in float64 and float32 side by side.
+
 The gRPC figures include encoding the request, the server's validation, the pool hop, the rollout,
 summaries, encoding the response, the transfer (for (b) in float64 about 4 MB up and 17 MB down) and
 decoding it. The float64 results over gRPC are checked to equal the in-process ``predict`` bit for bit; the
@@ -34,6 +40,7 @@ Run from the repository root::
 
     .venv/bin/python bench/twin_predict.py                 # writes bench/results/twin_predict.json
     .venv/bin/python bench/twin_predict.py --repeats-a 50 --repeats-b 3 --out /tmp/x.json
+    .venv/bin/python bench/twin_predict.py --precision-only --out /tmp/p.json   # (c) alone, in seconds
 
 Timings on a machine shared with other work are noisy; the load average at the start and the end is recorded.
 """
@@ -61,14 +68,15 @@ from identification.data import fit_normalization, make_samples
 from identification.estimator import prune
 from identification.modelfile import load_model, save_model
 from identification.network import Architecture, EnsembleWeights
+from identification.pretrained import default_models_dir
 from identification.rollout import make_rollout_engine
 from identification.surrogate import Surrogate
-from plant import aprbs, sample_initial_states, simulate
+from plant import STATES, aprbs, sample_initial_states, simulate
 from twin.client import TwinClient
 from twin.registry import ServedModel, validate_model
 from twin.serving import predict
 
-__all__ = ["main", "make_models", "run_benchmark", "torch_rollout"]
+__all__ = ["main", "make_models", "run_benchmark", "run_precision", "torch_rollout"]
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "twin_predict.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +86,19 @@ POTLINE = 300
 TARGET_NNZ = 300
 LEAN_FIELDS = frozenset({"mean", "outputs"})
 LEAN_STRIDE = 6
-WAYS = ("torch-bmm", "numpy", "engine", "summary", "predict", "grpc", "grpc-f32", "grpc-echo")
+WAYS = (
+    "torch-bmm",
+    "numpy",
+    "engine",
+    "engine-f32",
+    "summary",
+    "summary-f32",
+    "predict",
+    "grpc",
+    "grpc-f32",
+    "grpc-echo",
+)
+CHAMPION = "sparse-inputskip"  # the packaged model the potline serves
 LEAN_WAYS = ("predict-lean", "grpc-lean", "grpc-lean-echo")
 
 
@@ -148,12 +168,14 @@ def _stats(seconds: list[float], cell_steps: int) -> dict[str, float]:
 def _ways(
     model: Surrogate, engine: Any, served: ServedModel, client: TwinClient, x0: np.ndarray, u: np.ndarray
 ) -> dict[str, Callable[[], Any]]:
-    """The five ways of computing one workload, as calls without arguments."""
+    """The ways of computing one workload, as calls without arguments."""
     return {
         "torch-bmm": lambda: torch_rollout(model, x0, u),
         "numpy": lambda: model.simulate(x0, u),
         "engine": lambda: engine.simulate(x0, u),
+        "engine-f32": lambda: engine.simulate(x0, u, precision="float32"),
         "summary": lambda: engine.simulate_summary(x0, u),
+        "summary-f32": lambda: engine.simulate_summary(x0, u, precision="float32"),
         "predict": lambda: predict(served, x0, u),
         "grpc": lambda: client.predict(served.name, x0, u),
         "grpc-f32": lambda: client.predict(served.name, x0, u, precision="float32"),
@@ -242,13 +264,90 @@ def run_benchmark(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
         return _run(repeats_a, repeats_b, seed)
 
 
-def _run(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
-    load_start = load_average()
-    models = make_models(seed)
+def _potline(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Workload (b): :data:`POTLINE` initial states and inputs over :data:`H` steps, (B, 8) and (B, H, 5)."""
     rng = np.random.default_rng(seed + 1)
     x0_b = sample_initial_states(rng, POTLINE)
     u_b = np.broadcast_to(np.array([0.024, 140_000.0, 0.0, 0.0, 0.05]), (POTLINE, H, 5)).copy()
     u_b[:, :, 1] += rng.normal(0, 1000.0, (POTLINE, H))
+    return x0_b, u_b
+
+
+def run_precision(repeats: int, seed: int) -> dict[str, Any]:
+    """(c): float32 against float64 compute on the committed champion for workload (b): the error in the
+    ensemble-mean states at the last step and the engine's time in both."""
+    load_start = load_average()
+    model = load_model(default_models_dir() / CHAMPION).surrogate
+    engine = make_rollout_engine(model)
+    x0, u = _potline(seed)
+    s64 = engine.simulate_summary(x0, u)
+    s32 = engine.simulate_summary(x0, u, precision="float32")
+    ref, got = s64.mean[:, -1], s32.mean[:, -1]  # (B, 8)
+    finite = np.isfinite(ref).all(axis=1) & np.isfinite(got).all(axis=1)
+    ref, got = ref[finite], got[finite]
+    err = np.abs(got - ref)  # (B', 8)
+    rel = err / np.abs(ref)
+    moved = np.abs(ref - x0[finite])  # how far each state moved over the horizon
+    per_state = {
+        st.name: {
+            "unit": st.unit,
+            "max_abs": float(err[:, st.index].max()),
+            "median_abs": float(np.median(err[:, st.index])),
+            "max_rel": float(rel[:, st.index].max()),
+            "max_rel_to_motion": float((err[:, st.index] / moved[:, st.index]).max()),
+        }
+        for st in STATES
+    }
+    times = {}
+    calls = {
+        "engine": lambda: engine.simulate(x0, u),
+        "engine-f32": lambda: engine.simulate(x0, u, precision="float32"),
+        "summary": lambda: engine.simulate_summary(x0, u),
+        "summary-f32": lambda: engine.simulate_summary(x0, u, precision="float32"),
+    }
+    for way, call in calls.items():
+        times[way] = _stats(_times(call, repeats), x0.shape[0] * u.shape[1])
+    return {
+        "model": CHAMPION,
+        "engine": type(engine).__name__,
+        "workload": f"{POTLINE} cells x {H} steps x {model.n_members} members, seed {seed}",
+        "scenarios_compared": int(finite.sum()),
+        "last_step_mean_max_rel": float(rel.max()),
+        "last_step_mean_median_rel": float(np.median(rel)),
+        "last_step_mean_median_rel_to_motion": float(np.median(err / moved)),
+        "per_state": per_state,
+        "times": times,
+        "engine_f32_speedup": times["engine"]["p50_ms"] / times["engine-f32"]["p50_ms"],
+        "summary_f32_speedup": times["summary"]["p50_ms"] / times["summary-f32"]["p50_ms"],
+        "machine": machine(load_start, numpy=np.__version__),
+    }
+
+
+def _print_precision(p: dict[str, Any]) -> None:
+    print(f"\n(c) float32 vs float64 compute, champion {p['model']} ({p['engine']}), {p['workload']}")
+    print(
+        f"mean states at the last step ({p['scenarios_compared']} scenarios): relative error max "
+        f"{p['last_step_mean_max_rel']:.2e}, median {p['last_step_mean_median_rel']:.2e}; median relative to "
+        f"the states' motion over the horizon {p['last_step_mean_median_rel_to_motion']:.2e}"
+    )
+    print(f"{'state':12} {'unit':6} {'max abs':>10} {'median abs':>11} {'max rel':>9} {'max rel/motion':>15}")
+    for name, q in p["per_state"].items():
+        print(
+            f"{name:12} {q['unit']:6} {q['max_abs']:10.2e} {q['median_abs']:11.2e} {q['max_rel']:9.1e} "
+            f"{q['max_rel_to_motion']:15.1e}"
+        )
+    for way, t in p["times"].items():
+        print(f"{way:12} p50 {t['p50_ms']:8.2f} ms  p99 {t['p99_ms']:8.2f} ms")
+    print(
+        f"float32 speed-up: engine {p['engine_f32_speedup']:.2f}x, summary {p['summary_f32_speedup']:.2f}x "
+        f"({p['machine']['cpu']}, {p['machine']['cpus_available']} CPUs)"
+    )
+
+
+def _run(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
+    load_start = load_average()
+    models = make_models(seed)
+    x0_b, u_b = _potline(seed)
     workloads = {"a": (x0_b[:1], u_b[:1], repeats_a), "b": (x0_b, u_b, repeats_b)}
     results: dict[str, Any] = {"workloads": {}, "models": {}}
     with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
@@ -317,6 +416,7 @@ def _run(repeats_a: int, repeats_b: int, seed: int) -> dict[str, Any]:
             echo.stop()
             server.stop()
     results["goals"] = _goals(results["workloads"])
+    results["precision"] = run_precision(repeats_b, seed)
     results["setup"] = {
         "members": M,
         "horizon": H,
@@ -376,6 +476,7 @@ def _print(result: dict[str, Any]) -> None:
             )
     for goal, g in result["goals"].items():
         print(f"goal {goal}: {g['value']:.3f} -> {'met' if g['met'] else 'MISSED'}")
+    _print_precision(result["precision"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,8 +485,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats-a", type=int, default=300, help="timed calls of workload (a) (default 300)")
     p.add_argument("--repeats-b", type=int, default=20, help="timed calls of workload (b) (default 20)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision-only", action="store_true", help="run (c) alone (float32 vs float64 compute)")
     args = p.parse_args(argv)
     check_positive(p, args, "repeats_a", "repeats_b")
+    if args.precision_only:
+        precision = run_precision(args.repeats_b, args.seed)
+        result = {"precision": precision, "machine": precision["machine"]}
+        _print_precision(precision)
+        write_results(result, args.out)
+        return 0
     result = run_benchmark(args.repeats_a, args.repeats_b, args.seed)
     _print(result)
     write_results(result, args.out)

@@ -3,15 +3,19 @@ non-zeros, with the ensemble summary (mean, spread, algebraic outputs) the twin 
 
 Modules: ``engine`` (the engines and how work is laid out), ``layout`` (the model as the kernel reads it),
 ``library`` (building, loading and checking the kernel), ``translate`` (its C source: ``prelude.c`` and
-``kernel.c`` beside it, with CasADi graphs translated to C in between), ``summary`` (summaries in numpy)."""
+``kernel.c`` beside it, with CasADi graphs translated to C in between), ``summary`` (summaries in numpy),
+``reference`` (the numpy reference of float32 compute)."""
 
-from identification.rollout.engine import ENGINES, NumpyRolloutEngine, RolloutEngine, make_rollout_engine
+from identification.rollout.engine import ENGINES, PRECISIONS, NumpyRolloutEngine, RolloutEngine, make_rollout_engine
 from identification.rollout.library import compiled_rollout_available
+from identification.rollout.reference import Float32Reference
 from identification.rollout.summary import Summary, algebraic_outputs, summarise, summary_of
 from identification.rollout.translate import OUTPUT_ORDER, vector_source
 
 __all__ = [
     "ENGINES",
+    "PRECISIONS",
+    "Float32Reference",
     "NumpyRolloutEngine",
     "OUTPUT_ORDER",
     "RolloutEngine",

@@ -25,7 +25,16 @@ model once and runs whole rollouts in C (``kernel.c``, built by :mod:`identifica
   whatever the thread count, and a cell's trajectory does not depend on the other cells of the batch (all
   layouts sum each unit's terms in the same order, and the padding adds exact zeros).
 
-Each step equals the reference to rounding (the folds and the summation order change the last bits, about
+- **Float32** (``precision="float32"`` on every call). The network layers run in float32: weights and
+  biases rounded once, activations in vectors of 8 floats (twice the cells per vector, so about half the
+  multiply-add instructions), the inputs standardised and the outputs de-standardised in float64 beside them
+  (the normalisation is not folded into float32 weights), the prior, the Euler update and the summaries in
+  float64 as always. Its reference is :class:`identification.rollout.reference.Float32Reference` (numpy,
+  what :class:`NumpyRolloutEngine` runs for float32). Only single-member layouts of 8 or 16 cells exist in
+  float32 (8, 16 or 32 cells: 1, 2 or 4 vectors of 8 floats), so for one or two cells (member quads in
+  float64) it wastes lanes and is no faster.
+
+Each float64 step equals the reference to rounding (the folds and the summation order change the last bits, about
 1e-15 relative; no ``-ffast-math``, no FMA contraction); over a rollout the model's own sensitivity amplifies
 that, as it does any rounding (the tests assert 1e-9 relative over 50 steps). A member that blows up is
 poisoned: from the first step at which one of a cell's states is inf or NaN, all 8 of its states are NaN (the
@@ -44,15 +53,16 @@ import warnings
 import numpy as np
 
 from alutwin.cbuild import usable_cpus
-from identification.rollout.layout import TILES, VL, ModelPrograms, Program
+from identification.rollout.layout import PRECISIONS, TILES, TILES32, VL, ModelPrograms, Program, check_precision
 from identification.rollout.library import kernel_library, library_or_error
+from identification.rollout.reference import Float32Reference
 from identification.rollout.summary import Summary, summary_of
 from identification.rollout.translate import OUTPUT_ORDER
 from identification.surrogate import Surrogate, check_rollout_inputs
 from plant.engine import CompiledEngineError, CompilerUnavailableWarning
 from plant.signals import N_STATES
 
-__all__ = ["ENGINES", "NumpyRolloutEngine", "RolloutEngine", "make_rollout_engine"]
+__all__ = ["ENGINES", "PRECISIONS", "NumpyRolloutEngine", "RolloutEngine", "make_rollout_engine"]
 
 ENGINES = ("auto", "compiled", "numpy")
 """``compiled``: :class:`RolloutEngine`; ``numpy``: :class:`NumpyRolloutEngine` (``Surrogate.simulate``);
@@ -91,8 +101,10 @@ class RolloutEngine:
     plant.engine.CompiledEngineError
         Where the kernel cannot be built (no C compiler) or fails its self-check.
 
-    Calls may come from several threads at once: the prepared weights are read-only and every call has its
-    own scratch memory and output.
+    Every rollout takes ``precision``, one of :data:`PRECISIONS`: ``"float64"`` (the default, the reference
+    to rounding) or ``"float32"`` (the network layers in float32, the states in float64; its programs are
+    prepared at its first use). Calls may come from several threads at once: the prepared weights are
+    read-only and every call has its own scratch memory and output.
     """
 
     def __init__(self, surrogate: Surrogate, threads: int | None = None) -> None:
@@ -102,7 +114,9 @@ class RolloutEngine:
         self.threads = _check_threads(threads)
         self._lib = kernel_library(surrogate.prior)
         self._members = ModelPrograms.build(surrogate, mean=False)
-        self._mean: ModelPrograms | None = None  # built on first use
+        self._mean: ModelPrograms | None = None  # built on first use, as are the float32 ones
+        self._members32: ModelPrograms | None = None
+        self._mean32: ModelPrograms | None = None
         self._lock = threading.Lock()
 
     @property
@@ -114,47 +128,66 @@ class RolloutEngine:
         """Multiply-adds per member, cell and step after folding constant units and dropping dead ones."""
         return self._members.nonzeros
 
+    def _programs(self, mean: bool, precision: str) -> ModelPrograms:
+        """The prepared programs of the members (or of the ensemble mean) in ``precision``."""
+        if not mean and precision == "float64":
+            return self._members
+        attr = {(True, "float64"): "_mean", (False, "float32"): "_members32", (True, "float32"): "_mean32"}
+        name = attr[(mean, precision)]
+        with self._lock:
+            if getattr(self, name) is None:
+                setattr(self, name, ModelPrograms.build(self.surrogate, mean=mean, precision=precision))
+            programs: ModelPrograms = getattr(self, name)
+        return programs
+
     def _plan(self, programs: ModelPrograms, b: int, h: int, mean: bool) -> tuple[Program, int, int]:
         """``(program, nv, threads)`` for ``b`` cells over ``h`` steps: the layout with the least work per step.
 
         Single-member items hold ``4 nv`` cells, member-quad items ``nv`` cells; work is counted in vector
         multiply-adds (weight slots, padding included, times vectors), a quad's vector weights costing more.
+        Float32 programs have single-member items of 8, 16 or 32 cells only, in ``nv / 2`` vectors of 8 floats.
         """
+        f32 = programs.quads is None
+        tiles = TILES32 if f32 else TILES
         options = []
-        for nv in TILES:
-            if nv > 1 and VL * (nv // 2) >= b:
+        for nv, tile in tiles.items():
+            if nv > min(tiles) and VL * (nv // 2) >= b:
                 break
-            prog = programs.single[TILES[nv]]
+            prog = programs.single[tile]
             blocks = -(-b // (VL * nv))
-            options.append((prog.nz_src.size * blocks * nv + _ITEM_STEP_COST * blocks * self.n_members, prog, nv))
+            vectors = nv // 2 if f32 else nv
+            options.append((prog.nz_src.size * blocks * vectors + _ITEM_STEP_COST * blocks * self.n_members, prog, nv))
+        quads = programs.quads  # None for float32 programs
         for nv in (1, 2):
-            if nv > 1 and nv // 2 >= b:
+            if quads is None or (nv > 1 and nv // 2 >= b):
                 break
-            prog = programs.quads
             blocks = -(-b // nv)
-            cost = prog.nz_src.size * blocks * nv * _QUAD_COST + _ITEM_STEP_COST * blocks * prog.n_groups
-            options.append((cost, prog, nv))
+            cost = quads.nz_src.size * blocks * nv * _QUAD_COST + _ITEM_STEP_COST * blocks * quads.n_groups
+            options.append((cost, quads, nv))
         work, prog, nv = min(options, key=lambda o: o[0])
         n_items = -(-b // (nv if prog.quad else VL * nv)) * (1 if mean else prog.n_groups)
         if self.threads is not None:
             return prog, nv, max(1, min(self.threads, n_items))
         return prog, nv, max(1, min(usable_cpus(), n_items, int(work * h // _MIN_WORK_PER_THREAD)))
 
-    def simulate(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def simulate(self, x0: np.ndarray, u: np.ndarray, precision: str = "float64") -> np.ndarray:
         """Free run of every member from ``x0`` ``(B, 8)`` driven by ``u`` ``(B, T, 5)``: ``(M, B, T + 1, 8)``.
 
         From the first step at which a cell's state is not finite, all its 8 states are NaN.
         """
+        check_precision(precision)
         x0, u = check_rollout_inputs(x0, u)
         b, h, _ = u.shape
         out = _empty_aligned((self.n_members, b, h + 1, N_STATES))  # (M, B, T + 1, 8)
         if b == 0:
             return out
-        prog, nv, threads = self._plan(self._members, b, h, mean=False)
+        prog, nv, threads = self._plan(self._programs(False, precision), b, h, mean=False)
         self._lib.run(prog, False, x0, u, out, self.surrogate.dt, nv, threads)
         return out
 
-    def simulate_summary(self, x0: np.ndarray, u: np.ndarray, members: bool = False) -> Summary:
+    def simulate_summary(
+        self, x0: np.ndarray, u: np.ndarray, members: bool = False, precision: str = "float64"
+    ) -> Summary:
         """Free run of every member, summarised in C: :func:`summary_of` of :meth:`simulate`, to rounding.
 
         The kernel keeps every member of a block of cells in step and writes only the mean, the spread and
@@ -164,72 +197,90 @@ class RolloutEngine:
         library's, which may differ from numpy's SIMD ones in the last bit. For one or two cells (member
         quads are faster there) it is :meth:`simulate` and numpy.
         """
+        check_precision(precision)
         x0, u = check_rollout_inputs(x0, u)
         b, h, _ = u.shape
         if b < 3:
-            return summary_of(self.simulate(x0, u), u, members)
+            return summary_of(self.simulate(x0, u, precision), u, members)
         mean = _empty_aligned((b, h + 1, N_STATES))  # (B, T + 1, 8)
         spread = _empty_aligned((b, h + 1, N_STATES))  # (B, T + 1, 8)
         outputs = np.empty((b, h + 1, len(OUTPUT_ORDER)))  # (B, T + 1, 6)
         states = _empty_aligned((self.n_members, b, h + 1, N_STATES)) if members else None  # (M, B, T + 1, 8)
-        prog, nv, threads = self._plan_summary(b, h)
+        prog, nv, threads = self._plan_summary(self._programs(False, precision), b, h)
         self._lib.run(prog, False, x0, u, mean, self.surrogate.dt, nv, threads, (spread, outputs, states))
         return Summary(mean, spread, outputs, states)
 
-    def _plan_summary(self, b: int, h: int) -> tuple[Program, int, int]:
+    def _plan_summary(self, programs: ModelPrograms, b: int, h: int) -> tuple[Program, int, int]:
         """``(program, nv, threads)`` of a summary: the block size whose slowest thread has the least work."""
         cpus = self.threads or usable_cpus()
+        f32 = programs.quads is None
+        tiles = TILES32 if f32 else TILES
         options = []
-        for nv, tile in TILES.items():
-            if nv > 1 and VL * (nv // 2) >= b:
+        for nv, tile in tiles.items():
+            if nv > min(tiles) and VL * (nv // 2) >= b:
                 break
-            prog = self._members.single[tile]
+            prog = programs.single[tile]
             blocks = -(-b // (VL * nv))
-            per_block = (prog.nz_src.size * nv + _ITEM_STEP_COST * self.n_members) * h
+            vectors = nv // 2 if f32 else nv
+            per_block = (prog.nz_src.size * vectors + _ITEM_STEP_COST * self.n_members) * h
             threads = max(1, min(cpus, blocks, int(per_block * blocks // _MIN_WORK_PER_THREAD)))
             options.append((-(-blocks // threads) * per_block, nv, prog, threads))
         _, nv, prog, threads = min(options, key=lambda o: o[:2])
         return prog, nv, threads
 
-    def simulate_mean(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def simulate_mean(self, x0: np.ndarray, u: np.ndarray, precision: str = "float64") -> np.ndarray:
         """Free run of the ensemble-mean model (``Surrogate.mean().simulate``): ``(B, T + 1, 8)``."""
+        check_precision(precision)
         x0, u = check_rollout_inputs(x0, u)
         b, h, _ = u.shape
         out = _empty_aligned((b, h + 1, N_STATES))  # (B, T + 1, 8)
         if b == 0:
             return out
-        with self._lock:
-            if self._mean is None:
-                self._mean = ModelPrograms.build(self.surrogate, mean=True)
-        prog, nv, threads = self._plan(self._mean, b, h, mean=True)
+        prog, nv, threads = self._plan(self._programs(True, precision), b, h, mean=True)
         self._lib.run(prog, True, x0, u, out, self.surrogate.dt, nv, threads)
         return out
 
 
 class NumpyRolloutEngine:
-    """The reference: :meth:`Surrogate.simulate` and ``Surrogate.mean().simulate`` behind the engine's API."""
+    """The reference: :meth:`Surrogate.simulate` and ``Surrogate.mean().simulate`` behind the engine's API, and
+    for ``precision="float32"`` :class:`identification.rollout.reference.Float32Reference`."""
 
     def __init__(self, surrogate: Surrogate, threads: int | None = None) -> None:
         if not isinstance(surrogate, Surrogate):
             raise ValueError(f"surrogate must be a Surrogate, got {type(surrogate).__name__}")
         self.surrogate = surrogate
         self.threads = _check_threads(threads)  # accepted for a uniform signature; numpy decides itself
+        self._f32: Float32Reference | None = None  # made on first use
+        self._lock = threading.Lock()
 
     @property
     def n_members(self) -> int:
         return self.surrogate.n_members
 
-    def simulate(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def _float32(self) -> Float32Reference:
+        with self._lock:
+            if self._f32 is None:
+                self._f32 = Float32Reference(self.surrogate)
+            return self._f32
+
+    def simulate(self, x0: np.ndarray, u: np.ndarray, precision: str = "float64") -> np.ndarray:
         """``Surrogate.simulate``: ``(M, B, T + 1, 8)``."""
+        if check_precision(precision) == "float32":
+            return self._float32().simulate(x0, u)
         return self.surrogate.simulate(x0, u)
 
-    def simulate_summary(self, x0: np.ndarray, u: np.ndarray, members: bool = False) -> Summary:
+    def simulate_summary(
+        self, x0: np.ndarray, u: np.ndarray, members: bool = False, precision: str = "float64"
+    ) -> Summary:
         """:func:`summary_of` of :meth:`simulate`."""
+        check_precision(precision)
         x0, u = check_rollout_inputs(x0, u)
-        return summary_of(self.simulate(x0, u), u, members)
+        return summary_of(self.simulate(x0, u, precision), u, members)
 
-    def simulate_mean(self, x0: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def simulate_mean(self, x0: np.ndarray, u: np.ndarray, precision: str = "float64") -> np.ndarray:
         """``Surrogate.mean().simulate``: ``(B, T + 1, 8)``."""
+        if check_precision(precision) == "float32":
+            return self._float32().simulate_mean(x0, u)
         x0, u = check_rollout_inputs(x0, u)
         return self.surrogate.mean().simulate(x0, u)
 

@@ -88,6 +88,83 @@ AI void eval_group(Job *J, const int g, vd *act, vd *d, double *dsc, const int n
     }
 }
 
+/* The layers of member g in float32, for a float32 program (J->f32: single members, nv = 2, 4 or 8, tiles
+   of TILE32(nv) entries, the normalisation not folded into the weights): the inputs (rows 0..12 of act) standardised
+   in double (times the reciprocal std) and
+   rounded into rows of fa (nv / 2 vectors of 8 floats, cells in the order of act's lanes), the hidden layers
+   in fa, and the output layer's sums widened to double and de-standardised into d (added over groups for
+   the ensemble mean). Each entry's sum runs over its weights in the order stored. */
+AI void eval_group_f32(Job *J, const int g, const vd *act, vf *fa, vd *d, const int nv) {
+    const int L = J->n_layers, mean = J->mean, nf = nv / 2;
+    const int P = TILE32(nv);
+    const double *in_mean = J->scale, *in_inv = J->scale + NX + NU;
+    const double *out_scale = J->scale + 2 * (NX + NU), *out_shift = out_scale + NX + 1;
+    for (int i = 0; i < NX + NU; ++i) {
+        const vd m = bcast(in_mean[i]), s = bcast(in_inv[i]);
+        for (int v = 0; v < nf; ++v)
+            fa[i * nf + v] = narrow((act[i * nv + 2 * v] - m) * s, (act[i * nv + 2 * v + 1] - m) * s);
+    }
+    for (int l = 0; l < L; ++l) {
+        const int last = l == L - 1;
+        const int32_t t1 = J->grp_tiles[g * L + l + 1];
+        for (int32_t t = J->grp_tiles[g * L + l]; t < t1; ++t) {
+            const int32_t r0 = J->tile_rounds[t], r1 = J->tile_rounds[t + 1];
+            vf acc[4][MAXV / 2];
+            for (int p = 0; p < P; ++p) {
+                const vf b = bcastf(J->tile_bias32[(long long)t * P + p]);
+                for (int v = 0; v < nf; ++v) acc[p][v] = b;
+            }
+            if (J->tile_shared[t]) {
+                for (int32_t r = r0; r < r1; ++r) {
+                    const vf *s = fa + (long long)J->nz_src[(long long)r * P] * nf;
+                    vf sv[MAXV / 2];
+                    for (int v = 0; v < nf; ++v) sv[v] = s[v];
+                    for (int p = 0; p < P; ++p) {
+                        const vf w = bcastf(J->nz_w32[(long long)r * P + p]);
+                        for (int v = 0; v < nf; ++v) acc[p][v] += w * sv[v];
+                    }
+                }
+            } else {
+                for (int32_t r = r0; r < r1; ++r) {
+                    for (int p = 0; p < P; ++p) {
+                        const long long q = (long long)r * P + p;
+                        const vf w = bcastf(J->nz_w32[q]);
+                        const vf *s = fa + (long long)J->nz_src[q] * nf;
+                        for (int v = 0; v < nf; ++v) acc[p][v] += w * s[v];
+                    }
+                }
+            }
+            for (int p = 0; p < P; ++p) {
+                const int32_t dst = J->tile_dst[(long long)t * P + p];
+                if (!last) {
+                    for (int v = 0; v < nf; ++v) fa[(long long)dst * nf + v] = reluf(acc[p][v]);
+                    continue;
+                }
+                const vd os = bcast(out_scale[dst]), sh = bcast(out_shift[dst]);
+                for (int v = 0; v < nf; ++v) {
+                    vd lo, hi;
+                    widen(acc[p][v], &lo, &hi);
+                    lo = lo * os + sh;
+                    hi = hi * os + sh;
+                    if (mean) {
+                        d[dst * nv + 2 * v] += lo;
+                        d[dst * nv + 2 * v + 1] += hi;
+                    } else {
+                        d[dst * nv + 2 * v] = lo;
+                        d[dst * nv + 2 * v + 1] = hi;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* The layers of group g in the program's precision. */
+AI void eval_layers(Job *J, const int g, vd *act, vf *fa, vd *d, double *dsc, const int nv, const int quad) {
+    if (J->f32) eval_group_f32(J, g, act, fa, d, nv);
+    else eval_group(J, g, act, d, dsc, nv, quad);
+}
+
 /* Explicit Euler: states x (rows 0..7 of act) plus dt times derivatives d, into dst (may be act). A cell whose
    new state is inf or NaN anywhere gets NaN in all 8 states (poisoned). */
 AI void euler_step(const vd *x, const vd *d, vd *dst, const double dt, const int nv) {
@@ -107,7 +184,7 @@ AI void euler_step(const vd *x, const vd *d, vd *dst, const double dt, const int
    Lane c of an activation row is cell b0 + c of the group's member (quad = 0), or, for a member quad
    (quad = 1), member 4 g + c % 4 of cell b0 + c / 4. Each entry's sum runs over its weights in the order
    stored, so a lane's result depends neither on its neighbours nor on the thread that computes it. */
-AI void run_item(Job *J, long long item, vd *act, vd *d, double *dsc, const int nv, const int quad) {
+AI void run_item(Job *J, long long item, vd *act, vd *d, double *dsc, vf *fa, const int nv, const int quad) {
     const int C = VL * nv, M = J->n_members, mean = J->mean;
     const int cells = quad ? nv : C;
     const long long B = J->B, H = J->H;
@@ -130,6 +207,8 @@ AI void run_item(Job *J, long long item, vd *act, vd *d, double *dsc, const int 
         member[c] = quad ? VL * g_lo + jj : g_lo;
     }
     for (int v = 0; v < nv; ++v) act[zero_row * nv + v] = bcast(0.0);
+    if (J->f32)
+        for (int v = 0; v < nv / 2; ++v) fa[zero_row * (nv / 2) + v] = bcastf(0.0f);
     for (int i = 0; i < NX; ++i)
         for (int c = 0; c < C; ++c) a[i * C + c] = J->x0[cell[c] * NX + i];
     for (int c = 0; c < C; ++c) {
@@ -144,7 +223,7 @@ AI void run_item(Job *J, long long item, vd *act, vd *d, double *dsc, const int 
             for (int i = 0; i < (NX + 1) * nv; ++i) d[i] = bcast(0.0);
             for (int i = 0; i < (NX + 1) * nv; ++i) dsc[i] = 0.0;
         }
-        for (int g = g_lo; g < g_hi; ++g) eval_group(J, g, act, d, dsc, nv, quad);
+        for (int g = g_lo; g < g_hi; ++g) eval_layers(J, g, act, fa, d, dsc, nv, quad);
         if (mean && quad)
             for (int i = 0; i < NX * nv; ++i) d[i] = bcast(dsc[i]);
 #if HAS_PRIOR
@@ -187,7 +266,7 @@ AI void store_states(const vd *rows, const int nv, const int *mirror, const long
    xs; per step it computes what it computes alone (run_item), then the ensemble's mean, its spread (the
    population std, two passes, members in order: what numpy's mean(0) and std(0) give) and the algebraic
    outputs of the mean (outputs_vec, with the step's inputs; the last state with the last inputs). */
-AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, const int nv) {
+AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, vf *fa, const int nv) {
     const int C = VL * nv, M = J->n_members;
     const long long B = J->B, H = J->H;
     const long long zero_row = J->n_rows - 2;
@@ -203,6 +282,8 @@ AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, const int nv
         cell[c] = b0 + mirror[c];
     }
     for (int v = 0; v < nv; ++v) act[zero_row * nv + v] = bcast(0.0);
+    if (J->f32)
+        for (int v = 0; v < nv / 2; ++v) fa[zero_row * (nv / 2) + v] = bcastf(0.0f);
     for (int i = 0; i < NX; ++i)
         for (int c = 0; c < C; ++c) a[i * C + c] = J->x0[cell[c] * NX + i];
     for (int g = 0; g < M; ++g) memcpy(xs + (long long)g * NX * nv, act, sizeof(vd) * NX * nv);
@@ -249,7 +330,7 @@ AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, const int nv
         for (int g = 0; g < M; ++g) {
             vd *xg = xs + (long long)g * NX * nv;
             memcpy(act, xg, sizeof(vd) * NX * nv);
-            eval_group(J, g, act, d, NULL, nv, 0);
+            eval_layers(J, g, act, fa, d, NULL, nv, 0);
 #if HAS_PRIOR
             for (int v = 0; v < nv; ++v) prior_vec(act + v, d + v, nv);
 #endif
@@ -262,17 +343,23 @@ AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, const int nv
     }
 }
 
-#define SUMMARY(NV) \
-    static void summary_##NV(Job *J, long long i, vd *act, vd *d, vd *xs) { run_summary(J, i, act, d, xs, NV); }
+#define SUMMARY(NV)                                                                   \
+    static void summary_##NV(Job *J, long long i, vd *act, vd *d, vd *xs, vf *fa) { \
+        run_summary(J, i, act, d, xs, fa, NV);                                        \
+    }
 SUMMARY(1)
 SUMMARY(2)
 SUMMARY(4)
+SUMMARY(8)
 
-#define ITEM(NV, Q) \
-    static void item_##NV##_##Q(Job *J, long long i, vd *act, vd *d, double *s) { run_item(J, i, act, d, s, NV, Q); }
+#define ITEM(NV, Q)                                                                            \
+    static void item_##NV##_##Q(Job *J, long long i, vd *act, vd *d, double *s, vf *fa) { \
+        run_item(J, i, act, d, s, fa, NV, Q);                                                  \
+    }
 ITEM(1, 0)
 ITEM(2, 0)
 ITEM(4, 0)
+ITEM(8, 0)
 ITEM(1, 1)
 ITEM(2, 1)
 ITEM(4, 1)
@@ -293,13 +380,16 @@ static void finish(Job *J) {
 static void work(Job *J) {
     const int nv = J->nv, quad = J->quad;
     vd *scratch = NULL, *act = NULL, *d = NULL, *xs = NULL;
+    vf *fa = NULL;
     double *dsc = NULL;
     for (;;) {
         long long i = __atomic_fetch_add(&J->next, 1, __ATOMIC_RELAXED);
         if (i >= J->n_items) break;
         if (!scratch) {
-            size_t bytes = (size_t)(J->n_rows + NX + 1 + (J->summary ? (long long)J->n_members * NX : 0)) * nv *
-                               sizeof(vd) + (size_t)(NX + 1) * nv * sizeof(double);
+            const long long n_xs = J->summary ? (long long)J->n_members * NX * nv : 0;
+            const long long n_fa = J->f32 ? J->n_rows * (nv / 2) : 0; /* in vf, each the size of a vd */
+            size_t bytes = (size_t)(J->n_rows * nv + (NX + 1) * nv + n_xs + n_fa) * sizeof(vd) +
+                           (size_t)(NX + 1) * nv * sizeof(double);
             scratch = (vd *)aligned_alloc(64, (bytes + 63) / 64 * 64);
             if (!scratch) {
                 __atomic_store_n(&J->failed, 1, __ATOMIC_RELAXED);
@@ -309,25 +399,28 @@ static void work(Job *J) {
             act = scratch;
             d = scratch + J->n_rows * nv;
             xs = d + (NX + 1) * nv;
-            dsc = (double *)(xs + (J->summary ? (long long)J->n_members * NX * nv : 0));
+            fa = (vf *)(xs + n_xs);
+            dsc = (double *)(xs + n_xs + n_fa);
         }
         if (J->summary) {
             switch (nv) {
-                case 1: summary_1(J, i, act, d, xs); break;
-                case 2: summary_2(J, i, act, d, xs); break;
-                default: summary_4(J, i, act, d, xs); break;
+                case 1: summary_1(J, i, act, d, xs, fa); break;
+                case 2: summary_2(J, i, act, d, xs, fa); break;
+                case 4: summary_4(J, i, act, d, xs, fa); break;
+                default: summary_8(J, i, act, d, xs, fa); break;
             }
         } else if (quad) {
             switch (nv) {
-                case 1: item_1_1(J, i, act, d, dsc); break;
-                case 2: item_2_1(J, i, act, d, dsc); break;
-                default: item_4_1(J, i, act, d, dsc); break;
+                case 1: item_1_1(J, i, act, d, dsc, fa); break;
+                case 2: item_2_1(J, i, act, d, dsc, fa); break;
+                default: item_4_1(J, i, act, d, dsc, fa); break;
             }
         } else {
             switch (nv) {
-                case 1: item_1_0(J, i, act, d, dsc); break;
-                case 2: item_2_0(J, i, act, d, dsc); break;
-                default: item_4_0(J, i, act, d, dsc); break;
+                case 1: item_1_0(J, i, act, d, dsc, fa); break;
+                case 2: item_2_0(J, i, act, d, dsc, fa); break;
+                case 4: item_4_0(J, i, act, d, dsc, fa); break;
+                default: item_8_0(J, i, act, d, dsc, fa); break;
             }
         }
         finish(J);
@@ -349,7 +442,7 @@ static void *helper(void *arg) {
     return NULL;
 }
 
-int alutwin_rollout_abi(void) { return 1000 * HAS_PRIOR + 9; }
+int alutwin_rollout_abi(void) { return 1000 * HAS_PRIOR + 10; }
 
 /* Roll out B cells over H steps. quad = 0: groups are single members, a work item holds 4 * nv cells;
    quad = 1: groups are quads of members, an item holds nv cells. The caller works too; helper threads are
@@ -358,16 +451,21 @@ int alutwin_rollout_abi(void) { return 1000 * HAS_PRIOR + 9; }
    never delays the caller. summary = 1 (with quad = 0, mean = 0): out gets the ensemble mean (B, H + 1, NX),
    spread its std, outputs the algebraic outputs of the mean (B, H + 1, NY), members (if not NULL) every
    member's states (M, B, H + 1, NX); a work item is then a block of cells with all members.
+   A float32 program (quad = 0, nv = 2, 4 or 8, tile = TILE32(nv)) passes tile_bias32, nz_w32 and scale instead of tile_bias and
+   nz_w: the network layers then run in float32 (eval_group_f32), the states in double as always.
    Returns 0, or -1 for bad sizes, -2 when out of memory. */
 int alutwin_rollout(int n_groups, int n_layers, int n_members, int quad, int mean, long long n_rows,
                     const int32_t *grp_tiles, const int32_t *tile_dst, const double *tile_bias,
                     const int32_t *tile_rounds, const uint8_t *tile_shared, const int32_t *nz_src,
                     const double *nz_w, long long B,
                     long long H, double dt, const double *x0, const double *u, double *out, int nv,
-                    int tile, int n_threads, int summary, double *spread, double *outputs, double *members) {
-    if (nv != 1 && nv != 2 && nv != 4) return -1;
+                    int tile, int n_threads, int summary, double *spread, double *outputs, double *members,
+                    const float *tile_bias32, const float *nz_w32, const double *scale) {
+    const int f32 = nz_w32 != NULL;
+    if (nv != 1 && nv != 2 && nv != 4 && !(f32 && nv == 8)) return -1;
+    if (f32 ? quad || nv == 1 || !tile_bias32 || !scale || tile_bias || nz_w : !tile_bias || !nz_w) return -1;
     if (summary && (quad || mean || !spread || !outputs)) return -1;
-    if (tile != TILE(nv) || (quad && nv > 2)) return -1;
+    if (tile != (f32 ? TILE32(nv) : TILE(nv)) || (quad && nv > 2)) return -1;
     if (B < 1 || H < 0 || n_groups < 1 || n_layers < 1 || n_members < 1) return -1;
     if (quad ? n_groups != (n_members + VL - 1) / VL : n_groups != n_members) return -1;
     Job *J = (Job *)calloc(1, sizeof(Job));
@@ -385,6 +483,10 @@ int alutwin_rollout(int n_groups, int n_layers, int n_members, int quad, int mea
     J->tile_shared = tile_shared;
     J->nz_src = nz_src;
     J->nz_w = nz_w;
+    J->tile_bias32 = tile_bias32;
+    J->nz_w32 = nz_w32;
+    J->scale = scale;
+    J->f32 = f32;
     J->B = B;
     J->H = H;
     J->dt = dt;

@@ -8,6 +8,12 @@ ensemble mean) into the output layer, as :mod:`identification.export` does for C
 Hidden units without any non-zero input weight are constants, folded into the next layer's biases; units whose
 outgoing weights are all zero are dropped. Units are then tiled 2 or 4 to a tile (padded with zero weights on
 a zero row), and for member quads four members' units are merged into one with a weight per lane.
+
+A float32 program (``ModelPrograms.build(..., precision="float32")``, single members only) keeps its weights
+and biases in float32 and the normalisation out of them: the kernel standardises the inputs and
+de-standardises the outputs in float64 (``Program.scale``), as the numpy float32 reference
+(:mod:`identification.rollout.reference`) does, so the float32 rounding never meets the raw signals' large
+offsets (a current of 136 kA, a metal pad of 9.9 t).
 """
 
 from __future__ import annotations
@@ -22,11 +28,17 @@ from identification.network import Architecture
 from identification.surrogate import Surrogate
 from plant.signals import N_STATES
 
-__all__ = ["TILES", "VL", "ModelPrograms", "Program", "Unit"]
+__all__ = ["PRECISIONS", "TILES", "TILES32", "VL", "ModelPrograms", "Program", "Unit", "check_precision"]
+
+PRECISIONS = ("float64", "float32")
+"""The arithmetic of the network layers: ``float64`` (the reference) or ``float32`` (states still in float64)."""
 
 VL = 4  # doubles per SIMD vector, and members per member quad (VL in the kernel)
 TILES = {1: 4, 2: 4, 4: 2}  # vectors per activation row -> entries per tile (TILE(nv) in the kernel); 8
 # vectors (32 cells, one entry per tile) measured no faster than 4
+TILES32 = {2: 4, 4: 4, 8: 2}  # float32 programs (single members): vectors of 4 doubles per activation row
+# (the states' layout; the layers hold nv / 2 vectors of 8 floats, 8 to 32 cells) -> entries per tile
+# (TILE32(nv) in the kernel): always 8 accumulators for 16 or 32 cells, to hide the adder's latency
 
 Unit = tuple[int, Any, np.ndarray, np.ndarray]  # dst row, bias, src rows (n,) ascending, weights (n,) [member quads:
 # bias (4,) and weights (n, 4), one lane per member]
@@ -49,7 +61,16 @@ class Program:
     tile_rounds: np.ndarray  # (n_tiles + 1,) int32: first round of each tile
     tile_shared: np.ndarray  # (n_tiles,) uint8: 1 where all entries read the same rows (one load serves all)
     nz_src: np.ndarray  # (rounds, tile) int32
-    nz_w: np.ndarray  # (rounds, tile) float64; quads: (rounds, tile, 4)
+    nz_w: np.ndarray  # (rounds, tile) float64; quads: (rounds, tile, 4); float32 programs: float32
+    scale: np.ndarray | None = None  # float32 programs: (44,) input mean (13), 1 / std (13), output scale, shift (9
+    # each, the 9th for the padding entries' trash row); None: float64, the normalisation folded in
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming the valid ones."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def _row_units(arch: Architecture, layer: int) -> np.ndarray:
@@ -124,8 +145,11 @@ def _quad_units(members: list[list[list[Unit]]]) -> list[list[Unit]]:
     return layers
 
 
-def _flatten(groups: list[list[list[Unit]]], quad: bool, tile: int, n_members: int, n_units: int) -> Program:
-    """Tile each layer's units, longest first (which pads least), ``tile`` to a tile."""
+def _flatten(
+    groups: list[list[list[Unit]]], quad: bool, tile: int, n_members: int, n_units: int, scale: np.ndarray | None
+) -> Program:
+    """Tile each layer's units, longest first (which pads least), ``tile`` to a tile; a float32 program (with
+    ``scale``) rounds its weights and biases to float32."""
     zero_row, trash_row = n_units, n_units + 1
     lanes = (VL,) if quad else ()
     tiles: list[tuple[int, list[Unit]]] = []  # (padding destination, units)
@@ -153,6 +177,7 @@ def _flatten(groups: list[list[list[Unit]]], quad: bool, tile: int, n_members: i
             tile_bias[t, p] = bias
             nz_src[r0 : r0 + src.size, p] = src
             nz_w[r0 : r0 + src.size, p] = w
+    dtype = np.float64 if scale is None else np.float32
     return Program(
         quad=quad,
         tile=tile,
@@ -162,38 +187,53 @@ def _flatten(groups: list[list[list[Unit]]], quad: bool, tile: int, n_members: i
         n_rows=n_units + 2,
         grp_tiles=np.asarray(grp_tiles, dtype=np.int32),
         tile_dst=tile_dst,
-        tile_bias=tile_bias,
+        tile_bias=tile_bias.astype(dtype),
         tile_rounds=tile_rounds,
         tile_shared=tile_shared,
         nz_src=nz_src,
-        nz_w=nz_w,
+        nz_w=nz_w.astype(dtype),
+        scale=scale,
     )
 
 
 @dataclass(frozen=True)
 class ModelPrograms:
-    """A model prepared for the kernel: single-member programs per tile size and member quads."""
+    """A model prepared for the kernel: single-member programs per tile size and member quads (float64 only)."""
 
     single: dict[int, Program]  # tile -> program
-    quads: Program
+    quads: Program | None  # None for float32 programs
     nonzeros: float  # multiply-adds per member, cell and step
 
     @classmethod
-    def build(cls, surrogate: Surrogate, mean: bool) -> ModelPrograms:
-        """Fold the normalisation (and ``1 / M`` for the ensemble mean) into the weights, compact and tile."""
+    def build(cls, surrogate: Surrogate, mean: bool, precision: str = "float64") -> ModelPrograms:
+        """Fold the normalisation (and ``1 / M`` for the ensemble mean) into the weights, compact and tile;
+        for ``precision="float32"``, keep the normalisation apart (:attr:`Program.scale`) and round to float32."""
+        check_precision(precision)
         weights, norm = surrogate.weights, surrogate.normalization
         arch = weights.architecture
         n = weights.n_members
         scale = 1.0 / n if mean else 1.0
+        f32 = precision == "float32"
         members = []
         for m in range(n):
-            ws, bs = member_layers(weights, m, norm.feature_mean, norm.feature_std, norm.target_std * scale)
-            bs[-1] = bs[-1] + norm.target_mean * scale
+            if f32:  # standardised inputs in, standardised outputs out: the kernel does both in float64
+                ws, bs = member_layers(weights, m, np.zeros(arch.n_in), np.ones(arch.n_in), np.ones(arch.n_out))
+            else:
+                ws, bs = member_layers(weights, m, norm.feature_mean, norm.feature_std, norm.target_std * scale)
+                bs[-1] = bs[-1] + norm.target_mean * scale
             members.append(_member_units(arch, ws, bs))
         n_units = arch.n_in + sum(arch.hidden)
+        nonzeros = sum(unit[2].size for layers in members for units in layers for unit in units) / n
+        if f32:
+            out_scale = np.append(norm.target_std * scale, 0.0)
+            out_shift = np.append(norm.target_mean * scale, 0.0)
+            table = np.concatenate([norm.feature_mean, 1.0 / norm.feature_std, out_scale, out_shift])
+            table = table.astype(np.float64)
+            single = {t: _flatten(members, False, t, n, n_units, table) for t in sorted(set(TILES32.values()))}
+            return cls(single=single, quads=None, nonzeros=nonzeros)
         quads = [_quad_units([members[min(g + j, n - 1)] for j in range(VL)]) for g in range(0, n, VL)]
         return cls(
-            single={t: _flatten(members, False, t, n, n_units) for t in sorted(set(TILES.values()))},
-            quads=_flatten(quads, True, TILES[1], n, n_units),
-            nonzeros=sum(unit[2].size for layers in members for units in layers for unit in units) / n,
+            single={t: _flatten(members, False, t, n, n_units, None) for t in sorted(set(TILES.values()))},
+            quads=_flatten(quads, True, TILES[1], n, n_units, None),
+            nonzeros=nonzeros,
         )

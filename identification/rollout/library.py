@@ -1,6 +1,7 @@
 """The compiled rollout kernel: built once per prior (:func:`alutwin.cbuild.build_shared_library` with
 :data:`alutwin.cbuild.NATIVE_FLAGS`, cached per host type), loaded with :mod:`ctypes` and checked against
-``Surrogate.simulate`` in every layout on a small model."""
+``Surrogate.simulate`` in every layout on a small model (the float32 layouts against
+:class:`identification.rollout.reference.Float32Reference`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 from alutwin.cbuild import NATIVE_FLAGS, BuildError, LibraryCache, build_shared_library
 from identification.data import Normalization
 from identification.network import Architecture, EnsembleWeights
-from identification.rollout.layout import TILES, ModelPrograms, Program
+from identification.rollout.layout import TILES, TILES32, ModelPrograms, Program
+from identification.rollout.reference import Float32Reference
 from identification.rollout.translate import kernel_source
 from identification.surrogate import PRIORS, Surrogate
 from plant.engine import CompiledEngineError
@@ -22,7 +24,7 @@ from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
 
 __all__ = ["KernelLibrary", "compiled_rollout_available", "kernel_library", "library_or_error"]
 
-_ABI = 9  # bumped with the kernel's signature
+_ABI = 10  # bumped with the kernel's signature
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,12 @@ class KernelLibrary:
         summary: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     ) -> None:
         """Roll out ``x0`` ``(B, 8)`` under ``u`` ``(B, H, 5)`` into ``out`` (C-contiguous arrays); with
-        ``summary = (spread, outputs, members or None)``, ``out`` gets the ensemble mean and those the rest."""
+        ``summary = (spread, outputs, members or None)``, ``out`` gets the ensemble mean and those the rest. A
+        float32 program (``prog.scale`` set) runs the network layers in float32."""
         b, h, _ = u.shape
         spread, outputs, members = summary if summary is not None else (None, None, None)
+        f32 = prog.scale is not None
+        bias, w = prog.tile_bias.ctypes.data, prog.nz_w.ctypes.data
         code = self.fn(
             prog.n_groups,
             prog.n_layers,
@@ -58,11 +63,11 @@ class KernelLibrary:
             prog.n_rows,
             prog.grp_tiles.ctypes.data,
             prog.tile_dst.ctypes.data,
-            prog.tile_bias.ctypes.data,
+            None if f32 else bias,
             prog.tile_rounds.ctypes.data,
             prog.tile_shared.ctypes.data,
             prog.nz_src.ctypes.data,
-            prog.nz_w.ctypes.data,
+            None if f32 else w,
             b,
             h,
             dt,
@@ -76,6 +81,9 @@ class KernelLibrary:
             None if spread is None else spread.ctypes.data,
             None if outputs is None else outputs.ctypes.data,
             None if members is None else members.ctypes.data,
+            bias if f32 else None,
+            w if f32 else None,
+            None if prog.scale is None else prog.scale.ctypes.data,
         )
         if code != 0:
             raise CompiledEngineError(f"the rollout kernel {self.path} failed (code {code})")
@@ -99,7 +107,7 @@ def _load(prior: str) -> KernelLibrary:
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong
     fn.restype = ctypes.c_int
     fn.argtypes = [i32, i32, i32, i32, i32, i64, p, p, p, p, p, p, p, i64, i64, ctypes.c_double, p, p, p, i32, i32, i32]
-    fn.argtypes += [i32, p, p, p]
+    fn.argtypes += [i32, p, p, p, p, p, p]
     return KernelLibrary(path, fn, handle)
 
 
@@ -118,7 +126,8 @@ def _check_model(prior: str) -> Surrogate:
 
 
 def _self_check(lib: KernelLibrary, prior: str) -> None:
-    """Every layout against ``Surrogate.simulate`` on a small model: catches a broken compiler or library."""
+    """Every layout against ``Surrogate.simulate`` on a small model, the float32 ones against
+    :class:`Float32Reference`: catches a broken compiler or library."""
     model = _check_model(prior)
     low = np.array([s.low for s in STATES])
     high = np.array([s.high for s in STATES])
@@ -126,6 +135,8 @@ def _self_check(lib: KernelLibrary, prior: str) -> None:
     u = np.broadcast_to(np.array([5.0, 140_000.0, 2.0, 1.0, 0.05]), (3, 4, N_INPUTS)).copy()  # (3, 4, 5)
     ref = model.simulate(x0, u)
     programs = ModelPrograms.build(model, mean=False)
+    if programs.quads is None:
+        raise CompiledEngineError("float64 programs without member quads")  # cannot happen: build makes them
     runs = [(programs.quads, nv) for nv in (1, 2)] + [(programs.single[t], nv) for nv, t in TILES.items()]
     for prog, nv in runs:
         out = np.empty((model.n_members, 3, 5, N_STATES))
@@ -133,6 +144,14 @@ def _self_check(lib: KernelLibrary, prior: str) -> None:
         # 4 steps of a small model: the folds and the summation order change the last bits only
         if not np.allclose(out, ref, rtol=1e-11, atol=0):
             raise CompiledEngineError(f"the rollout kernel {lib.path} disagrees with Surrogate.simulate")
+    ref32 = Float32Reference(model).simulate(x0, u)
+    f32 = ModelPrograms.build(model, mean=False, precision="float32")
+    for nv, tile in TILES32.items():
+        out = np.empty((model.n_members, 3, 5, N_STATES))
+        lib.run(f32.single[tile], False, x0, u, out, model.dt, nv, 2)
+        # float32 sums in another order: a few float32 roundings of the derivative, times dt, on each state
+        if not np.allclose(out, ref32, rtol=1e-9, atol=0) or np.array_equal(out, ref):
+            raise CompiledEngineError(f"the float32 rollout kernel {lib.path} disagrees with Float32Reference")
 
 
 def _checked(prior: str) -> KernelLibrary:

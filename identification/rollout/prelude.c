@@ -16,9 +16,13 @@
 #define NU 5
 #define VL 4                                 /* doubles per SIMD vector */
 #define TILE(nv) ((nv) <= 2 ? 4 : 2)         /* entries (output units) per tile */
-#define MAXV 4                               /* most vectors per activation row */
+#define MAXV 8                               /* most vectors per activation row (8: float32 programs only) */
+#define TILE32(nv) ((nv) <= 4 ? 4 : 2)       /* entries per tile of a float32 program (nv / 2 vectors of 8) */
+#define NSCALE (2 * (NX + NU) + 2 * (NX + 1)) /* float32 programs: input mean, 1 / std; output scale, shift */
 typedef double vd __attribute__((vector_size(32)));
 typedef long long vl __attribute__((vector_size(32)));
+typedef float vf __attribute__((vector_size(32))); /* 8 floats: the cells of two vd */
+typedef int vi __attribute__((vector_size(32)));
 #define AI static inline __attribute__((always_inline))
 
 typedef struct {
@@ -30,6 +34,11 @@ typedef struct {
     const uint8_t *tile_shared; /* (n_tiles,) 1 where every entry of the tile reads the same rows */
     const int32_t *nz_src;      /* (rounds, TILE) activation row read */
     const double *nz_w;         /* (rounds, TILE), or (rounds, TILE, VL) for member quads */
+    const float *tile_bias32;   /* float32 programs (f32 = 1): (n_tiles, TILE), instead of tile_bias */
+    const float *nz_w32;        /* float32 programs: (rounds, TILE), instead of nz_w */
+    const double *scale;        /* float32 programs: (NSCALE,) input mean (13), 1 / std (13), output scale (9) and
+                                   shift (9; the 9th for the padding entries' trash row) */
+    int f32;                    /* 1: the network layers in float32 (eval_group_f32) */
     long long B, H, n_blocks, n_items, n_rows;
     double dt;
     const double *x0, *u;       /* (B, NX), (B, H, NU) */
@@ -54,6 +63,39 @@ AI vd relu(vd x) {
 #endif
 
 AI vd bcast(double x) { return (vd){x, x, x, x}; }
+
+AI vf bcastf(float x) { return (vf){x, x, x, x, x, x, x, x}; }
+
+#ifdef __AVX__
+AI vf reluf(vf x) { return (vf)_mm256_max_ps(_mm256_setzero_ps(), (__m256)x); }
+
+/* Two vectors of 4 doubles as one of 8 floats (lo in lanes 0-3), each rounded to nearest. */
+AI vf narrow(vd lo, vd hi) {
+    __m256 r = _mm256_castps128_ps256(_mm256_cvtpd_ps((__m256d)lo));
+    return (vf)_mm256_insertf128_ps(r, _mm256_cvtpd_ps((__m256d)hi), 1);
+}
+
+/* 8 floats as two vectors of 4 doubles (exact). */
+AI void widen(vf x, vd *lo, vd *hi) {
+    *lo = (vd)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)x));
+    *hi = (vd)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)x, 1));
+}
+#else
+AI vf reluf(vf x) {
+    const vf zero = bcastf(0.0f);
+    return (vf)((vi)x & ~(vi)(x < zero));
+}
+
+AI vf narrow(vd lo, vd hi) {
+    return (vf){(float)lo[0], (float)lo[1], (float)lo[2], (float)lo[3],
+                (float)hi[0], (float)hi[1], (float)hi[2], (float)hi[3]};
+}
+
+AI void widen(vf x, vd *lo, vd *hi) {
+    *lo = (vd){x[0], x[1], x[2], x[3]};
+    *hi = (vd){x[4], x[5], x[6], x[7]};
+}
+#endif
 
 AI vd loadu(const double *p) { /* numpy arrays need not be 32-byte aligned */
     vd v;

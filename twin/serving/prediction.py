@@ -40,6 +40,7 @@ __all__ = [
     "check_envelope",
     "check_output_names",
     "check_prediction",
+    "compute_precision",
     "predict",
     "response_fields",
 ]
@@ -57,6 +58,11 @@ _DEFAULT_FIELDS = frozenset({"mean", "spread", "outputs"})
 _NO_DEADLINE_S = 1e7  # a call's time_remaining() above this means it has no deadline
 _RESPONSE_OVERHEAD = 4096  # bytes of a PredictResponse besides its arrays and validity (a generous bound)
 _VALIDITY_BYTES = 40  # bytes of one nominal ScenarioValidity entry on the wire (three -1 varints: 35)
+_PRECISIONS: dict[int, str] = {
+    twin_pb2.COMPUTE_PRECISION_UNSPECIFIED: "float64",
+    twin_pb2.COMPUTE_PRECISION_FLOAT64: "float64",
+    twin_pb2.COMPUTE_PRECISION_FLOAT32: "float32",
+}
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,15 @@ def check_envelope(
     return warnings
 
 
+def compute_precision(value: int) -> str:
+    """The rollout engine's ``precision`` for a PredictRequest's ``precision`` (UNSPECIFIED: float64);
+    InvalidRequest for a value the contract does not define."""
+    if value not in _PRECISIONS:
+        names = [twin_pb2.ComputePrecision.Name(v) for v in _PRECISIONS]
+        raise InvalidRequest(f"precision = {value} is not a ComputePrecision; expected one of {names}")
+    return _PRECISIONS[value]
+
+
 def check_output_names(requested: Sequence[str]) -> tuple[str, ...]:
     """The outputs a Predict asks for (:data:`DEFAULT_OUTPUTS` when none); InvalidRequest for an unknown or
     repeated name."""
@@ -198,21 +213,22 @@ def predict(
     stride: int = 1,
     warnings: tuple[EnvelopeExcess, ...] | None = None,
     envelope_margin: float = 0.1,
+    precision: str = "float64",
 ) -> PredictionResult:
     """What Predict computes, in process: every member's rollout, their mean and spread, and the algebraic
-    outputs of the mean (:meth:`identification.rollout.RolloutEngine.simulate_summary`), with each scenario's
-    validity (:func:`twin.serving.validity.scenario_validity`, at every step) and the inputs outside the
-    training envelope; the arrays ``fields`` selects (default :func:`response_fields`), at every
-    ``stride``-th step."""
+    outputs of the mean (:meth:`identification.rollout.RolloutEngine.simulate_summary`, the network layers in
+    ``precision``: ``"float64"`` or ``"float32"``), with each scenario's validity
+    (:func:`twin.serving.validity.scenario_validity`, at every step) and the inputs outside the training
+    envelope; the arrays ``fields`` selects (default :func:`response_fields`), at every ``stride``-th step."""
     if fields is None:
         fields = response_fields((), include_members)
-    s = served.engine.simulate_summary(x0, u, members="members" in fields)
+    s = served.engine.simulate_summary(x0, u, members="members" in fields, precision=precision)
     validity = scenario_validity(
         s.mean,
         s.spread,
         served.n_members,
         served.surrogate.envelope,
-        lambda idx: served.engine.simulate(x0[idx], u[idx]),
+        lambda idx: served.engine.simulate(x0[idx], u[idx], precision),
         s.members,
         margin=envelope_margin,
     )
@@ -307,6 +323,7 @@ class PredictionServicer(twin_pb2_grpc.PredictionServiceServicer):
             raise InvalidRequest(str(exc) if isinstance(exc, ValueError) else "not a PredictRequest") from None
         names = check_output_names(header.outputs)
         fields = response_fields(header.field_mask.paths, header.include_members)
+        precision = compute_precision(header.precision)
         stride = max(header.stride, 1)
         served, model = rt.resolve(header.model)
         check_prediction(
@@ -319,10 +336,11 @@ class PredictionServicer(twin_pb2_grpc.PredictionServiceServicer):
         timeout = remaining if remaining < _NO_DEADLINE_S else None
         result = rt.run(
             lambda: predict(
-                served, x0, u, names, fields=fields, stride=stride, warnings=warnings, envelope_margin=margin
+                served, x0, u, names, fields=fields, stride=stride, warnings=warnings, envelope_margin=margin,
+                precision=precision,
             ),
             timeout,
-        )
+        )  # fmt: skip
         response = twin_pb2.PredictResponse(
             model=model.to_pb(),
             output_names=names,
