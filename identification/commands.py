@@ -27,6 +27,13 @@ def register_study(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="training epochs (default 100)")
     p.add_argument("--test", type=int, help="test trajectories (default 100)")
     p.add_argument("--steps", type=int, help="steps per trajectory (default 5000)")
+    p.add_argument(
+        "--test-sets",
+        nargs="*",
+        choices=["closed-loop", "outside-box", "current-ramps"],
+        help="test sets beyond the training excitation, each model of the largest size is also scored on "
+        "(default: all three; none with an empty list)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--resume", action="store_true", help="keep finished entries of an earlier results.json")
     p.set_defaults(func="identification.study:_run")

@@ -26,7 +26,7 @@ from identification.training import (
     train_ensemble_fast,
 )
 
-__all__ = ["KINDS", "TRAINERS", "ModelSpec", "SurrogateEstimator", "prune"]
+__all__ = ["KINDS", "TRAINERS", "ModelSpec", "SurrogateEstimator", "exact_pattern", "prune"]
 
 
 TRAINERS = ("auto", "fused", "torch")
@@ -56,6 +56,15 @@ def prune(weights: EnsembleWeights, threshold: float, group_threshold: float = 0
     return EnsembleWeights(
         arch, tuple(w * mk for w, mk in zip(weights.weights, masks_t, strict=True)), weights.biases, masks_t
     )
+
+
+def exact_pattern(weights: EnsembleWeights) -> EnsembleWeights:
+    """The weights with their exact zeros recorded as masks (kept with any existing masks): the sparsity
+    pattern a proximal fit reached, which re-fits inside the pattern (the online worker) and the exports keep."""
+    masks = tuple(w != 0 for w in weights.weights)
+    if weights.masks is not None:
+        masks = tuple(a & b for a, b in zip(masks, weights.masks, strict=True))
+    return EnsembleWeights(weights.architecture, weights.weights, weights.biases, masks)
 
 
 class SurrogateEstimator:
@@ -105,10 +114,11 @@ class SurrogateEstimator:
                 spec = replace(spec, **{key: value})
             elif key in ("lam", "lam_in", "lam_skip", "lam_group"):
                 reg[key] = float(value)
+            elif key == "proximal":
+                reg[key] = bool(value)
             else:
-                raise ValueError(
-                    f"unknown setting {key!r}; valid: {sorted(spec_fields | {'lam', 'lam_in', 'lam_skip', 'lam_group'})}"
-                )
+                valid = spec_fields | {"lam", "lam_in", "lam_skip", "lam_group", "proximal"}
+                raise ValueError(f"unknown setting {key!r}; valid: {sorted(valid)}")
         self.kind = kind
         self.spec = replace(spec, reg_settings=reg)
         self.n_members = n_members
@@ -166,6 +176,8 @@ class SurrogateEstimator:
             )
             phases.append(res)
             weights = res.weights
+        if reg.proximal_lams(arch) is not None:
+            weights = exact_pattern(weights)
         self.normalization_ = norm
         self.surrogate_ = Surrogate(weights, norm, self.spec.prior, envelope=fit_envelope(samples))
         self.history_ = phases

@@ -24,7 +24,8 @@ class ModelSpec:
 
     @property
     def exact(self) -> bool:
-        return bool(self.prune_thresholds)
+        """Whether the model's zeros are exact (pruned, or made by proximal steps during training)."""
+        return bool(self.prune_thresholds) or bool(self.reg_settings.get("proximal"))
 
 
 KINDS: dict[str, ModelSpec] = {
@@ -47,6 +48,11 @@ KINDS: dict[str, ModelSpec] = {
         reg_settings={"lam": 1e-4, "lam_in": 1e-4, "lam_skip": 1e-4},
         prune_thresholds=(1e-2, 2e-2),
         retrain_epochs=20,
+    ),
+    "prox-inputskip": ModelSpec(
+        "InputSkip trained exactly sparse: proximal l1 steps in Adam's metric zero weights during training",
+        skip=True,
+        reg_settings={"lam": 1e-4, "lam_in": 1e-4, "lam_skip": 1e-4, "proximal": True},
     ),
     "hybrid": ModelSpec(
         "CoSTA hybrid: misspecified physics (liquidus fixed at 968 degC) + l1-sparse network on the residual",

@@ -7,7 +7,8 @@ counted and left out of the window means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
@@ -68,45 +69,90 @@ def an_rfmse_curve(x_hat: np.ndarray, x_true: np.ndarray, sigma: np.ndarray) -> 
 
 @dataclass(frozen=True)
 class RolloutScores:
-    """Scores of R rollouts."""
+    """Scores of R rollouts.
+
+    ``window_means`` holds, per window of ``windows``, each rollout's mean ``e_k`` over it (NaN where the
+    rollout diverged, or the window lies beyond the rollouts); ``at_steps`` holds ``e_k`` at chosen steps
+    (NaN where the rollout diverged at or before that step).
+    """
 
     curve: np.ndarray  # (R, T + 1) e_k
     window_means: dict[str, np.ndarray]  # name -> (R,), NaN where diverged (or the window is out of range)
     diverged_at: np.ndarray  # (R,) first step with e_k > limit, or -1
+    windows: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(WINDOWS))
+    at_steps: dict[int, np.ndarray] = field(default_factory=dict)  # step -> (R,)
 
     def diverged_by(self, step: int) -> int:
         """Number of rollouts that diverged before ``step``."""
         return int(np.sum((self.diverged_at >= 0) & (self.diverged_at < step)))
 
     def summary(self) -> dict[str, float | int]:
-        """Medians and quartiles of the window means over the rollouts that did not diverge, and counts."""
+        """Medians and quartiles of the window means (and of ``e_k`` at the chosen steps, as ``step<k>_...``)
+        over the rollouts that did not diverge, and the counts of divergences by the end of each window."""
         out: dict[str, float | int] = {"rollouts": int(self.curve.shape[0])}
-        for name, values in self.window_means.items():
+        named = {**self.window_means, **{f"step{k}": v for k, v in self.at_steps.items()}}
+        for name, values in named.items():
             ok = values[np.isfinite(values)]
             q = np.percentile(ok, [25, 50, 75]) if ok.size else [np.nan] * 3
             out[f"{name}_q25"], out[f"{name}_median"], out[f"{name}_q75"] = (float(v) for v in q)
-        for name, (_, stop) in WINDOWS.items():
+        for name, (_, stop) in self.windows.items():
             out[f"diverged_by_{name}"] = self.diverged_by(stop)
         out["diverged"] = int(np.sum(self.diverged_at >= 0))
         return out
 
 
+def _check_windows(windows: Mapping[str, tuple[int, int]], n_points: int) -> dict[str, tuple[int, int]]:
+    out = {}
+    for name, pair in windows.items():
+        try:
+            start, stop = (int(v) for v in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"window {name!r} must be a (start, stop) pair of steps, got {pair!r}") from None
+        if not (0 <= start < stop <= n_points):
+            raise ValueError(
+                f"window {name!r} = [{start}, {stop}) must satisfy 0 <= start < stop <= {n_points} (the rollouts' "
+                "steps, initial state included)"
+            )
+        out[str(name)] = (start, stop)
+    return out
+
+
 def score_rollouts(
-    x_hat: np.ndarray, x_true: np.ndarray, sigma: np.ndarray, limit: float = DIVERGENCE_LIMIT
+    x_hat: np.ndarray,
+    x_true: np.ndarray,
+    sigma: np.ndarray,
+    limit: float = DIVERGENCE_LIMIT,
+    *,
+    windows: Mapping[str, tuple[int, int]] | None = None,
+    steps: Sequence[int] = (),
 ) -> RolloutScores:
-    """AN-RFMSE window means and divergence of rollouts ``(R, T + 1, 8)`` against the truth."""
+    """AN-RFMSE window means and divergence of rollouts ``(R, T + 1, 8)`` against the truth.
+
+    ``windows``: ``name -> (start, stop)`` step windows ``[start, stop)`` to average over (default
+    :data:`WINDOWS`, the published ones, NaN where the rollouts are shorter; chosen windows must fit the
+    rollouts). ``steps``: steps at which to report ``e_k`` itself.
+    """
+    if not (np.isfinite(limit) and limit > 0):
+        raise ValueError(f"limit must be a positive number, got {limit!r}")
     e = an_rfmse_curve(x_hat, x_true, sigma)
+    n_points = e.shape[1]
+    chosen = WINDOWS if windows is None else _check_windows(windows, n_points)
+    step_list = [int(k) for k in steps]
+    bad = [k for k in step_list if not 0 <= k < n_points]
+    if bad:
+        raise ValueError(f"steps {bad} are outside the rollouts' steps 0..{n_points - 1}")
     over = e > limit
     diverged_at = np.where(over.any(axis=1), over.argmax(axis=1), -1)
     diverged = diverged_at >= 0
     means = {}
-    for name, (start, stop) in WINDOWS.items():
-        if e.shape[1] < stop:
+    for name, (start, stop) in chosen.items():
+        if n_points < stop:
             means[name] = np.full(e.shape[0], np.nan)
             continue
         m = e[:, start:stop].mean(axis=1)
         means[name] = np.where(diverged, np.nan, m)
-    return RolloutScores(e, means, diverged_at)
+    at = {k: np.where(diverged & (diverged_at <= k), np.nan, e[:, k]) for k in step_list}
+    return RolloutScores(e, means, diverged_at, dict(chosen), at)
 
 
 def nrmse(x_hat: np.ndarray, x_true: np.ndarray, sigma: np.ndarray) -> np.ndarray:

@@ -296,6 +296,7 @@ def write_report(results: dict, out: Path) -> Path:
     if results.get("lambda_sweep"):
         lines += ["![non-zeros vs lambda](nonzeros_vs_lambda.png)", ""]
     lines += _claims(runs, sizes)
+    lines += _beyond(runs, big)
     lines += _per_state(runs, big)
     if cfg.get("save_models", True):
         lines += _models_note(big)
@@ -367,6 +368,40 @@ def _claims(runs: dict, sizes: list[int]) -> list[str]:
             f"- **Best variant with {big} trajectories: {best['kind']}** (fewest divergences, then lowest error):"
         )
         lines += [f"  - {'met' if ok else 'MISSED'}: {text}" for text, ok in checks]
+    lines.append("")
+    return lines
+
+
+def _beyond(runs: dict, size: int) -> list[str]:
+    """The table of the test sets beyond the training excitation (``identification.testsets``)."""
+    names = sorted({t for k in _kinds(runs) for t in runs.get(f"{k}@{size}", {}).get("test_sets", {})})
+    if not names:
+        return []
+    lines = [
+        f"## Beyond the training excitation, {size} training trajectories",
+        "",
+        "The same models on test sets the training data never show (`identification/testsets.py`, seeded): "
+        "`closed-loop` (inputs as the closed loop makes them: ACD moved as the NMPC may, continuous feeding), "
+        "`outside-box` (initial states outside the training box), `current-ramps` (line-current ramps). "
+        "Median 5000ΔT AN-RFMSE (ratio to the model's own aprbs figure) and rollouts diverged.",
+        "",
+        "| model | aprbs | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for k in _kinds(runs):
+        r = runs.get(f"{k}@{size}")
+        if r is None or "test_sets" not in r:
+            continue
+        base = r["5000dT_median"]
+        cells = [f"{_fmt(base)}, {r['diverged']} / {r['rollouts']}"]
+        for name in names:
+            t = r["test_sets"].get(name)
+            if t is None:
+                cells.append("–")
+                continue
+            ratio = t["5000dT_median"] / base if base and np.isfinite(base) else float("nan")
+            cells.append(f"{_fmt(t['5000dT_median'])} ({_fmt(ratio, 2)}×), {t['diverged']} / {t['rollouts']}")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("")
     return lines
 

@@ -34,11 +34,12 @@ from identification.metrics import (
 from identification.modelfile import save_model, training_provenance
 from identification.report import write_report
 from identification.surrogate import PRIORS, Surrogate
+from identification.testsets import TEST_SETS, fault_free, make_test_set
 from plant.datasets import generate
 from plant.physics import rhs
 from plant.simulator import Trajectories
 
-__all__ = ["StudyConfig", "save_trained", "evaluate", "prior_structure", "run_study"]
+__all__ = ["StudyConfig", "evaluate", "evaluate_rollouts", "prior_structure", "run_study", "save_trained"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class StudyConfig:
     sweep_members: int = 3
     sweep_size: int = 10
     retrain_epochs: int | None = None  # None: each kind's own
+    test_sets: tuple[str, ...] = ("closed-loop", "outside-box", "current-ramps")  # beyond the training excitation
     resume: bool = False
     save_models: bool = True  # the ensembles of the largest training size go to out/models/<kind>/
     progress: bool = True
@@ -75,6 +77,9 @@ class StudyConfig:
         for k in self.kinds:
             if k not in KINDS:
                 raise ValueError(f"unknown kind {k!r}; must be one of {sorted(KINDS)}")
+        for t in self.test_sets:
+            if t not in TEST_SETS or t == "aprbs":
+                raise ValueError(f"unknown test set {t!r}; must be among {[n for n in TEST_SETS if n != 'aprbs']}")
         if not self.sizes or min(self.sizes) < 1 or self.n_test < 1 or self.n_steps < 2 or self.n_members < 1:
             raise ValueError("sizes, n_test, n_members must be positive and n_steps at least 2")
 
@@ -93,6 +98,7 @@ class StudyConfig:
             sweep_members=2,
             sweep_size=2,
             retrain_epochs=1,
+            test_sets=("closed-loop",),
             progress=False,
         )
 
@@ -106,12 +112,13 @@ def prior_structure(prior: str) -> np.ndarray:
     return np.array(ca.jacobian(rhs(x, u, params), ca.vertcat(x, u)).sparsity()).astype(bool)
 
 
-def _complete(traj: Trajectories, n: int) -> Trajectories:
-    """The first ``n`` trajectories that never faulted (test rollouts need the whole horizon)."""
-    ok = np.flatnonzero(traj.fault_step < 0)[:n]
-    if ok.size < n:
-        raise ValueError(f"only {ok.size} of {traj.n_traj} test trajectories ran without a fault; {n} are needed")
-    return Trajectories(traj.x[ok], traj.u[ok], traj.fault_step[ok], traj.fault_code[ok], None, traj.dt)
+def evaluate_rollouts(surrogate: Surrogate, test: Trajectories) -> dict:
+    """The rollout scores alone (window medians and quartiles, divergences) of a surrogate on test trajectories:
+    every member from each trajectory's initial state under its inputs."""
+    sim = surrogate.simulate(test.x[:, 0], test.u)  # (M, B, T+1, 8)
+    m, b = sim.shape[:2]
+    truth = np.broadcast_to(test.x, (m, *test.x.shape)).reshape(m * b, *test.x.shape[1:])
+    return dict(score_rollouts(sim.reshape(m * b, *sim.shape[2:]), truth, surrogate.normalization.state_std).summary())
 
 
 def evaluate(surrogate: Surrogate, test: Trajectories, z_probe: np.ndarray, exact: bool) -> dict:
@@ -173,7 +180,8 @@ def run_study(cfg: StudyConfig) -> dict:
     test_all, _ = generate(
         cfg.seed, cfg.n_test + max(10, cfg.n_test // 5), cfg.n_steps, split="test", progress=cfg.progress
     )
-    test = _complete(test_all, cfg.n_test)
+    test = fault_free(test_all, cfg.n_test)
+    others = {name: make_test_set(name, cfg.seed, cfg.n_test, cfg.n_steps) for name in cfg.test_sets}
     results["data"] = {
         "train_faulted": int(np.sum(train_all.fault_step >= 0)),
         "test_drawn": int(test_all.n_traj),
@@ -199,6 +207,8 @@ def run_study(cfg: StudyConfig) -> dict:
         z_probe = _probe(est, train)
         t1 = time.perf_counter()
         r = evaluate(est.surrogate_, test, z_probe, est.spec.exact)
+        if n == max(cfg.sizes):  # the same models on the sets beyond the training excitation
+            r["test_sets"] = {name: evaluate_rollouts(est.surrogate_, data) for name, data in others.items()}
         r.update(
             kind=kind,
             n_train=n,
@@ -269,6 +279,7 @@ def _run(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "n_test": args.test,
         "n_steps": args.steps,
+        "test_sets": tuple(args.test_sets) if args.test_sets is not None else None,
     }
     cfg = replace(
         cfg,

@@ -65,7 +65,7 @@ def _load(dtype: str) -> ctypes.CDLL:
     lib.train_epoch.restype = ctypes.c_int
     lib.train_epoch.argtypes = [
         p, ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_int, p, p, p, ctypes.c_int,
-        p, p, p, p, ctypes.c_long, p, ctypes.c_int, p, p,
+        p, p, p, p, ctypes.c_long, p, p, ctypes.c_int, p, p,
     ]  # fmt: skip
     lib.real_size.restype = ctypes.c_int
     if lib.real_size() != np.dtype(dtype).itemsize:
@@ -82,10 +82,11 @@ def fast_training_available(dtype: str = "float32") -> bool:
     return _LIBRARIES.available(dtype)
 
 
-def _penalty_settings(regularizer: Regularizer) -> list[float]:
-    """``[l1, lam_in, lam, lam_skip, group, lam_group]`` for the kernel."""
+def _penalty_settings(regularizer: Regularizer, arch: Architecture) -> list[float]:
+    """``[l1, lam_in, lam, lam_skip, group, lam_group, blocks, prox_group]`` for the kernel."""
+    blocks = float(arch.blocks)
     if type(regularizer) is NoPenalty:
-        return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        return [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, blocks, 0.0]
     if type(regularizer) is L1Penalty:
         l1, group = regularizer, None
     elif type(regularizer) is GroupInputPenalty and type(regularizer.l1) is L1Penalty:
@@ -96,9 +97,10 @@ def _penalty_settings(regularizer: Regularizer) -> list[float]:
             "expected NoPenalty, L1Penalty or GroupInputPenalty (use training.train_ensemble)"
         )
     lam_skip = l1.lam if l1.lam_skip is None else l1.lam_skip
-    out = [1.0, float(l1.lam_in), float(l1.lam), float(lam_skip), 0.0, 0.0]
+    out = [1.0, float(l1.lam_in), float(l1.lam), float(lam_skip), 0.0, 0.0, blocks, 0.0]
     if group is not None:
-        out[4:] = [1.0, float(group.lam_group)]
+        out[4:6] = [1.0, float(group.lam_group)]
+        out[7] = 1.0 if group.proximal else 0.0
     if not np.all(np.isfinite(out)):
         raise ValueError(f"regularizer {regularizer!r} has non-finite weights")
     return out
@@ -129,7 +131,7 @@ def train_ensemble_fast(
         When there is no C compiler (use ``train_ensemble`` then).
     """
     regularizer = regularizer or NoPenalty()
-    hyper = _penalty_settings(regularizer)
+    hyper = _penalty_settings(regularizer, arch)
     feats = np.asarray(features, dtype=np.float64)
     targs = np.asarray(targets, dtype=np.float64)
     if feats.ndim != 2 or feats.shape[1] != arch.n_in or targs.shape != (feats.shape[0], arch.n_out):
@@ -194,6 +196,17 @@ def train_ensemble_fast(
     n_batches = -(-s // config.batch_size)
     dims = np.array([arch.n_in, *arch.hidden, arch.n_out], dtype=np.int64)
     hyper_arr = np.array([config.lr, *hyper], dtype=np.float64)
+    lams = regularizer.proximal_lams(arch)
+    prox = None  # the proximal step's l1 weight of every parameter (biases: 0), in the parameter layout
+    if lams is not None:
+        prox = np.ascontiguousarray(
+            np.concatenate([part for lam in lams for part in (lam.reshape(-1), np.zeros(lam.shape[1]))]),
+            dtype=np.float64,
+        )
+        if not np.all(np.isfinite(prox)) or np.any(prox < 0):
+            raise ValueError(f"regularizer {regularizer!r} has negative or non-finite weights")
+    n_weights = [a * b for a, b in shapes]
+    nonzeros = np.zeros((config.epochs, m), dtype=np.int64)
     loss_hist = np.zeros((config.epochs, m))
     pen_hist = np.zeros((config.epochs, m))
     loss = np.zeros(m)
@@ -207,7 +220,7 @@ def train_ensemble_fast(
             dims.ctypes.data, len(arch.hidden), arch.n_skip_rows, s, config.batch_size, x.ctypes.data,
             y.ctypes.data, perm.ctypes.data, m, params.ctypes.data, mom.ctypes.data, vel.ctypes.data,
             None if mask_flat is None else mask_flat.ctypes.data, epoch * n_batches, hyper_arr.ctypes.data,
-            n_threads, loss.ctypes.data, pen.ctypes.data,
+            None if prox is None else prox.ctypes.data, n_threads, loss.ctypes.data, pen.ctypes.data,
         )  # fmt: skip
         if rc == -2:
             raise MemoryError("the training kernel could not allocate its buffers or start its threads")
@@ -215,6 +228,7 @@ def train_ensemble_fast(
             raise ValueError(f"the training kernel rejected its dimensions (code {rc})")
         loss_hist[epoch] = loss
         pen_hist[epoch] = pen
+        nonzeros[epoch] = _count_weights(params, shapes, n_weights)
         bar.update(n_batches)
         bar.set_postfix(mse=f"{loss.mean():.3g}")
     bar.close()
@@ -227,4 +241,15 @@ def train_ensemble_fast(
         out_b.append(params[:, off : off + b].astype(np.float64))
         off += b
     weights = EnsembleWeights(arch, tuple(out_w), tuple(out_b), None if mask_arrays is None else tuple(mask_arrays))
-    return TrainResult(weights, loss_hist, pen_hist, seconds, {"trainer": "c", "threads": n_threads})
+    extra = {"trainer": "c", "threads": n_threads, "nonzeros": nonzeros}
+    return TrainResult(weights, loss_hist, pen_hist, seconds, extra)
+
+
+def _count_weights(params: np.ndarray, shapes: Sequence[tuple[int, int]], n_weights: Sequence[int]) -> np.ndarray:
+    """Exact non-zero weights (biases left out) of each member of a flat ``(M, np)`` parameter array."""
+    total = np.zeros(params.shape[0], dtype=np.int64)
+    off = 0
+    for (_, b), n in zip(shapes, n_weights, strict=True):
+        total += np.count_nonzero(params[:, off : off + n], axis=1)
+        off += n + b
+    return total

@@ -38,9 +38,10 @@ typedef struct {
     int M;
     REAL *P, *Mo, *Ve;               /* (M, np): parameters, Adam's first and second moments */
     const uint8_t *mask;             /* (M, np) or NULL */
+    const double *prox;              /* (np,): each parameter's l1 weight applied as a proximal step, or NULL */
     long step0;
     double lr;
-    int l1, group;
+    int l1, group, blocks, prox_group;
     double lam_in, lam, lam_skip, lam_group;
     double *loss, *pen;              /* (M,) */
     int next, failed;
@@ -259,23 +260,25 @@ static double penalty_value(const Job *J, const REAL *p) {
     }
     if (J->group) {
         double gsum = 0.0;
-        for (int j = 0; j < J->n_in; j++) {
-            double ss = 0.0;
-            const REAL *r0 = p + J->woff[0] + (long)j * J->cols[0];
-            for (int k = 0; k < J->cols[0]; k++) ss += (double)r0[k] * r0[k];
-            if (J->n_skip_rows) {
-                const REAL *r1 = p + J->woff[J->L] + (long)j * J->n_out;
-                for (int k = 0; k < J->n_out; k++) ss += (double)r1[k] * r1[k];
+        const int hb = J->cols[0] / J->blocks, ob = J->n_out / J->blocks;
+        for (int j = 0; j < J->n_in; j++)
+            for (int b = 0; b < J->blocks; b++) {
+                double ss = 0.0;
+                const REAL *r0 = p + J->woff[0] + (long)j * J->cols[0] + (long)b * hb;
+                for (int k = 0; k < hb; k++) ss += (double)r0[k] * r0[k];
+                if (J->n_skip_rows) {
+                    const REAL *r1 = p + J->woff[J->L] + (long)j * J->n_out + (long)b * ob;
+                    for (int k = 0; k < ob; k++) ss += (double)r1[k] * r1[k];
+                }
+                gsum += sqrt(ss + 1e-12);
             }
-            gsum += sqrt(ss + 1e-12);
-        }
         total += J->lam_group * gsum;
     }
     return total;
 }
 
 static void penalty_grad(const Job *J, const REAL *restrict p, REAL *restrict g) {
-    if (J->l1) {
+    if (J->l1 && !J->prox) { /* a proximal l1 is applied after the update instead */
         for (int r = 0; r < n_roles(J); r++) {
             int l, split_rows;
             double lam_role;
@@ -290,23 +293,54 @@ static void penalty_grad(const Job *J, const REAL *restrict p, REAL *restrict g)
             }
         }
     }
-    if (J->group) {
-        for (int j = 0; j < J->n_in; j++) {
-            REAL ss = 0;
-            const REAL *r0 = p + J->woff[0] + (long)j * J->cols[0];
-            const REAL *r1 = p + J->woff[J->L] + (long)j * J->n_out;
-            for (int k = 0; k < J->cols[0]; k++) ss += r0[k] * r0[k];
-            if (J->n_skip_rows)
-                for (int k = 0; k < J->n_out; k++) ss += r1[k] * r1[k];
-            const REAL c = (REAL)J->lam_group / ((REAL)2 * (REAL)sqrt((double)(ss + (REAL)1e-12)));
-            REAL *g0 = g + J->woff[0] + (long)j * J->cols[0];
-            for (int k = 0; k < J->cols[0]; k++) g0[k] += c * r0[k] + c * r0[k];
-            if (J->n_skip_rows) {
-                REAL *g1 = g + J->woff[J->L] + (long)j * J->n_out;
-                for (int k = 0; k < J->n_out; k++) g1[k] += c * r1[k] + c * r1[k];
+    if (J->group && !J->prox_group) { /* a proximal group lasso is applied after the update instead */
+        const int hb = J->cols[0] / J->blocks, ob = J->n_out / J->blocks;
+        for (int j = 0; j < J->n_in; j++)
+            for (int b = 0; b < J->blocks; b++) {
+                REAL ss = 0;
+                const REAL *r0 = p + J->woff[0] + (long)j * J->cols[0] + (long)b * hb;
+                const REAL *r1 = p + J->woff[J->L] + (long)j * J->n_out + (long)b * ob;
+                for (int k = 0; k < hb; k++) ss += r0[k] * r0[k];
+                if (J->n_skip_rows)
+                    for (int k = 0; k < ob; k++) ss += r1[k] * r1[k];
+                const REAL c = (REAL)J->lam_group / ((REAL)2 * (REAL)sqrt((double)(ss + (REAL)1e-12)));
+                REAL *g0 = g + J->woff[0] + (long)j * J->cols[0] + (long)b * hb;
+                for (int k = 0; k < hb; k++) g0[k] += c * r0[k] + c * r0[k];
+                if (J->n_skip_rows) {
+                    REAL *g1 = g + J->woff[J->L] + (long)j * J->n_out + (long)b * ob;
+                    for (int k = 0; k < ob; k++) g1[k] += c * r1[k] + c * r1[k];
+                }
             }
-        }
     }
+}
+
+/* The group lasso's proximal step after an update: each (input, block) group shrinks towards zero by
+   lr lam_group / d, with d the mean of Adam's denominators over the group, and becomes exactly zero when its
+   norm is below that. */
+static void group_prox(const Job *J, REAL *restrict p, const REAL *restrict ve, REAL bc2_sqrt, REAL eps) {
+    const int hb = J->cols[0] / J->blocks, ob = J->n_out / J->blocks;
+    const int skip = J->n_skip_rows != 0;
+    for (int j = 0; j < J->n_in; j++)
+        for (int b = 0; b < J->blocks; b++) {
+            const long o0 = J->woff[0] + (long)j * J->cols[0] + (long)b * hb;
+            const long o1 = J->woff[J->L] + (long)j * J->n_out + (long)b * ob;
+            double ss = 0.0, dsum = 0.0;
+            for (int k = 0; k < hb; k++) {
+                ss += (double)p[o0 + k] * p[o0 + k];
+                dsum += (double)(sqrt(ve[o0 + k]) / bc2_sqrt + eps);
+            }
+            if (skip)
+                for (int k = 0; k < ob; k++) {
+                    ss += (double)p[o1 + k] * p[o1 + k];
+                    dsum += (double)(sqrt(ve[o1 + k]) / bc2_sqrt + eps);
+                }
+            const double d = dsum / (double)(hb + (skip ? ob : 0)), norm = sqrt(ss);
+            const double keep = norm > 0.0 ? 1.0 - J->lr * J->lam_group / (d * norm) : 0.0;
+            const REAL scale = keep > 0.0 ? (REAL)keep : (REAL)0;
+            for (int k = 0; k < hb; k++) p[o0 + k] *= scale;
+            if (skip)
+                for (int k = 0; k < ob; k++) p[o1 + k] *= scale;
+        }
 }
 
 static void member_epoch(const Job *J, Scratch *s, int m) {
@@ -401,6 +435,14 @@ static void member_epoch(const Job *J, Scratch *s, int m) {
             ve[i] = vi;
             p[i] = p[i] + neg_step * mi / (sqrt(vi) / bc2_sqrt + eps);
         }
+        if (J->prox) { /* soft threshold in Adam's metric: |w| shrinks by lr lam / (sqrt(v_hat) + eps) */
+            const REAL lr = (REAL)J->lr;
+            for (long i = 0; i < np; i++) {
+                const REAL shrunk = fabs(p[i]) - lr * (REAL)J->prox[i] / (sqrt(ve[i]) / bc2_sqrt + eps);
+                p[i] = shrunk > (REAL)0 ? copysign(shrunk, p[i]) : (REAL)0;
+            }
+        }
+        if (J->group && J->prox_group) group_prox(J, p, ve, bc2_sqrt, eps);
     }
     J->loss[m] = acc_loss / (double)S;
     memcpy(J->P + (long)m * np, p, np * sizeof(REAL));
@@ -440,11 +482,15 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-/* dims: n_in, hidden..., n_out (L + 2 entries). hyper: lr, l1, lam_in, lam, lam_skip, group, lam_group.
+/* dims: n_in, hidden..., n_out (L + 2 entries). hyper: lr, l1, lam_in, lam, lam_skip, group, lam_group,
+   blocks (the group lasso's groups are (input, block): the input's first-layer row over the block's units and
+   its skip row over the block's outputs), prox_group (1: the group lasso as a proximal step).
+   prox: NULL, or per parameter the l1 weight applied as a proximal step after each Adam step (then the l1
+   subgradient is left out of the gradient; the recorded penalty still includes it).
    Returns 0, or -1 for bad dimensions, -2 when memory or threads ran out. */
 int train_epoch(const int64_t *dims, int L, int n_skip_rows, long S, int batch, const REAL *X, const REAL *Y,
                 const int64_t *perm, int M, REAL *P, REAL *Mo, REAL *Ve, const uint8_t *mask, long step0,
-                const double *hyper, int n_threads, double *loss, double *pen) {
+                const double *hyper, const double *prox, int n_threads, double *loss, double *pen) {
     if (L < 0 || L + 1 > MAXW || S < 1 || batch < 1 || M < 1) return -1;
     Job J;
     memset(&J, 0, sizeof J);
@@ -477,12 +523,16 @@ int train_epoch(const int64_t *dims, int L, int n_skip_rows, long S, int batch, 
     J.batch = batch;
     J.ld = (batch + VL - 1) / VL * VL;
     J.X = X; J.Y = Y; J.perm = perm; J.M = M; J.P = P; J.Mo = Mo; J.Ve = Ve; J.mask = mask;
+    J.prox = prox;
     J.step0 = step0;
     J.lr = hyper[0];
     J.l1 = hyper[1] != 0.0;
     J.lam_in = hyper[2]; J.lam = hyper[3]; J.lam_skip = hyper[4];
     J.group = hyper[5] != 0.0;
     J.lam_group = hyper[6];
+    J.blocks = (int)hyper[7];
+    J.prox_group = hyper[8] != 0.0;
+    if (J.blocks < 1 || (L > 0 && J.cols[0] % J.blocks) || J.n_out % J.blocks) return -1;
     J.loss = loss; J.pen = pen;
     for (int m = 0; m < M; m++) pen[m] = 0.0;
     int nt = n_threads < 1 ? 1 : (n_threads > M ? M : n_threads);

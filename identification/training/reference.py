@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from identification.network import Architecture, EnsembleWeights
-from identification.regularizers import NoPenalty, Regularizer
+from identification.regularizers import GroupInputPenalty, NoPenalty, Regularizer
 
 __all__ = ["TrainConfig", "TrainResult", "init_weights", "member_seeds", "torch_threads", "train_ensemble"]
 
@@ -108,6 +108,55 @@ def _forward(ws: list[torch.Tensor], bs: list[torch.Tensor], z: torch.Tensor, sk
     return torch.baddbmm(bs[-1], last, ws[-1])
 
 
+def _proximal_step(opt: torch.optim.Adam, ws: Sequence[torch.Tensor], lams: Sequence[torch.Tensor], lr: float) -> None:
+    """The ℓ1 proximal step in Adam's metric after ``opt.step()`` (see :class:`L1Penalty`): each weight moves
+    towards zero by ``lr lam / (sqrt(v_hat) + eps)``, and to exactly zero when that is more than its size."""
+    eps = opt.param_groups[0]["eps"]
+    beta2 = opt.param_groups[0]["betas"][1]
+    with torch.no_grad():
+        for w, lam in zip(ws, lams, strict=True):
+            state = opt.state[w]
+            step = float(state["step"])
+            denom = state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5 + eps
+            shrunk = w.abs() - lr * lam / denom
+            w.copy_(torch.sign(w) * torch.clamp(shrunk, min=0))
+
+
+def _group_proximal_step(
+    opt: torch.optim.Adam, ws: Sequence[torch.Tensor], arch: Architecture, lam_group: float, lr: float
+) -> None:
+    """The group lasso's proximal step (see :class:`GroupInputPenalty`): each (input, block) group scaled by
+    ``max(0, 1 - lr lam_group / (d ||w_g||))``, ``d`` the mean Adam denominator over the group."""
+    eps = opt.param_groups[0]["eps"]
+    beta2 = opt.param_groups[0]["betas"][1]
+
+    def denom(w: torch.Tensor) -> torch.Tensor:
+        state = opt.state[w]
+        return state["exp_avg_sq"].sqrt() / (1 - beta2 ** float(state["step"])) ** 0.5 + eps
+
+    first, out = ws[0], ws[-1]
+    m, n_in, h1 = first.shape
+    nb = arch.blocks
+    with torch.no_grad():
+        w0 = first.reshape(m, n_in, nb, h1 // nb)
+        d0 = denom(first).reshape(m, n_in, nb, h1 // nb)
+        ss, dsum, count = (w0.double() ** 2).sum(dim=3), d0.double().sum(dim=3), h1 // nb
+        if arch.skip:
+            k = arch.n_out // nb
+            w1 = out[:, :n_in].reshape(m, n_in, nb, k)
+            ss = ss + (w1.double() ** 2).sum(dim=3)
+            dsum = dsum + denom(out)[:, :n_in].reshape(m, n_in, nb, k).double().sum(dim=3)
+            count += k
+        norm = ss.sqrt()
+        keep = torch.where(norm > 0, 1 - lr * lam_group / (dsum / count * norm), torch.zeros_like(norm))
+        scale = torch.clamp(keep, min=0).to(first.dtype)  # (M, n_in, blocks)
+        first.copy_((w0 * scale[..., None]).reshape(m, n_in, h1))
+        if arch.skip:
+            k = arch.n_out // nb
+            part = out[:, :n_in].reshape(m, n_in, nb, k) * scale[..., None]
+            out[:, :n_in] = part.reshape(m, n_in, arch.n_out)
+
+
 def train_ensemble(
     arch: Architecture,
     features: np.ndarray,
@@ -160,6 +209,8 @@ def train_ensemble(
     if masks is not None:
         mask_t = [torch.tensor(np.asarray(mk, dtype=bool)).to(dtype) for mk in masks]
         ws = [w * mk for w, mk in zip(ws, mask_t, strict=True)]
+    prox = regularizer.proximal_lams(arch)
+    prox_lams = None if prox is None else [torch.tensor(lam, dtype=dtype) for lam in prox]
     params = [torch.nn.Parameter(t) for t in (*ws, *bs)]
     ws_p, bs_p = params[: len(ws)], params[len(ws) :]
     opt = torch.optim.Adam(params, lr=config.lr)
@@ -169,6 +220,7 @@ def train_ensemble(
     n_batches = -(-s // config.batch_size)
     loss_hist = np.zeros((config.epochs, m))
     pen_hist = np.zeros((config.epochs, m))
+    nonzeros = np.zeros((config.epochs, m), dtype=np.int64)
     label = progress if isinstance(progress, str) else "training"
     t0 = time.perf_counter()
     bar = tqdm(total=config.epochs * n_batches, desc=label, disable=not progress or None, unit="step", leave=False)
@@ -182,14 +234,21 @@ def train_ensemble(
             )
             out = _forward(w_eff, list(bs_p), z[idx], arch.skip)  # (M, b, n_out)
             mse = ((out - y[idx]) ** 2).mean(dim=(1, 2))  # (M,)
-            pen = regularizer.penalty(w_eff, arch)
-            loss = (mse + pen).sum()
+            if k == n_batches - 1:  # recorded at the epoch's last step, before its update
+                with torch.no_grad():
+                    pen = regularizer.penalty(w_eff, arch)
+            loss = (mse + regularizer.loss_penalty(w_eff, arch)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if prox_lams is not None:
+                _proximal_step(opt, ws_p, prox_lams, config.lr)
+            if isinstance(regularizer, GroupInputPenalty) and regularizer.proximal:
+                _group_proximal_step(opt, ws_p, arch, regularizer.lam_group, config.lr)
             acc += mse.detach().to(torch.float64) * idx.shape[1]
         loss_hist[epoch] = (acc / s).numpy()
         pen_hist[epoch] = pen.detach().to(torch.float64).numpy()
+        nonzeros[epoch] = [sum(int(torch.count_nonzero(w[j])) for w in ws_p) for j in range(m)]
         bar.update(n_batches)
         bar.set_postfix(mse=f"{loss_hist[epoch].mean():.3g}")
     bar.close()
@@ -204,4 +263,4 @@ def train_ensemble(
             tuple(b.detach().to(torch.float64).numpy()[:, 0, :].copy() for b in bs_p),
             None if masks is None else tuple(np.asarray(mk, dtype=bool) for mk in masks),
         )
-    return TrainResult(weights, loss_hist, pen_hist, seconds)
+    return TrainResult(weights, loss_hist, pen_hist, seconds, {"trainer": "torch", "nonzeros": nonzeros})

@@ -8,6 +8,7 @@ with the same ``seed`` are therefore independent, and no ``(seed, split)`` pair 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
@@ -20,7 +21,7 @@ from plant.excitation import EXCITATIONS, Exogenous, sample_initial_states
 from plant.signals import N_INPUTS, N_STATES
 from plant.simulator import DT, ENGINES, MeasurementNoise, Trajectories, simulate
 
-__all__ = ["DEFAULT_ENGINE", "PUBLISHED_SIZES", "SPLITS", "generate"]
+__all__ = ["DEFAULT_ENGINE", "PUBLISHED_SIZES", "SPLITS", "ExcitationLike", "InitialStatesLike", "generate"]
 
 
 SPLITS = ("train", "test", "validation")
@@ -96,17 +97,65 @@ def _simulate_chunked(
     return xs, us, fault_step, fault_code
 
 
+ExcitationLike = str | Exogenous | Callable[[np.random.Generator, int, int], Exogenous]
+"""A name of :data:`plant.excitation.EXCITATIONS`, an :class:`Exogenous` ``(N, T)``, or a callable
+``(rng, n_traj, n_steps) -> Exogenous`` (drawing from the set's excitation stream)."""
+
+InitialStatesLike = None | np.ndarray | Callable[[np.random.Generator, int], np.ndarray]
+"""None (:func:`plant.excitation.sample_initial_states`), an array ``(N, 8)``, or a callable ``(rng, n) -> (n, 8)``
+(drawing from the set's initial-state stream; see :func:`plant.excitation.initial_states_in`)."""
+
+
+def _label(value: object, default: str) -> str:
+    """The name recorded in a data set's metadata for a non-named excitation or initial-state draw."""
+    name = getattr(value, "label", None) or getattr(value, "__name__", None)
+    return str(name) if name and name != "<lambda>" else default
+
+
+def _exogenous(excitation: ExcitationLike, rng: np.random.Generator, n_traj: int, n_steps: int) -> Exogenous:
+    if isinstance(excitation, str):
+        if excitation not in EXCITATIONS:
+            raise ValueError(f"unknown excitation {excitation!r}; must be one of {sorted(EXCITATIONS)}")
+        return EXCITATIONS[excitation](rng, n_traj, n_steps)
+    exo = excitation if isinstance(excitation, Exogenous) else None
+    if exo is None and callable(excitation):
+        exo = excitation(rng, n_traj, n_steps)
+        if not isinstance(exo, Exogenous):
+            raise ValueError(f"the excitation callable returned a {type(exo).__name__}, not an Exogenous")
+    if exo is None:
+        raise ValueError(
+            f"excitation must be a name of {sorted(EXCITATIONS)}, an Exogenous or a callable, "
+            f"got {type(excitation).__name__}"
+        )
+    if exo.shape != (n_traj, n_steps):
+        raise ValueError(f"the excitation has shape {exo.shape}; (n_traj, n_steps) = {(n_traj, n_steps)} is needed")
+    return exo
+
+
+def _initial_states(initial: InitialStatesLike, rng: np.random.Generator, n_traj: int) -> np.ndarray:
+    if initial is None:
+        return sample_initial_states(rng, n_traj)
+    x0 = initial(rng, n_traj) if callable(initial) else initial
+    x0 = np.asarray(x0, dtype=np.float64)
+    if x0.shape != (n_traj, N_STATES):
+        raise ValueError(f"initial states must have shape ({n_traj}, {N_STATES}), got {x0.shape}")
+    if not np.all(np.isfinite(x0)) or np.any(x0[:, :5] < 0):
+        raise ValueError("initial states must be finite, with non-negative masses")
+    return x0
+
+
 def generate(
     seed: int,
     n_traj: int,
     n_steps: int,
-    excitation: str = "aprbs",
+    excitation: ExcitationLike = "aprbs",
     noise: MeasurementNoise | None = None,
     engine: str = DEFAULT_ENGINE,
     progress: bool = True,
     *,
     split: str = "train",
     dt: float = DT,
+    initial_states: InitialStatesLike = None,
 ) -> tuple[Trajectories, DatasetMeta]:
     """Simulate a data set of ``n_traj`` trajectories of ``n_steps`` steps.
 
@@ -118,8 +167,11 @@ def generate(
         The same ``(seed, split, sizes, excitation, noise, engine)`` gives bit-identical data.
     n_traj, n_steps : int
         Number of trajectories N and of steps T per trajectory.
-    excitation : str
-        Name in :data:`plant.excitation.EXCITATIONS`; the cell's feed controllers act on top.
+    excitation : str, Exogenous or callable
+        Name in :data:`plant.excitation.EXCITATIONS`, the inputs themselves (an :class:`Exogenous` of shape
+        ``(n_traj, n_steps)``), or ``f(rng, n_traj, n_steps) -> Exogenous`` drawing from the set's excitation
+        stream (a ``label`` attribute or the function's name is recorded); the cell's feed controllers act on
+        top.
     noise : MeasurementNoise or None
         Measurement noise for ``y``; None gives no ``y``.
     engine : str
@@ -130,6 +182,10 @@ def generate(
         One of :data:`SPLITS`.
     dt : float
         Sample time in seconds.
+    initial_states : None, array or callable
+        None: :func:`plant.excitation.sample_initial_states` (``plant.md``'s box); an ``(n_traj, 8)`` array; or
+        ``f(rng, n) -> (n, 8)`` drawing from the set's initial-state stream (e.g.
+        :func:`plant.excitation.initial_states_in` of another box).
 
     Returns
     -------
@@ -139,8 +195,6 @@ def generate(
     seed = _check_int("seed", seed, 0)
     n_traj = _check_int("n_traj", n_traj, 1)
     n_steps = _check_int("n_steps", n_steps, 1)
-    if excitation not in EXCITATIONS:
-        raise ValueError(f"unknown excitation {excitation!r}; must be one of {sorted(EXCITATIONS)}")
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; must be one of {sorted(ENGINES)}")
     if split not in SPLITS:
@@ -152,8 +206,11 @@ def generate(
 
     set_seq = np.random.SeedSequence(seed).spawn(len(SPLITS))[SPLITS.index(split)]
     init_rng, exc_rng, noise_rng = (np.random.default_rng(s) for s in set_seq.spawn(3))
-    x0 = sample_initial_states(init_rng, n_traj)  # (N, 8)
-    exo = EXCITATIONS[excitation](exc_rng, n_traj, n_steps)  # (N, T) each
+    x0 = _initial_states(initial_states, init_rng, n_traj)  # (N, 8)
+    exo = _exogenous(excitation, exc_rng, n_traj, n_steps)  # (N, T) each
+    exc_name = excitation if isinstance(excitation, str) else _label(excitation, "custom")
+    if initial_states is not None:
+        exc_name += f", initial states {_label(initial_states, 'given')}"
     # disable=None: tqdm draws only on a terminal
     with tqdm(total=n_traj * n_steps, unit="step", unit_scale=True, desc=split, disable=not progress or None) as bar:
         xs, us, fault_step, fault_code = _simulate_chunked(x0, exo, dt, engine, bar)
@@ -163,14 +220,14 @@ def generate(
     meta = DatasetMeta(
         split=split,
         seed=seed,
-        excitation=excitation,
+        excitation=exc_name,
         dt=float(dt),
         n_traj=n_traj,
         n_steps=n_steps,
         noise_std=None if noise is None else tuple(float(s) for s in noise.std),
         engine=engine,
         description=(
-            f"{split} set: {n_traj} trajectories of {n_steps} steps (dt {dt:g} s) under the {excitation!r} "
+            f"{split} set: {n_traj} trajectories of {n_steps} steps (dt {dt:g} s) under the {exc_name!r} "
             f"excitation with the cell's feed controllers, seed {seed}, {noise_txt}"
         ),
         created=utc_now(),

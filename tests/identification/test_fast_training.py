@@ -216,3 +216,101 @@ def test_without_a_compiler_the_answer_is_cached_and_training_refused(data, tmp_
     assert len(builds) == tried  # the failure was remembered
     monkeypatch.undo()
     assert fast_training_available("float32")  # the compiler found again: the library it built before
+
+
+# -- proximal l1 (exact zeros during training) ------------------------------------------------------------------
+
+PROX = L1Penalty(lam=1e-2, lam_in=2e-2, lam_skip=3e-2, proximal=True)
+
+
+def _exact_zeros(result) -> int:
+    return sum(int(np.sum(w == 0)) for w in result.weights.weights)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("group", [False, True])
+def test_proximal_l1_matches_the_reference_and_makes_exact_zeros(data, skip: bool, group: bool) -> None:
+    x, y = data
+    arch = Architecture(5, (6, 5), 3, skip=skip)
+    reg: Regularizer = GroupInputPenalty(lam_group=2e-2, l1=PROX) if group else PROX
+    cfg = TrainConfig(epochs=6, batch_size=32, dtype="float64")
+    ref = train_ensemble(arch, x, y, SEEDS, cfg, reg)
+    fast = train_ensemble_fast(arch, x, y, SEEDS, cfg, reg)
+    assert_same_training(ref, fast, 1e-9)
+    # the zeros are the same weights in both, and counted per epoch by both trainers
+    for a, b in zip(ref.weights.weights, fast.weights.weights, strict=True):
+        assert np.array_equal(a == 0, b == 0)
+    assert np.array_equal(ref.extra["nonzeros"], fast.extra["nonzeros"])
+    final = sum(np.count_nonzero(w, axis=(1, 2)) for w in fast.weights.weights)
+    assert np.array_equal(fast.extra["nonzeros"][-1], final)
+    # a plain l1 (subgradient) leaves no exact zero; the proximal one does
+    plain = train_ensemble_fast(arch, x, y, SEEDS, cfg, L1Penalty(lam=1e-2, lam_in=2e-2, lam_skip=3e-2))
+    assert _exact_zeros(plain) == 0 and _exact_zeros(fast) > 0
+    assert np.all(plain.extra["nonzeros"] == arch.n_weights)
+    # the penalty recorded is the full one (its l1 part included), as for the plain penalty
+    assert np.all(fast.penalty_history > 0)
+
+
+def test_proximal_l1_in_float32_agrees_with_the_reference_to_float32_rounding(data) -> None:
+    x, y = data
+    arch = Architecture(5, (6, 5), 3, skip=True)
+    ref = train_ensemble(arch, x, y, SEEDS, F32, PROX)
+    fast = train_ensemble_fast(arch, x, y, SEEDS, F32, PROX)
+    # float32 summation orders differ: weights agree to 1e-4 of each layer's scale; a weight at the threshold's
+    # edge may land on either side, so at most 2 % of the zeros may differ
+    for a, b in zip(ref.weights.weights, fast.weights.weights, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.max(np.abs(a)))
+        assert np.mean((a == 0) != (b == 0)) <= 0.02
+
+
+def test_a_zero_weight_stays_zero_while_its_gradient_is_below_lam(data) -> None:
+    # with a huge lam every weight is cut to zero within the first steps (each shrinks by lr lam / |g| per step)
+    # and never comes back: a weight at zero moves only when its gradient's running mean exceeds lam
+    x, y = data
+    arch = Architecture(5, (6,), 3)
+    cfg = TrainConfig(epochs=2, batch_size=32, dtype="float64")
+    result = train_ensemble_fast(arch, x, y, SEEDS, cfg, L1Penalty(lam=1e3, lam_in=1e3, proximal=True))
+    assert all(np.all(w == 0) for w in result.weights.weights)
+    assert np.all(result.extra["nonzeros"] == 0)
+    assert np.all(np.isfinite(result.loss_history))
+
+
+def test_proximal_lams_follow_the_penalty_terms() -> None:
+    arch = Architecture(5, (6, 4), 3, skip=True)
+    lams = PROX.weight_lams(arch)
+    assert [lam.shape for lam in lams] == list(arch.layer_shapes)
+    assert np.all(lams[0] == 2e-2) and np.all(lams[1] == 1e-2)
+    k = arch.n_skip_rows
+    assert np.all(lams[-1][:k] == 3e-2) and np.all(lams[-1][k:] == 1e-2)
+    # the penalty is exactly the sum of lam |w|
+    ws = [torch.randn(2, a, b, dtype=torch.float64) for a, b in arch.layer_shapes]
+    by_lams = sum((torch.tensor(lam) * w.abs()).sum(dim=(1, 2)) for lam, w in zip(lams, ws, strict=True))
+    torch.testing.assert_close(PROX.penalty(ws, arch), by_lams, rtol=1e-12, atol=0)
+    no_hidden = Architecture(5, (), 3)
+    [both] = PROX.weight_lams(no_hidden)
+    assert np.all(both == 2e-2 + 1e-2)
+    assert L1.proximal_lams(arch) is None and NoPenalty().proximal_lams(arch) is None
+
+
+@pytest.mark.parametrize("proximal", [False, True])
+def test_group_lasso_per_input_and_block_matches_the_reference(data, proximal: bool) -> None:
+    # per-output sub-networks (blocks = n_out): the groups are (input, block), in both trainers
+    x, y = data
+    arch = Architecture(5, (6, 6), 3, skip=True, blocks=3)
+    masks = [np.broadcast_to(s, (3, *s.shape)).copy() for s in arch.structural_masks()]
+    l1 = L1Penalty(lam=1e-3, lam_in=1e-3, lam_skip=1e-3, proximal=proximal)
+    reg = GroupInputPenalty(lam_group=1.0 if proximal else 5e-2, l1=l1, proximal=proximal)
+    cfg = TrainConfig(epochs=6, batch_size=32, dtype="float64")
+    ref = train_ensemble(arch, x, y, SEEDS, cfg, reg, masks=masks)
+    fast = train_ensemble_fast(arch, x, y, SEEDS, cfg, reg, masks=masks)
+    assert_same_training(ref, fast, 1e-9)
+    if proximal:  # whole (input, block) groups are exact zeros, the same in both
+        first = fast.weights.weights[0].reshape(3, 5, 3, 2)
+        dead = np.all(first == 0, axis=3)
+        assert (
+            dead.any()
+            and not dead.all()
+            and np.array_equal(dead, np.all(ref.weights.weights[0].reshape(3, 5, 3, 2) == 0, axis=3))
+        )
+        skip = fast.weights.weights[-1][:, :5]  # (M, n_in, n_out): input j -> output b directly
+        assert np.all(skip[dead] == 0)

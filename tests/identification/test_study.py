@@ -27,8 +27,14 @@ def test_quick_study_writes_results_figures_and_report(tmp_path):
     assert loaded.kind == "structured" and loaded.provenance["n_traj"] == 3
     assert loaded.surrogate.weights.nonzero(0.0).sum() / 2 == results["runs"]["structured@3"]["nonzero_exact"]
     assert not (out / "models" / "dense@2").exists()
+    # the models of the largest size are also scored on the sets beyond the training excitation (quick: one)
+    for key in ("dense@3", "structured@3"):
+        beyond = results["runs"][key]["test_sets"]
+        assert set(beyond) == {"closed-loop"} and beyond["closed-loop"]["rollouts"] == 4
+    assert "test_sets" not in results["runs"]["dense@2"]
     report = (out / "README.md").read_text()
     assert "| structured | 3 |" in report and "## Do the paper's claims hold on our plant?" in report
+    assert "## Beyond the training excitation, 3 training trajectories" in report and "| closed-loop |" in report
     # --resume keeps the finished runs and trains nothing new.
     before = (out / "results.json").read_text()
     assert main(["study", "--quick", "--out", str(out), "--quiet", "--kinds", "dense", "structured", "--resume"]) == 0
