@@ -15,7 +15,7 @@ import numpy as np
 from identification.data import TrajectoryLike, fit_envelope, fit_normalization, make_samples
 from identification.kinds import KINDS, ModelSpec
 from identification.network import Architecture, EnsembleWeights
-from identification.regularizers import Regularizer, make_regularizer
+from identification.regularizers import NoPenalty, Regularizer, make_regularizer
 from identification.surrogate import Surrogate, prior_derivative
 from identification.training import (
     TrainConfig,
@@ -56,6 +56,10 @@ def prune(weights: EnsembleWeights, threshold: float, group_threshold: float = 0
     return EnsembleWeights(
         arch, tuple(w * mk for w, mk in zip(weights.weights, masks_t, strict=True)), weights.biases, masks_t
     )
+
+
+def _proximal(reg: Regularizer) -> bool:
+    return bool(getattr(reg, "proximal", False) or getattr(getattr(reg, "l1", None), "proximal", False))
 
 
 def exact_pattern(weights: EnsembleWeights) -> EnsembleWeights:
@@ -159,6 +163,17 @@ class SurrogateEstimator:
         result = train(arch, z, y, seeds, self.config, reg, masks=masks0, progress=label)
         phases = [result]
         weights = result.weights
+        if _proximal(reg):
+            weights = exact_pattern(weights)  # the zeros of the proximal steps become the model's pattern
+            if self.spec.debias_epochs:  # re-fit the kept weights without the penalty's shrinkage
+                cfg = replace(self.config, epochs=self.spec.debias_epochs)
+                seeds_d = member_seeds(self.seed + 999, self.n_members)
+                res = train(
+                    arch, z, y, seeds_d, cfg, NoPenalty(), init=weights, masks=weights.masks,
+                    progress=label and f"{label} de-bias",
+                )  # fmt: skip
+                phases.append(res)
+                weights = res.weights
         for round_, threshold in enumerate(self.spec.prune_thresholds):
             pruned = prune(weights, threshold, self.spec.group_threshold)
             cfg = replace(self.config, epochs=self.spec.retrain_epochs)
@@ -176,8 +191,6 @@ class SurrogateEstimator:
             )
             phases.append(res)
             weights = res.weights
-        if reg.proximal_lams(arch) is not None:
-            weights = exact_pattern(weights)
         self.normalization_ = norm
         self.surrogate_ = Surrogate(weights, norm, self.spec.prior, envelope=fit_envelope(samples))
         self.history_ = phases

@@ -18,6 +18,7 @@ class ModelSpec:
     prior: str = "none"
     prune_thresholds: tuple[float, ...] = ()  # threshold-and-mask rounds (exact zeros), each followed by re-training
     retrain_epochs: int = 0  # epochs of masked re-training after each pruning round
+    debias_epochs: int = 0  # after proximal training: epochs re-fitting the non-zero weights without the penalty
     group_threshold: float = 0.0  # at each pruning round, (input, block) groups with a smaller norm are cut whole
     blocks: int = 1  # 8: one sub-network per output (see Architecture)
     hidden: tuple[int, ...] | None = None  # None: the published (20, 20, 20, 20)

@@ -97,3 +97,22 @@ def test_mean_and_spread_of_the_ensemble(tiny):
     np.testing.assert_allclose(mean, runs.mean(axis=0), rtol=1e-14)
     np.testing.assert_allclose(spread, runs.std(axis=0), rtol=1e-12, atol=1e-12)
     assert np.all(spread[:, 0] < 1e-9) and np.all(spread[:, -1].max(axis=-1) > 1e-6)  # they agree at k = 0 only
+
+
+def test_a_proximal_fit_keeps_its_zeros_as_the_pattern_and_debiasing_stays_inside_it(tiny):
+    kw = {"n_members": 2, "epochs": 3, "lam": 3e-2, "lam_in": 3e-2, "lam_skip": 3e-2}
+    plain = SurrogateEstimator("prox-inputskip", **kw).fit(tiny)
+    w = plain.surrogate_.weights
+    assert w.masks is not None and len(plain.history_) == 1
+    for weights, mask in zip(w.weights, w.masks, strict=True):
+        assert np.array_equal(mask, weights != 0)
+    assert 0 < w.nonzero(0.0).sum() < sum(m.size for m in w.masks)
+    nonzeros = plain.history_[0].extra["nonzeros"]
+    assert nonzeros.shape == (3, 2) and np.array_equal(nonzeros[-1], w.nonzero(0.0).sum(axis=1))
+    debiased = SurrogateEstimator("prox-inputskip", debias_epochs=2, **kw).fit(tiny)
+    d = debiased.surrogate_.weights
+    assert len(debiased.history_) == 2
+    for after, mask in zip(d.weights, w.masks, strict=True):
+        assert np.all(after[~mask] == 0)  # nothing outside the pattern comes back
+    assert not all(np.array_equal(a, b) for a, b in zip(w.weights, d.weights, strict=True))  # the values moved
+    assert debiased.history_[1].penalty_history.max() == 0  # without the penalty
