@@ -9,11 +9,13 @@ Modules: ``engine`` (the engines and how work is laid out), ``layout`` (the mode
 from identification.rollout.engine import ENGINES, PRECISIONS, NumpyRolloutEngine, RolloutEngine, make_rollout_engine
 from identification.rollout.library import compiled_rollout_available
 from identification.rollout.reference import Float32Reference
-from identification.rollout.summary import Summary, algebraic_outputs, summarise, summary_of
+from identification.rollout.summary import Box, Exits, Summary, algebraic_outputs, exits_of, summarise, summary_of
 from identification.rollout.translate import OUTPUT_ORDER, vector_source
 
 __all__ = [
     "ENGINES",
+    "Box",
+    "Exits",
     "PRECISIONS",
     "Float32Reference",
     "NumpyRolloutEngine",
@@ -22,6 +24,7 @@ __all__ = [
     "Summary",
     "algebraic_outputs",
     "compiled_rollout_available",
+    "exits_of",
     "make_rollout_engine",
     "summarise",
     "summary_of",

@@ -47,6 +47,9 @@ else is clipped.
 
 from __future__ import annotations
 
+import functools
+import math
+import sys
 import threading
 import warnings
 
@@ -54,12 +57,13 @@ import numpy as np
 
 from alutwin.cbuild import usable_cpus
 from identification.rollout.layout import PRECISIONS, TILES, TILES32, VL, ModelPrograms, Program, check_precision
-from identification.rollout.library import kernel_library, library_or_error
+from identification.rollout.library import SummaryBuffers, kernel_library, library_or_error
 from identification.rollout.reference import Float32Reference
-from identification.rollout.summary import Summary, summary_of
+from identification.rollout.summary import Box, Exits, Summary, check_box, summary_of
 from identification.rollout.translate import OUTPUT_ORDER
 from identification.surrogate import Surrogate, check_rollout_inputs
 from plant.engine import CompiledEngineError, CompilerUnavailableWarning
+from plant.params import DEFAULT_LIMITS, DomainLimits
 from plant.signals import N_STATES
 
 __all__ = ["ENGINES", "PRECISIONS", "NumpyRolloutEngine", "RolloutEngine", "make_rollout_engine"]
@@ -71,6 +75,9 @@ ENGINES = ("auto", "compiled", "numpy")
 _QUAD_COST = 1.3  # a member quad's weights are vectors, not broadcast scalars: more loads per multiply-add
 _ITEM_STEP_COST = 60.0  # inputs, Euler update and output of one work item and step, in vector multiply-adds
 _MIN_WORK_PER_THREAD = 100_000  # vector multiply-adds below which another thread costs more than it saves
+_REUSE_MIN_BYTES = 16 << 20  # outputs from this size on come from kept buffers (_Buffers)
+_REUSE_KEEP = 2  # large buffers an engine keeps
+_FREE_REFS = 3  # sys.getrefcount of a kept buffer no array refers to: the pool's list, the loop's name, the call
 
 
 def _check_threads(threads: int | None) -> int | None:
@@ -79,12 +86,52 @@ def _check_threads(threads: int | None) -> int | None:
     return None if threads is None else int(threads)
 
 
+@functools.lru_cache(maxsize=8)
+def _limits_array(limits: DomainLimits) -> np.ndarray:
+    """``limits`` as the kernel reads them: min ledge mass, alumina % low, high, AlF3 % low, high (read-only)."""
+    a = np.array([limits.min_ledge_mass, *limits.alumina_pct, *limits.alf3_pct], dtype=np.float64)
+    a.flags.writeable = False
+    return a
+
+
 def _empty_aligned(shape: tuple[int, ...]) -> np.ndarray:
     """An uninitialised float64 array starting on a 64-byte boundary (the kernel then streams whole lines)."""
-    n = int(np.prod(shape))
-    buf = np.empty(n + 8)
+    return _aligned_view(np.empty(math.prod(shape) + 8), shape)
+
+
+def _aligned_view(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The first ``shape`` of the 1-d float64 ``buf`` (8 more than needed) that starts on a 64-byte boundary."""
     start = (-buf.ctypes.data % 64) // 8
-    return buf[start : start + n].reshape(shape)
+    return buf[start : start + math.prod(shape)].reshape(shape)
+
+
+class _Buffers:
+    """Large output buffers, kept for reuse.
+
+    Memory fresh from the operating system is zeroed page by page at its first touch: about 5 ms for the
+    70 MB of a potline's member trajectories, a quarter of their rollout (smaller arrays come back warm from
+    the C heap, which reuses freed blocks below its mmap threshold, at most 32 MB). A kept buffer to which no
+    array refers any more (only this pool: CPython's reference count says so; every view of it holds a
+    reference) is handed out again instead.
+    """
+
+    def __init__(self) -> None:
+        self._kept: list[np.ndarray] = []  # the newest first
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        """:func:`_empty_aligned`, from a kept buffer where one of the size is free."""
+        n = math.prod(shape) + 8
+        if n * 8 < _REUSE_MIN_BYTES:
+            return _empty_aligned(shape)
+        with self._lock:
+            for i in range(len(self._kept)):
+                buf = self._kept[i]
+                if buf.size == n and sys.getrefcount(buf) == _FREE_REFS:
+                    return _aligned_view(buf, shape)
+            buf = np.empty(n)
+            self._kept = [buf, *self._kept][:_REUSE_KEEP]  # a buffer dropped here lives on in its arrays
+            return _aligned_view(buf, shape)
 
 
 class RolloutEngine:
@@ -118,6 +165,7 @@ class RolloutEngine:
         self._members32: ModelPrograms | None = None
         self._mean32: ModelPrograms | None = None
         self._lock = threading.Lock()
+        self._buffers = _Buffers()
 
     @property
     def n_members(self) -> int:
@@ -178,7 +226,7 @@ class RolloutEngine:
         check_precision(precision)
         x0, u = check_rollout_inputs(x0, u)
         b, h, _ = u.shape
-        out = _empty_aligned((self.n_members, b, h + 1, N_STATES))  # (M, B, T + 1, 8)
+        out = self._buffers.empty((self.n_members, b, h + 1, N_STATES))  # (M, B, T + 1, 8)
         if b == 0:
             return out
         prog, nv, threads = self._plan(self._programs(False, precision), b, h, mean=False)
@@ -186,29 +234,53 @@ class RolloutEngine:
         return out
 
     def simulate_summary(
-        self, x0: np.ndarray, u: np.ndarray, members: bool = False, precision: str = "float64"
+        self,
+        x0: np.ndarray,
+        u: np.ndarray,
+        members: bool = False,
+        precision: str = "float64",
+        *,
+        limits: DomainLimits = DEFAULT_LIMITS,
+        box: Box | None = None,
     ) -> Summary:
         """Free run of every member, summarised in C: :func:`summary_of` of :meth:`simulate`, to rounding.
 
         The kernel keeps every member of a block of cells in step and writes only the mean, the spread and
         the algebraic outputs (and the members' states when ``members``), so a large batch moves a fraction
-        of the memory. The members' states are :meth:`simulate`'s bit for bit (the same kernel); the mean and
-        spread take numpy's operations in numpy's order, and the outputs' ``exp`` and ``pow`` are the C
-        library's, which may differ from numpy's SIMD ones in the last bit. For one or two cells (member
-        quads are faster there) it is :meth:`simulate` and numpy.
+        of the memory; on the way it notes where each member and the mean first leave the valid domain
+        ``limits`` (:func:`plant.domain.check_domain`'s decision, a few compares per member and step) and the
+        mean the ``box`` (:class:`Exits`). The members' states are :meth:`simulate`'s bit for bit (the same
+        kernel); the mean and spread take numpy's operations in numpy's order, and the outputs' ``exp`` and
+        ``pow`` are the C library's, which may differ from numpy's SIMD ones in the last bit. For one or two
+        cells (member quads are faster there) it is :meth:`simulate` and the same summary in C after it.
         """
         check_precision(precision)
         x0, u = check_rollout_inputs(x0, u)
+        box = check_box(box)
         b, h, _ = u.shape
-        if b < 3:
-            return summary_of(self.simulate(x0, u, precision), u, members)
+        if b == 0 or (b < 3 and h == 0):
+            return summary_of(self.simulate(x0, u, precision), u, members, limits, box)
+        m = self.n_members
         mean = _empty_aligned((b, h + 1, N_STATES))  # (B, T + 1, 8)
-        spread = _empty_aligned((b, h + 1, N_STATES))  # (B, T + 1, 8)
-        outputs = np.empty((b, h + 1, len(OUTPUT_ORDER)))  # (B, T + 1, 6)
-        states = _empty_aligned((self.n_members, b, h + 1, N_STATES)) if members else None  # (M, B, T + 1, 8)
-        prog, nv, threads = self._plan_summary(self._programs(False, precision), b, h)
-        self._lib.run(prog, False, x0, u, mean, self.surrogate.dt, nv, threads, (spread, outputs, states))
-        return Summary(mean, spread, outputs, states)
+        bufs = SummaryBuffers(
+            spread=_empty_aligned((b, h + 1, N_STATES)),  # (B, T + 1, 8)
+            outputs=np.empty((b, h + 1, len(OUTPUT_ORDER))),  # (B, T + 1, 6)
+            members=self._buffers.empty((m, b, h + 1, N_STATES)) if members and b >= 3 else None,  # (M, B, T + 1, 8)
+            limits=_limits_array(limits),
+            box=None if box is None else np.concatenate(box),
+            member_exit=np.empty((m, b), dtype=np.int64),
+            mean_exit=np.empty(b, dtype=np.int64),
+            box_exit=None if box is None else np.empty(b, dtype=np.int64),
+        )
+        states = bufs.members
+        if b < 3:
+            states = self.simulate(x0, u, precision)
+            self._lib.summarise(states, u, mean, bufs)
+        else:
+            prog, nv, threads = self._plan_summary(self._programs(False, precision), b, h)
+            self._lib.run(prog, False, x0, u, mean, self.surrogate.dt, nv, threads, bufs)
+        exits = Exits(limits, box, bufs.member_exit, bufs.mean_exit, bufs.box_exit)
+        return Summary(mean, bufs.spread, bufs.outputs, states if members else None, exits)
 
     def _plan_summary(self, programs: ModelPrograms, b: int, h: int) -> tuple[Program, int, int]:
         """``(program, nv, threads)`` of a summary: the block size whose slowest thread has the least work."""
@@ -270,12 +342,19 @@ class NumpyRolloutEngine:
         return self.surrogate.simulate(x0, u)
 
     def simulate_summary(
-        self, x0: np.ndarray, u: np.ndarray, members: bool = False, precision: str = "float64"
+        self,
+        x0: np.ndarray,
+        u: np.ndarray,
+        members: bool = False,
+        precision: str = "float64",
+        *,
+        limits: DomainLimits = DEFAULT_LIMITS,
+        box: Box | None = None,
     ) -> Summary:
-        """:func:`summary_of` of :meth:`simulate`."""
+        """:func:`summary_of` of :meth:`simulate` (with the :class:`Exits` from ``limits`` and ``box``)."""
         check_precision(precision)
         x0, u = check_rollout_inputs(x0, u)
-        return summary_of(self.simulate(x0, u, precision), u, members)
+        return summary_of(self.simulate(x0, u, precision), u, members, limits, check_box(box))
 
     def simulate_mean(self, x0: np.ndarray, u: np.ndarray, precision: str = "float64") -> np.ndarray:
         """``Surrogate.mean().simulate``: ``(B, T + 1, 8)``."""

@@ -262,10 +262,55 @@ AI void store_states(const vd *rows, const int nv, const int *mirror, const long
     }
 }
 
+/* The lanes set in a comparison mask, as 4 bits. */
+AI int lanes(vl m) {
+#ifdef __AVX__
+    return _mm256_movemask_pd((__m256d)m);
+#else
+    return (m[0] != 0) | (m[1] != 0) << 1 | (m[2] != 0) << 2 | (m[3] != 0) << 3;
+#endif
+}
+
+/* Lanes (4 bits) of the states x (rows 0..7, nv vectors apart) outside the valid domain, as
+   plant.domain.check_domain decides: a non-finite state, the side ledge below lim[0], the alumina or AlF3
+   percentage (100 a / bath, its arithmetic) outside [lim[1], lim[2]] or [lim[3], lim[4]]; a NaN percentage
+   (0 / 0) compares false, a fault only as a non-finite state would be. full = 0 for a member's states after a
+   step, where one non-finite state makes all 8 NaN (euler_step): the ledge test then catches it. */
+AI int outside_domain(const vd *x, const int nv, const double *lim, const int full) {
+    const vd a = x[nv], f = x[2 * nv], bath = a + f + x[3 * nv];
+    const vd pa = 100.0 * a / bath, pf = 100.0 * f / bath;
+    vl bad = ~(vl)(x[0] >= bcast(lim[0])) | (vl)(pa < bcast(lim[1])) | (vl)(pa > bcast(lim[2])) |
+             (vl)(pf < bcast(lim[3])) | (vl)(pf > bcast(lim[4]));
+    if (full) {
+        vd p = x[0] - x[0]; /* 0 where finite, NaN once a state is inf or NaN */
+        for (int i = 1; i < NX; ++i) p += x[i * nv] - x[i * nv];
+        bad |= ~(vl)(p == bcast(0.0));
+    }
+    return lanes(bad);
+}
+
+/* Lanes of x (rows 0..7) outside the box [box[i], box[NX + i]] in some state (NaN counts as outside). */
+AI int outside_box(const vd *x, const int nv, const double *box) {
+    vl bad = (vl)bcast(0.0);
+    for (int i = 0; i < NX; ++i)
+        bad |= ~((vl)(x[i * nv] >= bcast(box[i])) & (vl)(x[i * nv] <= bcast(box[NX + i])));
+    return lanes(bad);
+}
+
+/* Step k as the first exit ex[cell] of the real lanes of vector v set in mask, where none is recorded yet. */
+AI void record_exit(long long *ex, const int mask, const int v, const int *mirror, const long long *cell,
+                    const long long k) {
+    for (int j = 0; j < VL; ++j) {
+        const int c = VL * v + j;
+        if ((mask >> j & 1) && mirror[c] == c && ex[cell[c]] < 0) ex[cell[c]] = k;
+    }
+}
+
 /* One summary work item: a block of 4 nv cells, every member, all steps. Each member keeps its states in
    xs; per step it computes what it computes alone (run_item), then the ensemble's mean, its spread (the
    population std, two passes, members in order: what numpy's mean(0) and std(0) give) and the algebraic
-   outputs of the mean (outputs_vec, with the step's inputs; the last state with the last inputs). */
+   outputs of the mean (outputs_vec, with the step's inputs; the last state with the last inputs), and
+   the first step at which each member, the mean, and the mean against the box leave (exits). */
 AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, vf *fa, const int nv) {
     const int C = VL * nv, M = J->n_members;
     const long long B = J->B, H = J->H;
@@ -287,6 +332,11 @@ AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, vf *fa, cons
     for (int i = 0; i < NX; ++i)
         for (int c = 0; c < C; ++c) a[i * C + c] = J->x0[cell[c] * NX + i];
     for (int g = 0; g < M; ++g) memcpy(xs + (long long)g * NX * nv, act, sizeof(vd) * NX * nv);
+    for (int c = 0; c < nb; ++c) {
+        J->mean_exit[cell[c]] = -1;
+        if (J->box) J->box_exit[cell[c]] = -1;
+        for (int g = 0; g < M; ++g) J->member_exit[(long long)g * B + cell[c]] = -1;
+    }
     for (long long k = 0;; ++k) {
         if (k < H)
             for (int j = 0; j < NU; ++j)
@@ -308,6 +358,14 @@ AI void run_summary(Job *J, long long item, vd *act, vd *d, vd *xs, vf *fa, cons
             d[i] = (vd){sqrt(var[0]), sqrt(var[1]), sqrt(var[2]), sqrt(var[3])};
 #endif
             act[i] = mu;
+        }
+        for (int v = 0; v < nv; ++v) {
+            int mask = outside_domain(act + v, nv, J->limits, 1);
+            if (mask) record_exit(J->mean_exit, mask, v, mirror, cell, k);
+            if (J->box && (mask = outside_box(act + v, nv, J->box))) record_exit(J->box_exit, mask, v, mirror, cell, k);
+            for (int g = 0; g < M; ++g)
+                if ((mask = outside_domain(xs + (long long)g * NX * nv + v, nv, J->limits, k == 0)))
+                    record_exit(J->member_exit + (long long)g * B, mask, v, mirror, cell, k);
         }
         store_states(act, nv, mirror, cell, J->out + k * NX, (H + 1) * NX);
         store_states(d, nv, mirror, cell, J->spread + k * NX, (H + 1) * NX);
@@ -442,7 +500,75 @@ static void *helper(void *arg) {
     return NULL;
 }
 
-int alutwin_rollout_abi(void) { return 1000 * HAS_PRIOR + 10; }
+int alutwin_rollout_abi(void) { return 1000 * HAS_PRIOR + 11; }
+
+/* The first step at which the state rows s (8 doubles each, t of them, stride apart) leave the valid domain
+   (the decision of outside_domain, one state at a time), or -1. */
+static long long first_exit(const double *s, const long long t, const long long stride, const double *lim) {
+    for (long long k = 0; k < t; ++k, s += stride) {
+        int finite = 1;
+        for (int j = 0; j < NX; ++j) finite &= isfinite(s[j]) != 0;
+        const double bath = s[1] + s[2] + s[3], pa = 100.0 * s[1] / bath, pf = 100.0 * s[2] / bath;
+        if (!finite || !(s[0] >= lim[0]) || pa < lim[1] || pa > lim[2] || pf < lim[3] || pf > lim[4]) return k;
+    }
+    return -1;
+}
+
+/* The summary of members already rolled out, (M, B, T, NX) under u (B, T - 1, NU), T >= 2: what a summary
+   work item computes beside the rollout (the same mean, spread, outputs and exits), for the layouts that
+   have no summary (member quads, one or two cells). Returns 0. */
+int alutwin_summarise(int M, long long B, long long T, const double *members, const double *u, double *mean,
+                      double *spread, double *outputs, const double *limits, const double *box,
+                      long long *member_exit, long long *mean_exit, long long *box_exit) {
+    const long long n = T * NX, H = T - 1;
+    for (long long b = 0; b < B; ++b) {
+        double *mu = mean + b * n, *sd = spread + b * n;
+        const double *x0 = members + b * n;
+        for (long long j = 0; j < n; ++j) mu[j] = x0[j];
+        for (int g = 1; g < M; ++g) {
+            const double *xg = members + ((long long)g * B + b) * n;
+            for (long long j = 0; j < n; ++j) mu[j] += xg[j];
+        }
+        for (long long j = 0; j < n; ++j) mu[j] /= (double)M;
+        for (long long j = 0; j < n; ++j) sd[j] = 0.0;
+        for (int g = 0; g < M; ++g) {
+            const double *xg = members + ((long long)g * B + b) * n;
+            for (long long j = 0; j < n; ++j) {
+                const double t = xg[j] - mu[j];
+                sd[j] += t * t;
+            }
+        }
+        for (long long j = 0; j < n; ++j) sd[j] = sqrt(sd[j] / (double)M);
+        for (long long k = 0; k < T; k += VL) { /* the outputs of 4 steps at a time, one per lane */
+            vd rows[NX + NU], y[NY];
+            for (int j = 0; j < VL; ++j) {
+                const long long s = k + j < T ? k + j : T - 1;
+                const double *us = u + (b * H + (s < H ? s : H - 1)) * NU;
+                for (int i = 0; i < NX; ++i) rows[i][j] = mu[s * NX + i];
+                for (int i = 0; i < NU; ++i) rows[NX + i][j] = us[i];
+            }
+            for (int i = 0; i < NY; ++i) y[i] = bcast(0.0);
+            outputs_vec(rows, y, 1);
+            for (int j = 0; j < VL && k + j < T; ++j)
+                for (int i = 0; i < NY; ++i) outputs[(b * T + k + j) * NY + i] = y[i][j];
+        }
+        mean_exit[b] = first_exit(mu, T, NX, limits);
+        for (int g = 0; g < M; ++g)
+            member_exit[(long long)g * B + b] = first_exit(members + ((long long)g * B + b) * n, T, NX, limits);
+        if (box) {
+            box_exit[b] = -1;
+            for (long long k = 0; k < T && box_exit[b] < 0; ++k)
+                for (int i = 0; i < NX; ++i) {
+                    const double v = mu[k * NX + i];
+                    if (!(v >= box[i] && v <= box[NX + i])) {
+                        box_exit[b] = k;
+                        break;
+                    }
+                }
+        }
+    }
+    return 0;
+}
 
 /* Roll out B cells over H steps. quad = 0: groups are single members, a work item holds 4 * nv cells;
    quad = 1: groups are quads of members, an item holds nv cells. The caller works too; helper threads are
@@ -450,7 +576,9 @@ int alutwin_rollout_abi(void) { return 1000 * HAS_PRIOR + 10; }
    a busy machine) finds nothing left, touches only the job (on the heap, freed by the last one out) and
    never delays the caller. summary = 1 (with quad = 0, mean = 0): out gets the ensemble mean (B, H + 1, NX),
    spread its std, outputs the algebraic outputs of the mean (B, H + 1, NY), members (if not NULL) every
-   member's states (M, B, H + 1, NX); a work item is then a block of cells with all members.
+   member's states (M, B, H + 1, NX), member_exit (M, B), mean_exit (B,) and box_exit (B,) (with box) the
+   first step at which each member, the mean, and the mean against the box leave (limits: the valid domain);
+   a work item is then a block of cells with all members.
    A float32 program (quad = 0, nv = 2, 4 or 8, tile = TILE32(nv)) passes tile_bias32, nz_w32 and scale instead of tile_bias and
    nz_w: the network layers then run in float32 (eval_group_f32), the states in double as always.
    Returns 0, or -1 for bad sizes, -2 when out of memory. */
@@ -460,11 +588,13 @@ int alutwin_rollout(int n_groups, int n_layers, int n_members, int quad, int mea
                     const double *nz_w, long long B,
                     long long H, double dt, const double *x0, const double *u, double *out, int nv,
                     int tile, int n_threads, int summary, double *spread, double *outputs, double *members,
-                    const float *tile_bias32, const float *nz_w32, const double *scale) {
+                    const float *tile_bias32, const float *nz_w32, const double *scale, const double *limits,
+                    const double *box, long long *member_exit, long long *mean_exit, long long *box_exit) {
     const int f32 = nz_w32 != NULL;
     if (nv != 1 && nv != 2 && nv != 4 && !(f32 && nv == 8)) return -1;
     if (f32 ? quad || nv == 1 || !tile_bias32 || !scale || tile_bias || nz_w : !tile_bias || !nz_w) return -1;
-    if (summary && (quad || mean || !spread || !outputs)) return -1;
+    if (summary && (quad || mean || !spread || !outputs || !limits || !member_exit || !mean_exit)) return -1;
+    if (summary && box && !box_exit) return -1;
     if (tile != (f32 ? TILE32(nv) : TILE(nv)) || (quad && nv > 2)) return -1;
     if (B < 1 || H < 0 || n_groups < 1 || n_layers < 1 || n_members < 1) return -1;
     if (quad ? n_groups != (n_members + VL - 1) / VL : n_groups != n_members) return -1;
@@ -497,6 +627,11 @@ int alutwin_rollout(int n_groups, int n_layers, int n_members, int quad, int mea
     J->spread = spread;
     J->outputs = outputs;
     J->members = members;
+    J->limits = limits;
+    J->box = box;
+    J->member_exit = member_exit;
+    J->mean_exit = mean_exit;
+    J->box_exit = box_exit;
     J->n_rows = n_rows;
     long long cells = quad ? nv : VL * nv;
     J->n_blocks = (B + cells - 1) / cells;

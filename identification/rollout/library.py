@@ -22,9 +22,27 @@ from identification.surrogate import PRIORS, Surrogate
 from plant.engine import CompiledEngineError
 from plant.signals import INPUTS, N_INPUTS, N_STATES, STATES
 
-__all__ = ["KernelLibrary", "compiled_rollout_available", "kernel_library", "library_or_error"]
+__all__ = ["KernelLibrary", "SummaryBuffers", "compiled_rollout_available", "kernel_library", "library_or_error"]
 
-_ABI = 10  # bumped with the kernel's signature
+_ABI = 11  # bumped with the kernel's signature
+
+
+@dataclass(frozen=True)
+class SummaryBuffers:
+    """What a summary run writes besides the ensemble mean, and the domain it checks (C-contiguous arrays)."""
+
+    spread: np.ndarray  # (B, H + 1, 8)
+    outputs: np.ndarray  # (B, H + 1, NY)
+    members: np.ndarray | None  # (M, B, H + 1, 8), or None: not written
+    limits: np.ndarray  # (5,) min ledge mass, alumina % low, high, AlF3 % low, high
+    box: np.ndarray | None  # (16,) low, high of the box the mean is checked against, or None
+    member_exit: np.ndarray  # (M, B) int64
+    mean_exit: np.ndarray  # (B,) int64
+    box_exit: np.ndarray | None  # (B,) int64, with box
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,7 @@ class KernelLibrary:
     path: Path
     fn: Any  # the ctypes function alutwin_rollout
     handle: ctypes.CDLL
+    summarise_fn: Any  # the ctypes function alutwin_summarise
 
     def run(
         self,
@@ -45,13 +64,13 @@ class KernelLibrary:
         dt: float,
         nv: int,
         threads: int,
-        summary: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+        summary: SummaryBuffers | None = None,
     ) -> None:
         """Roll out ``x0`` ``(B, 8)`` under ``u`` ``(B, H, 5)`` into ``out`` (C-contiguous arrays); with
-        ``summary = (spread, outputs, members or None)``, ``out`` gets the ensemble mean and those the rest. A
-        float32 program (``prog.scale`` set) runs the network layers in float32."""
+        ``summary``, ``out`` gets the ensemble mean and ``summary``'s arrays the rest. A float32 program
+        (``prog.scale`` set) runs the network layers in float32."""
         b, h, _ = u.shape
-        spread, outputs, members = summary if summary is not None else (None, None, None)
+        s = summary
         f32 = prog.scale is not None
         bias, w = prog.tile_bias.ctypes.data, prog.nz_w.ctypes.data
         code = self.fn(
@@ -77,16 +96,42 @@ class KernelLibrary:
             nv,
             prog.tile,
             threads,
-            int(summary is not None),
-            None if spread is None else spread.ctypes.data,
-            None if outputs is None else outputs.ctypes.data,
-            None if members is None else members.ctypes.data,
+            int(s is not None),
+            None if s is None else s.spread.ctypes.data,
+            None if s is None else s.outputs.ctypes.data,
+            None if s is None else _ptr(s.members),
             bias if f32 else None,
             w if f32 else None,
-            None if prog.scale is None else prog.scale.ctypes.data,
+            _ptr(prog.scale),
+            None if s is None else s.limits.ctypes.data,
+            None if s is None else _ptr(s.box),
+            None if s is None else s.member_exit.ctypes.data,
+            None if s is None else s.mean_exit.ctypes.data,
+            None if s is None else _ptr(s.box_exit),
         )
         if code != 0:
             raise CompiledEngineError(f"the rollout kernel {self.path} failed (code {code})")
+
+    def summarise(self, states: np.ndarray, u: np.ndarray, mean: np.ndarray, summary: SummaryBuffers) -> None:
+        """The summary of member rollouts ``states`` ``(M, B, H + 1, 8)`` under ``u`` ``(B, H, 5)``, ``H >= 1``,
+        into ``mean`` and ``summary`` (what a summary run computes beside its rollout; members not written)."""
+        m, b, t, _ = states.shape
+        s = summary
+        self.summarise_fn(
+            m,
+            b,
+            t,
+            states.ctypes.data,
+            u.ctypes.data,
+            mean.ctypes.data,
+            s.spread.ctypes.data,
+            s.outputs.ctypes.data,
+            s.limits.ctypes.data,
+            _ptr(s.box),
+            s.member_exit.ctypes.data,
+            s.mean_exit.ctypes.data,
+            _ptr(s.box_exit),
+        )
 
 
 def _load(prior: str) -> KernelLibrary:
@@ -97,6 +142,7 @@ def _load(prior: str) -> KernelLibrary:
     try:
         handle = ctypes.CDLL(str(path))
         fn = handle.alutwin_rollout
+        summarise = handle.alutwin_summarise
         abi = handle.alutwin_rollout_abi
     except (OSError, AttributeError) as err:
         raise CompiledEngineError(f"cannot load the rollout kernel {path}: {err}") from err
@@ -107,8 +153,10 @@ def _load(prior: str) -> KernelLibrary:
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong
     fn.restype = ctypes.c_int
     fn.argtypes = [i32, i32, i32, i32, i32, i64, p, p, p, p, p, p, p, i64, i64, ctypes.c_double, p, p, p, i32, i32, i32]
-    fn.argtypes += [i32, p, p, p, p, p, p]
-    return KernelLibrary(path, fn, handle)
+    fn.argtypes += [i32, p, p, p, p, p, p, p, p, p, p, p]
+    summarise.restype = ctypes.c_int
+    summarise.argtypes = [i32, i64, i64, p, p, p, p, p, p, p, p, p, p]
+    return KernelLibrary(path, fn, handle, summarise)
 
 
 def _check_model(prior: str) -> Surrogate:

@@ -45,6 +45,12 @@ typedef struct {
     double *out;                /* (M, B, H + 1, NX), or (B, H + 1, NX) for the ensemble mean */
     double *spread, *outputs;   /* summary: (B, H + 1, NX) std over members, (B, H + 1, NY) outputs of the mean */
     double *members;            /* summary: (M, B, H + 1, NX) every member's states, or NULL */
+    const double *limits;       /* summary: (5,) the valid domain: min ledge mass, alumina % low, high, AlF3 % low,
+                                   high (plant.params.DomainLimits) */
+    const double *box;          /* summary: (2 NX,) low, high of the box the mean is checked against, or NULL */
+    long long *member_exit;     /* summary: (M, B) each member's first step outside the domain, -1: never */
+    long long *mean_exit;       /* summary: (B,) the mean's first step outside the domain */
+    long long *box_exit;        /* summary: (B,) the mean's first step outside the box (with box) */
     int quad, summary;
     long long next, done;       /* items taken and items finished, shared by the threads */
     int failed, refs;           /* refs: threads still holding the job */

@@ -98,3 +98,121 @@ def test_scenario_validity_from_the_bounds_equals_the_brute_force_over_members()
         mb = check_domain(mean[b]) != 0
         assert v.domain_exit_step == (int(np.argmax(mb)) if mb.any() else -1)
     assert 2 in variants[0][4].diverged_members and variants[0][4].first_divergence_step <= 12
+
+
+def _brute_force(members: np.ndarray, mean: np.ndarray, box: tuple[np.ndarray, np.ndarray] | None) -> list:
+    """Each scenario's validity from every member and step by the plant's guard (the oracle)."""
+    from plant.domain import Fault, check_domain
+    from plant.signals import STATES
+    from twin.results import ScenarioValidity
+
+    out = []
+    for b in range(mean.shape[0]):
+        found: dict = {}
+        mb = check_domain(mean[b]) != 0
+        if mb.any():
+            k = int(np.argmax(mb))
+            found.update(domain_exit_step=k, domain_reason=Fault(int(check_domain(mean[b, k]))).describe())
+        if box is not None:
+            with np.errstate(invalid="ignore"):
+                outside = ~((mean[b] >= box[0]) & (mean[b] <= box[1]))  # (T, 8)
+            if outside.any():
+                k = int(np.argmax(outside.any(-1)))
+                names = tuple(STATES[i].name for i in np.flatnonzero(outside[k]))
+                found.update(envelope_exit_step=k, envelope_signals=names)
+        bad = check_domain(members[:, b]) != 0  # (M, T)
+        diverged = tuple(int(m) for m in np.flatnonzero(bad.any(1)))
+        if diverged:
+            found.update(diverged_members=diverged, first_divergence_step=min(int(np.argmax(bad[m])) for m in diverged))
+        out.append(ScenarioValidity(**found))
+    return out
+
+
+def test_scenario_validity_from_exits_equals_the_bounds_and_the_brute_force() -> None:
+    from identification.rollout import exits_of
+    from plant.params import DomainLimits
+    from twin.registry.served import NOMINAL_STATE
+    from twin.serving.validity import envelope_box, scenario_validity
+
+    rng = np.random.default_rng(3)
+    scale = np.array([0.001, 0.001, 0.05, 0.2, 0.001, 0.1])[None, :, None, None]  # per scenario
+    members = NOMINAL_STATE * (1 + scale * rng.normal(size=(5, 6, 30, 8)))  # (M, B, T, 8)
+    members[2, 4, 12:, 1] = 5.0  # one member of scenario 4 runs out of alumina at step 12
+    members[:, 1, 20:, 0] = 400.0  # every member of scenario 1 melts its ledge at step 20: the mean too
+    members[3, 5, 7:] = np.nan  # a member of scenario 5 blows up at step 7
+    mean, spread = members.mean(0), members.std(0)
+    env = Envelope(NOMINAL_STATE * 0.9, NOMINAL_STATE * 1.1, np.zeros(5), np.ones(5))
+    box = envelope_box(env, 0.1)
+    assert box is envelope_box(env, 0.1)  # remembered: the same arrays for the same envelope and margin
+    calls = []
+
+    def rollout(idx: np.ndarray) -> np.ndarray:
+        calls.append(idx.tolist())
+        return members[:, idx]
+
+    exits = exits_of(members, mean, box=box)
+    fast = scenario_validity(mean, spread, 5, env, rollout, margin=0.1, exits=exits)
+    assert calls == []  # the exits say it all: nothing is rolled out again
+    bounds = scenario_validity(mean, spread, 5, env, rollout, margin=0.1)
+    assert fast == bounds == _brute_force(members, mean, box)
+    assert fast[0].ok and fast[1].domain_exit_step == 20 and "ledge" in fast[1].domain_reason
+    assert fast[4].diverged_members == (2,) and fast[4].first_divergence_step == 12 and fast[4].domain_exit_step < 0
+    assert 3 in fast[5].diverged_members and fast[5].first_divergence_step <= 7 and fast[5].domain_exit_step == 7
+    assert any(v.envelope_exit_step > 0 for v in fast)
+    # exits for another domain or box are not used: the bounds decide (and re-run the suspects)
+    other = exits_of(members, mean, DomainLimits(min_ledge_mass=100.0), box)
+    assert scenario_validity(mean, spread, 5, env, rollout, margin=0.1, exits=other) == bounds and calls
+    calls.clear()
+    no_box = exits_of(members, mean)
+    assert scenario_validity(mean, spread, 5, env, rollout, margin=0.1, exits=no_box) == bounds and calls
+    assert scenario_validity(mean, spread, 5, None, rollout, exits=no_box) == _brute_force(members, mean, None)
+
+
+@pytest.mark.parametrize("engine", ["compiled", "numpy"])
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_predict_validity_equals_the_bounds_and_the_brute_force(engine: str, precision: str) -> None:
+    """The committed sparse model (with its training envelope) on scenarios that stay, leave the domain, leave
+    the envelope, and have members that diverge."""
+    from pathlib import Path
+
+    from identification.modelfile import load_model
+    from identification.rollout import compiled_rollout_available, make_rollout_engine
+    from plant.signals import U, X
+    from twin.registry import ServedModel
+    from twin.registry.served import NOMINAL_INPUT, NOMINAL_STATE
+    from twin.serving import predict
+    from twin.serving.validity import envelope_box, scenario_validity
+
+    if engine == "compiled" and not compiled_rollout_available():
+        pytest.skip("no working C compiler")
+    loaded = load_model(Path(__file__).resolve().parents[2] / "identification" / "pretrained" / "sparse-inputskip")
+    eng = make_rollout_engine(loaded.surrogate, engine)
+    served = ServedModel("cell", 1, loaded, eng, b"", b"")
+    rng = np.random.default_rng(0)
+    x0 = NOMINAL_STATE * (1 + rng.normal(0, 0.01, (8, 8)))
+    x0[1, X.M_AL2O3] *= 0.4
+    x0[2, X.M_AL2O3] *= 0.36  # about 1 % alumina: the mean and most members leave the domain
+    x0[3, X.M_LEDGE] = 520.0
+    u = np.broadcast_to(NOMINAL_INPUT, (8, 120, 5)).copy()
+    u[5:7, :, U.CURRENT] = 170_000.0
+    for b in (1, 3, 8):  # the post-pass after member quads, and the summary work items
+        got = predict(served, x0[:b], u[:b], include_members=True, precision=precision)
+        members = got.members
+        assert members is not None and got.mean is not None and got.spread is not None
+        box = envelope_box(loaded.surrogate.envelope, 0.1)
+        want = _brute_force(members, got.mean, box)
+        assert list(got.validity) == want
+        x0_b, u_b = x0[:b], u[:b]
+
+        def rollout(idx: np.ndarray, x0_b: np.ndarray = x0_b, u_b: np.ndarray = u_b) -> np.ndarray:
+            return eng.simulate(x0_b[idx], u_b[idx], precision)
+
+        bounds = scenario_validity(
+            got.mean, got.spread, served.n_members, loaded.surrogate.envelope, rollout, margin=0.1
+        )
+        assert bounds == want
+        lean = predict(served, x0[:b], u[:b], precision=precision)  # without the members: the same validity
+        assert lean.validity == got.validity
+    assert got.validity[0].ok and any(not v.ok for v in got.validity)
+    assert got.validity[2].domain_exit_step > 0 and got.validity[2].diverged_members
+    assert any(v.envelope_exit_step >= 0 and not v.diverged_members for v in got.validity)

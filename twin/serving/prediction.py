@@ -26,7 +26,7 @@ from twin.config import TwinConfig
 from twin.registry import DEFAULT_ALIAS, InvalidRequest, RegistryError, ServedModel
 from twin.results import EnvelopeExcess, ScenarioValidity
 from twin.serving.runtime import TwinRuntime, unary
-from twin.serving.validity import input_warnings, scenario_validity
+from twin.serving.validity import envelope_box, input_warnings, scenario_validity
 
 __all__ = [
     "ARRAY_FIELDS",
@@ -217,23 +217,27 @@ def predict(
 ) -> PredictionResult:
     """What Predict computes, in process: every member's rollout, their mean and spread, and the algebraic
     outputs of the mean (:meth:`identification.rollout.RolloutEngine.simulate_summary`, the network layers in
-    ``precision``: ``"float64"`` or ``"float32"``), with each scenario's validity
-    (:func:`twin.serving.validity.scenario_validity`, at every step) and the inputs outside the training
-    envelope; the arrays ``fields`` selects (default :func:`response_fields`), at every ``stride``-th step."""
+    ``precision``: ``"float64"`` or ``"float32"``), with each scenario's validity at every step
+    (:func:`twin.serving.validity.scenario_validity`, from where the engine saw the members and the mean
+    leave) and the inputs outside the training envelope; the arrays ``fields`` selects (default
+    :func:`response_fields`), at every ``stride``-th step."""
     if fields is None:
         fields = response_fields((), include_members)
-    s = served.engine.simulate_summary(x0, u, members="members" in fields, precision=precision)
+    envelope = served.surrogate.envelope
+    box = envelope_box(envelope, envelope_margin)  # the engine notes where the mean leaves it
+    s = served.engine.simulate_summary(x0, u, members="members" in fields, precision=precision, box=box)
     validity = scenario_validity(
         s.mean,
         s.spread,
         served.n_members,
-        served.surrogate.envelope,
+        envelope,
         lambda idx: served.engine.simulate(x0[idx], u[idx], precision),
         s.members,
         margin=envelope_margin,
+        exits=s.exits,
     )
     if warnings is None:
-        warnings = tuple(input_warnings(x0, u, served.surrogate.envelope, envelope_margin))
+        warnings = tuple(input_warnings(x0, u, envelope, envelope_margin))
     k = max(int(stride), 1)
 
     def pick(name: str, a: np.ndarray | None) -> np.ndarray | None:

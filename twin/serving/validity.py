@@ -14,8 +14,11 @@ Three checks, each cheap for a nominal batch and exact for a flagged one:
   scenario whose bounding box stays inside the domain has no diverged member; the others are rolled out
   again member by member (the same engine: the same numbers) and each member is checked.
 
-Each check first works on per-scenario extremes over the horizon (a reduction, no temporaries), and looks at
-single steps only for the scenarios those extremes flag.
+The rollout engine's summary does all three on the way (:class:`identification.rollout.Exits`: each member's
+and the mean's first step outside the domain, the mean's first step outside the envelope's :func:`envelope_box`,
+the same decisions at every step), so with those :func:`scenario_validity` only describes the scenarios they
+flag. Without them (another engine, other limits) each check first works on per-scenario extremes over the
+horizon (a reduction, no temporaries), and looks at single steps only for the scenarios those extremes flag.
 """
 
 from __future__ import annotations
@@ -30,17 +33,21 @@ import numpy as np
 
 from alutwin.cbuild import BuildError, LibraryCache, build_shared_library, package_source
 from identification.data import Envelope
+from identification.rollout import Box, Exits
 from plant.domain import Fault, check_domain
 from plant.params import DEFAULT_LIMITS, DomainLimits
 from plant.signals import INPUTS, STATES, X
 from twin.results import EnvelopeExcess, ScenarioValidity
 
-__all__ = ["EnvelopeExcess", "ScenarioValidity", "input_warnings", "scenario_validity"]
+__all__ = ["EnvelopeExcess", "ScenarioValidity", "envelope_box", "input_warnings", "scenario_validity"]
 
 _STATE_NAMES = tuple(s.name for s in STATES)
 _INPUT_NAMES = tuple(s.name for s in INPUTS)
 _DOMAIN_STATES = (X.M_LEDGE, X.M_AL2O3, X.M_ALF3, X.M_CRYOLITE)
 _P = ctypes.c_void_p
+_NOMINAL = ScenarioValidity()
+_MAX_BOXES = 64  # envelope boxes remembered (one per served model and margin)
+_boxes: dict[tuple[int, float], tuple[Envelope, Box]] = {}
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,25 @@ def _widened(envelope: Envelope, margin: float) -> tuple[np.ndarray, np.ndarray,
     )
 
 
+def envelope_box(envelope: Envelope | None, margin: float = 0.0) -> Box | None:
+    """The states' box the ensemble mean must stay in: ``envelope``'s state ranges widened by ``margin`` of
+    their width on each side (None without an envelope). Remembered per envelope and margin: the same arrays
+    (read-only) each time, so a prediction spends nothing on it."""
+    if envelope is None:
+        return None
+    key = (id(envelope), float(margin))
+    found = _boxes.get(key)
+    if found is not None and found[0] is envelope:
+        return found[1]
+    low, high = _widened(envelope, margin)[:2]
+    low.flags.writeable = high.flags.writeable = False
+    if len(_boxes) >= _MAX_BOXES:
+        _boxes.clear()
+    box = (low, high)
+    _boxes[key] = (envelope, box)
+    return box
+
+
 def scenario_validity(
     mean: np.ndarray,
     spread: np.ndarray,
@@ -176,6 +202,7 @@ def scenario_validity(
     limits: DomainLimits = DEFAULT_LIMITS,
     margin: float = 0.0,
     use_c: bool = True,
+    exits: Exits | None = None,
 ) -> list[ScenarioValidity]:
     """The validity of each scenario of a prediction.
 
@@ -185,13 +212,19 @@ def scenario_validity(
     n_members : M.
     envelope : the model's training envelope (None: not checked).
     rollout : every member's trajectory of the scenarios at given indices, ``(M, b, H + 1, 8)`` (called only
-        for scenarios whose bounds flag a possible divergence, and only when ``members`` is None).
+        for scenarios whose bounds flag a possible divergence, only when ``members`` and ``exits`` are None).
     members : every member's trajectory ``(M, B, H + 1, 8)``, when already computed.
     limits : the valid domain.
     margin : a state counts as outside the envelope beyond ``margin`` envelope widths past either end.
     use_c : scan with the compiled helpers where a C compiler is found (else, or when False, numpy: the same
         decisions).
+    exits : where the rollout's members and mean left the domain (the summary's); used, instead of the
+        bounds and scans, when it was computed for ``limits`` and ``envelope_box(envelope, margin)``.
     """
+    if exits is not None:
+        box = envelope_box(envelope, margin)
+        if _exits_fit(exits, limits, box):
+            return _from_exits(mean, exits, limits, box)
     b = mean.shape[0]
     with np.errstate(invalid="ignore"):
         lo_t, hi_t, smax = extremes(mean, spread, use_c)  # (B, 8); NaN where non-finite
@@ -204,7 +237,7 @@ def scenario_validity(
         x_low, x_high = _widened(envelope, margin)[:2]
         with np.errstate(invalid="ignore"):
             env_flag = np.asarray(~((lo_t >= x_low) & (hi_t <= x_high)).all(-1))
-    out = [ScenarioValidity()] * b
+    out = [_NOMINAL] * b
     if not (member_flag.any() or env_flag.any()):
         return out
     suspects = np.flatnonzero(member_flag)
@@ -243,6 +276,37 @@ def scenario_validity(
                 )
     for scenario, found in fields.items():
         out[scenario] = ScenarioValidity(**found)  # type: ignore[arg-type]
+    return out
+
+
+def _exits_fit(exits: Exits, limits: DomainLimits, box: Box | None) -> bool:
+    """Whether ``exits`` were computed for the domain ``limits`` and the mean's box ``box``."""
+    if not (exits.limits is limits or exits.limits == limits) or (exits.box is None) != (box is None):
+        return False
+    if box is None or exits.box is None or exits.box is box:
+        return True
+    return all(a is b or np.array_equal(a, b) for a, b in zip(exits.box, box, strict=True))
+
+
+def _from_exits(mean: np.ndarray, exits: Exits, limits: DomainLimits, box: Box | None) -> list[ScenarioValidity]:
+    """The validity of each scenario from the summary's ``exits``: only the scenarios they flag are described."""
+    out = [_NOMINAL] * mean.shape[0]
+    for i in exits.flagged().tolist():
+        found: dict[str, object] = {}
+        step = int(exits.mean[i])
+        if step >= 0:
+            reason = Fault(int(check_domain(mean[i, step], limits))).describe(limits)
+            found.update(domain_exit_step=step, domain_reason=reason)
+        if box is not None and exits.mean_box is not None and (step := int(exits.mean_box[i])) >= 0:
+            x = mean[i, step]
+            with np.errstate(invalid="ignore"):
+                outside = np.flatnonzero(~((x >= box[0]) & (x <= box[1])))
+            found.update(envelope_exit_step=step, envelope_signals=tuple(_STATE_NAMES[k] for k in outside))
+        first = exits.members[:, i]  # (M,)
+        diverged = np.flatnonzero(first >= 0)
+        if diverged.size:
+            found.update(diverged_members=tuple(diverged.tolist()), first_divergence_step=int(first[diverged].min()))
+        out[i] = ScenarioValidity(**found)  # type: ignore[arg-type]
     return out
 
 
