@@ -54,6 +54,7 @@ class StudyConfig:
         "sparse",
         "inputskip",
         "sparse-inputskip",
+        "prox-inputskip",
         "hybrid",
         "structured",
         "structured-hybrid",

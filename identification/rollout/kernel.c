@@ -540,7 +540,7 @@ int alutwin_summarise(int M, long long B, long long T, const double *members, co
         }
         for (long long j = 0; j < n; ++j) sd[j] = sqrt(sd[j] / (double)M);
         for (long long k = 0; k < T; k += VL) { /* the outputs of 4 steps at a time, one per lane */
-            vd rows[NX + NU], y[NY];
+            vd rows[NX + NU] = {0}, y[NY] = {0}; /* zeroed for -Wmaybe-uninitialized: every lane is written below */
             for (int j = 0; j < VL; ++j) {
                 const long long s = k + j < T ? k + j : T - 1;
                 const double *us = u + (b * H + (s < H ? s : H - 1)) * NU;
