@@ -51,9 +51,10 @@ KINDS: dict[str, ModelSpec] = {
         retrain_epochs=20,
     ),
     "prox-inputskip": ModelSpec(
-        "InputSkip trained exactly sparse: proximal l1 steps in Adam's metric (lambda 3e-4, 1e-4 on the skip "
-        "rows) zero weights during training, then 20 epochs re-fit the kept weights without the penalty",
+        "InputSkip 13-8-8-8 trained exactly sparse: proximal l1 steps in Adam's metric (lambda 3e-4, 1e-4 on the "
+        "skip rows) zero weights during training, then 20 epochs re-fit the kept weights without the penalty",
         skip=True,
+        hidden=(8, 8),
         reg_settings={"lam": 3e-4, "lam_in": 3e-4, "lam_skip": 1e-4, "proximal": True},
         debias_epochs=20,
     ),
