@@ -58,10 +58,6 @@ def prune(weights: EnsembleWeights, threshold: float, group_threshold: float = 0
     )
 
 
-def _proximal(reg: Regularizer) -> bool:
-    return bool(getattr(reg, "proximal", False) or getattr(getattr(reg, "l1", None), "proximal", False))
-
-
 def exact_pattern(weights: EnsembleWeights) -> EnsembleWeights:
     """The weights with their exact zeros recorded as masks (kept with any existing masks): the sparsity
     pattern a proximal fit reached, which re-fits inside the pattern (the online worker) and the exports keep."""
@@ -163,7 +159,7 @@ class SurrogateEstimator:
         result = train(arch, z, y, seeds, self.config, reg, masks=masks0, progress=label)
         phases = [result]
         weights = result.weights
-        if _proximal(reg):
+        if reg.has_proximal_step:
             weights = exact_pattern(weights)  # the zeros of the proximal steps become the model's pattern
             if self.spec.debias_epochs:  # re-fit the kept weights without the penalty's shrinkage
                 cfg = replace(self.config, epochs=self.spec.debias_epochs)

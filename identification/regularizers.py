@@ -43,6 +43,11 @@ class Regularizer:
         (None: no proximal step)."""
         return None
 
+    @property
+    def has_proximal_step(self) -> bool:
+        """Whether some part of the penalty is applied as a proximal step (its zeros are then exact)."""
+        return False
+
 
 @dataclass(frozen=True)
 class NoPenalty(Regularizer):
@@ -105,6 +110,10 @@ class L1Penalty(Regularizer):
     def proximal_lams(self, arch: Architecture) -> list[np.ndarray] | None:
         return self.weight_lams(arch) if self.proximal else None
 
+    @property
+    def has_proximal_step(self) -> bool:
+        return self.proximal
+
 
 def input_groups(weights: list[torch.Tensor], arch: Architecture) -> torch.Tensor:
     """Squared norms of the groups of weights through which input j reaches block b, ``(M, n_in, blocks)``.
@@ -150,6 +159,10 @@ class GroupInputPenalty(Regularizer):
 
     def proximal_lams(self, arch: Architecture) -> list[np.ndarray] | None:
         return self.l1.proximal_lams(arch)
+
+    @property
+    def has_proximal_step(self) -> bool:
+        return self.proximal or self.l1.proximal
 
 
 REGULARIZERS: dict[str, type[Regularizer]] = {"none": NoPenalty, "l1": L1Penalty, "group": GroupInputPenalty}

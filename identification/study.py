@@ -113,22 +113,25 @@ def prior_structure(prior: str) -> np.ndarray:
     return np.array(ca.jacobian(rhs(x, u, params), ca.vertcat(x, u)).sparsity()).astype(bool)
 
 
-def evaluate_rollouts(surrogate: Surrogate, test: Trajectories) -> dict:
-    """The rollout scores alone (window medians and quartiles, divergences) of a surrogate on test trajectories:
-    every member from each trajectory's initial state under its inputs."""
+def _rollouts(surrogate: Surrogate, test: Trajectories) -> tuple[np.ndarray, np.ndarray]:
+    """Every member's free run from each test trajectory's initial state under its inputs, and the truth, both
+    ``(M B, T + 1, 8)``."""
     sim = surrogate.simulate(test.x[:, 0], test.u)  # (M, B, T+1, 8)
     m, b = sim.shape[:2]
     truth = np.broadcast_to(test.x, (m, *test.x.shape)).reshape(m * b, *test.x.shape[1:])
-    return dict(score_rollouts(sim.reshape(m * b, *sim.shape[2:]), truth, surrogate.normalization.state_std).summary())
+    return sim.reshape(m * b, *sim.shape[2:]), truth
+
+
+def evaluate_rollouts(surrogate: Surrogate, test: Trajectories) -> dict:
+    """The rollout scores alone (window medians and quartiles, divergences) of a surrogate on test trajectories."""
+    flat, truth = _rollouts(surrogate, test)
+    return dict(score_rollouts(flat, truth, surrogate.normalization.state_std).summary())
 
 
 def evaluate(surrogate: Surrogate, test: Trajectories, z_probe: np.ndarray, exact: bool) -> dict:
     """Score a surrogate on test trajectories: AN-RFMSE windows, divergence, NRMSE, FIT%, sparsity, structure."""
     sigma = surrogate.normalization.state_std
-    sim = surrogate.simulate(test.x[:, 0], test.u)  # (M, B, T+1, 8)
-    m, b = sim.shape[:2]
-    truth = np.broadcast_to(test.x, (m, *test.x.shape)).reshape(m * b, *test.x.shape[1:])
-    flat = sim.reshape(m * b, *sim.shape[2:])
+    flat, truth = _rollouts(surrogate, test)
     scores = score_rollouts(flat, truth, sigma)
     ok = scores.diverged_at < 0
     curve = scores.curve[ok]

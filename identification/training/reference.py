@@ -108,17 +108,19 @@ def _forward(ws: list[torch.Tensor], bs: list[torch.Tensor], z: torch.Tensor, sk
     return torch.baddbmm(bs[-1], last, ws[-1])
 
 
+def _adam_denominator(opt: torch.optim.Adam, w: torch.Tensor) -> torch.Tensor:
+    """Adam's denominator ``sqrt(v_hat) + eps`` of each element of ``w`` after ``opt.step()``, as torch computes it."""
+    group = opt.param_groups[0]
+    state = opt.state[w]
+    return state["exp_avg_sq"].sqrt() / (1 - group["betas"][1] ** float(state["step"])) ** 0.5 + group["eps"]
+
+
 def _proximal_step(opt: torch.optim.Adam, ws: Sequence[torch.Tensor], lams: Sequence[torch.Tensor], lr: float) -> None:
     """The ℓ1 proximal step in Adam's metric after ``opt.step()`` (see :class:`L1Penalty`): each weight moves
     towards zero by ``lr lam / (sqrt(v_hat) + eps)``, and to exactly zero when that is more than its size."""
-    eps = opt.param_groups[0]["eps"]
-    beta2 = opt.param_groups[0]["betas"][1]
     with torch.no_grad():
         for w, lam in zip(ws, lams, strict=True):
-            state = opt.state[w]
-            step = float(state["step"])
-            denom = state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5 + eps
-            shrunk = w.abs() - lr * lam / denom
+            shrunk = w.abs() - lr * lam / _adam_denominator(opt, w)
             w.copy_(torch.sign(w) * torch.clamp(shrunk, min=0))
 
 
@@ -127,25 +129,19 @@ def _group_proximal_step(
 ) -> None:
     """The group lasso's proximal step (see :class:`GroupInputPenalty`): each (input, block) group scaled by
     ``max(0, 1 - lr lam_group / (d ||w_g||))``, ``d`` the mean Adam denominator over the group."""
-    eps = opt.param_groups[0]["eps"]
-    beta2 = opt.param_groups[0]["betas"][1]
-
-    def denom(w: torch.Tensor) -> torch.Tensor:
-        state = opt.state[w]
-        return state["exp_avg_sq"].sqrt() / (1 - beta2 ** float(state["step"])) ** 0.5 + eps
 
     first, out = ws[0], ws[-1]
     m, n_in, h1 = first.shape
     nb = arch.blocks
     with torch.no_grad():
         w0 = first.reshape(m, n_in, nb, h1 // nb)
-        d0 = denom(first).reshape(m, n_in, nb, h1 // nb)
+        d0 = _adam_denominator(opt, first).reshape(m, n_in, nb, h1 // nb)
         ss, dsum, count = (w0.double() ** 2).sum(dim=3), d0.double().sum(dim=3), h1 // nb
         if arch.skip:
             k = arch.n_out // nb
             w1 = out[:, :n_in].reshape(m, n_in, nb, k)
             ss = ss + (w1.double() ** 2).sum(dim=3)
-            dsum = dsum + denom(out)[:, :n_in].reshape(m, n_in, nb, k).double().sum(dim=3)
+            dsum = dsum + _adam_denominator(opt, out)[:, :n_in].reshape(m, n_in, nb, k).double().sum(dim=3)
             count += k
         norm = ss.sqrt()
         keep = torch.where(norm > 0, 1 - lr * lam_group / (dsum / count * norm), torch.zeros_like(norm))
